@@ -1,0 +1,52 @@
+"""The ``medssr`` command line: finds the subcommands in ``medssr.commands`` and runs one.
+
+Expected failures (a bad path, a bad option, a bad record) print one clear line and exit 2; a
+traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import medssr
+import medssr.commands
+from medssr.data import RecordError
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+USER_ERRORS = (CLIError, RecordError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medssr",
+        description="MedSSR on Kubeflow: synthesize, label, train (GRPO x2), evaluate, track, promote, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"medssr {medssr.__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(medssr.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"medssr.commands.{info.name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"medssr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medssr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

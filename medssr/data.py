@@ -1,0 +1,251 @@
+"""Record types and validated JSONL IO.
+
+Every dataset in medssr is JSONL of one of these records. A bad line is reported with its file, line
+and field; with ``on_error="skip"`` good lines are kept and the rejected ones counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from medssr.storage import atomic_writer
+
+LETTERS = string.ascii_uppercase[:10]  # A..J: at most ten options
+MIN_OPTIONS, MAX_OPTIONS = 2, 10
+
+
+class MCQItem(BaseModel):
+    """A multiple-choice question: the unit of synthesis, labelling, training and evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    stem: str
+    options: dict[str, str]
+    answer: str | None = None
+    source: str = ""
+    metadata: dict[str, Any] = {}
+
+    @field_validator("id", "stem")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options_are_lettered(cls, options: dict[str, str]) -> dict[str, str]:
+        if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+            raise ValueError(f"must have {MIN_OPTIONS} to {MAX_OPTIONS} options, got {len(options)}")
+        expected = list(LETTERS[: len(options)])
+        if sorted(options) != expected:
+            raise ValueError(f"keys must be the letters {''.join(expected)}, got {''.join(sorted(options))}")
+        for letter, text in options.items():
+            if not str(text).strip():
+                raise ValueError(f"option {letter} is empty")
+        return {k: options[k] for k in expected}
+
+    @model_validator(mode="after")
+    def _answer_is_an_option(self) -> MCQItem:
+        if self.answer is not None and self.answer not in self.options:
+            raise ValueError(f"answer: {self.answer!r} is not one of the options {''.join(self.options)}")
+        return self
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return tuple(self.options)
+
+    def render(self) -> str:
+        """The question as the model sees it: stem, then one option per line."""
+        lines = [self.stem.rstrip()] + [f"{letter}. {text}" for letter, text in self.options.items()]
+        return "\n".join(lines)
+
+
+class LabeledItem(MCQItem):
+    """An item with a pseudo-label from the policy's own majority vote (stage-1 training data)."""
+
+    label: str
+    agreement: float
+    votes: dict[str, int] = {}
+    n_samples: int = 0
+
+    @model_validator(mode="after")
+    def _label_is_an_option(self) -> LabeledItem:
+        if self.label not in self.options:
+            raise ValueError(f"label: {self.label!r} is not one of the options {''.join(self.options)}")
+        if not 0.0 <= self.agreement <= 1.0:
+            raise ValueError(f"agreement: {self.agreement} is outside [0, 1]")
+        return self
+
+
+class EvalResult(BaseModel):
+    """One sampled answer of one model to one benchmark question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    benchmark: str
+    item_id: str
+    sample: int
+    completion: str
+    answer: str | None
+    strict: str | None
+    lenient: str | None
+    recovered: str | None = None
+    correct_strict: bool
+    correct_lenient: bool
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+class RecordError(ValueError):
+    """A record that failed validation, located by file, line and field."""
+
+    def __init__(self, path: str | os.PathLike, line: int, field_name: str, message: str):
+        self.path, self.line, self.field, self.message = str(path), line, field_name, message
+        super().__init__(f"{self.path}:{line}: field '{field_name}': {message}")
+
+
+@dataclass
+class ReadResult:
+    """The records that passed validation and the errors of those that did not."""
+
+    records: list
+    errors: list[RecordError] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.errors)
+
+
+def _errors_of(exc: ValidationError, path, line: int) -> list[RecordError]:
+    found = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "record"
+        message = err["msg"].removeprefix("Value error, ")
+        if ": " in message and loc == "record":
+            loc, _, message = message.partition(": ")
+        found.append(RecordError(path, line, loc, message))
+    return found
+
+
+def parse_record(data: Any, record_type: type[Record], path="<record>", line: int = 1) -> Record:
+    if not isinstance(data, dict):
+        raise RecordError(path, line, "record", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return record_type.model_validate(data)
+    except ValidationError as exc:
+        raise _errors_of(exc, path, line)[0] from None
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    record_type: type[Record] = MCQItem,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> ReadResult:
+    """Read and validate a JSONL file. ``on_error="skip"`` keeps good lines and collects the errors."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    result = ReadResult(records=[])
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    data = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise RecordError(path, number, "record", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+                result.records.append(parse_record(data, record_type, path, number))
+            except RecordError as err:
+                if on_error == "raise":
+                    raise
+                result.errors.append(err)
+    return result
+
+
+def write_jsonl(path: str | os.PathLike, records) -> int:
+    """Write records (pydantic models or dicts) atomically; returns the count written."""
+    count = 0
+    with atomic_writer(path) as handle:
+        for record in records:
+            data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s+(.*\S)\s*$")
+
+
+def parse_question_text(text: str) -> tuple[str, dict[str, str]]:
+    """Split a reference-format question into its stem and the trailing ``A. ...`` option lines."""
+    lines = text.rstrip().splitlines()
+    options: dict[str, str] = {}
+    cut = len(lines)
+    for index in range(len(lines) - 1, -1, -1):
+        match = _OPTION_LINE.match(lines[index])
+        if not match:
+            break
+        options[match.group(1)] = match.group(2)
+        cut = index
+    options = dict(sorted(options.items()))
+    if list(options) != list(LETTERS[: len(options)]):
+        raise ValueError(f"options are not consecutive letters from A: {''.join(options)}")
+    return "\n".join(lines[:cut]).strip(), options
+
+
+def read_reference_benchmark(
+    path: str | os.PathLike, on_error: Literal["raise", "skip"] = "raise"
+) -> ReadResult:
+    """Read a benchmark in the MedSSR reference format: a JSON list of ``{id, question, gold, ...}``."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(path, exc.lineno, "record", f"invalid JSON ({exc.msg})") from None
+    if not isinstance(rows, list):
+        raise RecordError(path, 1, "record", "expected a JSON list of questions")
+    result = ReadResult(records=[])
+    name = path.stem.removeprefix("test_short_")
+    for index, row in enumerate(rows, start=1):
+        try:
+            if not isinstance(row, dict):
+                raise RecordError(path, index, "record", "expected a JSON object")
+            for key in ("id", "question", "gold"):
+                if key not in row:
+                    raise RecordError(path, index, key, "missing")
+            try:
+                stem, options = parse_question_text(str(row["question"]))
+            except ValueError as exc:
+                raise RecordError(path, index, "question", str(exc)) from None
+            extra = {k: v for k, v in row.items() if k not in ("id", "question", "gold")}
+            data = {
+                "id": str(row["id"]),
+                "stem": stem,
+                "options": options,
+                "answer": str(row["gold"]).strip().upper(),
+                "source": str(row.get("name") or name),
+                "metadata": extra,
+            }
+            result.records.append(parse_record(data, MCQItem, path, index))
+        except RecordError as err:
+            if on_error == "raise":
+                raise
+            result.errors.append(err)
+    return result

@@ -1,0 +1,27 @@
+"""The model input for a question, built in one place for labelling, training, evaluation and serving."""
+
+from __future__ import annotations
+
+from medssr.data import MCQItem
+from medssr.generation.base import ChatMessage
+
+# The reference code's evaluation prompt (paper protocol); the final-answer format is what
+# medssr.answers reads in strict mode.
+SYSTEM_PROMPT = (
+    "You are a professional medical expert answering a multiple-choice medical question. "
+    "Please think step by step and then provide exactly one final option. "
+    "Format the final answer as: The answer is [LETTER]."
+)
+
+
+def build_messages(item: MCQItem, system_prompt: str = SYSTEM_PROMPT) -> list[ChatMessage]:
+    """Chat input for instruction-tuned models (and for TRL's conversational datasets)."""
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": item.render()},
+    ]
+
+
+def build_prompt_text(item: MCQItem, system_prompt: str = SYSTEM_PROMPT) -> str:
+    """Plain-text input for base models without a chat template."""
+    return f"{system_prompt}\n\nQuestion: {item.render()}\n\nAnswer: Let's think step by step."

@@ -1,0 +1,138 @@
+"""Where artifacts live: local paths and ``s3://bucket/key`` URIs behind one small API.
+
+Local writes are atomic (temp file in the same folder, fsync, rename), so a crash never leaves a
+half-written file that a later run would read. S3 uses boto3 and honours the standard settings
+(``AWS_*`` credentials, ``AWS_ENDPOINT_URL`` / ``MLFLOW_S3_ENDPOINT_URL`` for MinIO or a test server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket: {uri!r}")
+    return bucket, key
+
+
+def s3_client():
+    import boto3
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    return boto3.client("s3", endpoint_url=endpoint or None)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file beside ``path``; on clean exit fsync and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(uri: str | os.PathLike, text: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+        return
+    with atomic_writer(uri) as handle:
+        handle.write(text)
+
+
+def read_text(uri: str | os.PathLike) -> str:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    return Path(uri).read_text(encoding="utf-8")
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(str(uri))
+        listing = s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return listing.get("KeyCount", 0) > 0
+    return Path(uri).exists()
+
+
+def upload_dir(local_dir: str | os.PathLike, uri: str) -> None:
+    """Copy a folder to ``uri`` (s3 or local). Files are uploaded before any marker a caller writes last."""
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        client = s3_client()
+        for file in files:
+            key = f"{prefix.rstrip('/')}/{file.relative_to(local_dir).as_posix()}".lstrip("/")
+            client.upload_file(str(file), bucket, key)
+        return
+    target = Path(uri)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(local_dir, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def download_dir(uri: str, local_dir: str | os.PathLike) -> Path:
+    """Copy ``uri`` (s3 prefix or local folder) into ``local_dir`` and return it."""
+    local_dir = Path(local_dir)
+    if not is_s3(uri):
+        if Path(uri).resolve() != local_dir.resolve():
+            shutil.copytree(uri, local_dir, dirs_exist_ok=True)
+        return local_dir
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = s3_client()
+    paginator = client.get_paginator("list_objects_v2")
+    found = False
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            found = True
+            rel = obj["Key"][len(prefix) :]
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(dest))
+    if not found:
+        raise FileNotFoundError(f"nothing stored under {uri}")
+    return local_dir
+
+
+def list_prefixes(uri: str) -> list[str]:
+    """Immediate child names under a folder or s3 prefix (for checkpoint discovery)."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        client = s3_client()
+        names: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+    path = Path(uri)
+    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
