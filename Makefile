@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench compile clean
+.PHONY: venv demo test bench compile clean kube-apiserver
 
 venv: $(STAMP)
 
@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/medssr demo
 
-test: venv
+test: venv kube-apiserver
 	$(PY) -m pytest -q -ra
+
+# A real kube-apiserver + etcd for the tests, built once into ~/.cache/medssr/kube (outside the repo).
+kube-apiserver:
+	scripts/build-kube-apiserver.sh
 
 clean:
 	rm -rf $(VENV) .medssr build *.egg-info
