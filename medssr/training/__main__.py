@@ -1,0 +1,43 @@
+"""``python -m medssr.training --config CFG.yaml [--learning-rate 1e-6 ...]``: one GRPO stage, once per torchrun rank."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from medssr.training.config import add_config_arguments, config_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medssr.training", description=__doc__)
+    parser.add_argument("--config", help="YAML file of TrainingConfig fields; options given here override it.")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+    )
+    from medssr.training import run_training
+
+    try:
+        config = config_from_args(args, args.config)
+        result = run_training(config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"medssr.training: error: {exc}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        summary = {k: result.metrics.get(k) for k in ("global_step", "world_size", "resumed_from_step", "reward_first", "reward_last", "train_runtime")}
+        print(json.dumps({"model_dir": str(result.model_dir), **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The typed configuration of one GRPO stage: the paper-level knobs, loadable from YAML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+STAGES = ("self", "supervised")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
+
+
+@dataclass
+class TrainingConfig:
+    """One GRPO stage: stage 1 ("self") rewards the majority pseudo-label, stage 2 ("supervised") the gold answer."""
+
+    stage: Literal["self", "supervised"] = field(
+        default="self",
+        metadata={"help": "'self': LabeledItem JSONL, reward against item.label; 'supervised': MCQItem JSONL, reward against item.answer."},
+    )
+    model: str = field(default="", metadata={"help": "Policy to start from: a local folder, s3:// URI or hub id (resolved by medssr.models.resolve_model)."})
+    data: str = field(default="", metadata={"help": "Training JSONL (LabeledItem for stage 'self', MCQItem with answers for 'supervised')."})
+    output_dir: str = field(default="", metadata={"help": "Where the trained Hugging Face folder, metrics.json and log_history.jsonl go; local checkpoints under output_dir/checkpoints."})
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={"help": "Optional mirror of every complete checkpoint (local folder or s3://); a restart resumes from the newest complete one here or locally."},
+    )
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (the paper's GRPO runs use 1e-6)."})
+    num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt (the GRPO group size)."})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Completions per device per micro-step; times world size it must be divisible by num_generations."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimizer step."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the frozen start policy (0 = no reference model, TRL's default)."})
+    loss_type: str = field(default="dapo", metadata={"help": f"GRPO loss normalisation, one of {', '.join(LOSS_TYPES)}."})
+    max_completion_length: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to train; -1 means use num_train_epochs."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is -1."})
+    save_steps: int = field(default=50, metadata={"help": "Save (and mirror) a checkpoint every K optimizer steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Complete checkpoints kept locally (older ones are deleted after a newer one is complete)."})
+    logging_steps: int = field(default=1, metadata={"help": "Log loss, rewards and KL every N steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order, sampling and initialisation."})
+    format_reward_weight: float = field(default=0.1, metadata={"help": "Weight of the format reward beside the correctness reward (weight 1.0)."})
+    use_vllm: bool = field(default=False, metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."})
+    vllm_mode: Literal["colocate"] = field(default="colocate", metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})
+    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; None = on when a CUDA GPU with bf16 support is present."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage: must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type: must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
+        if self.vllm_mode != "colocate":
+            raise ValueError(f"vllm_mode: only 'colocate' is supported, not {self.vllm_mode!r}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "save_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps: must be positive or -1, got {self.max_steps}")
+
+    def validate_paths(self) -> None:
+        """The fields a run cannot start without."""
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainingConfig:
+        """Read a YAML mapping of field names (unknown keys are an error); ``overrides`` win."""
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of training settings")
+        data = {key.replace("-", "_"): value for key, value in data.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown training setting(s): {', '.join(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        from medssr.storage import write_text
+
+        write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+
+def _field_type(annotation: Any) -> type:
+    """The scalar type argparse should parse a field with (``bool | None`` -> bool)."""
+    hints = annotation
+    if isinstance(hints, types.UnionType) or typing.get_origin(hints) is typing.Union:
+        hints = next(arg for arg in typing.get_args(hints) if arg is not type(None))
+    if typing.get_origin(hints) is Literal:
+        return str
+    return hints
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per TrainingConfig field (default None = not overridden)."""
+    hints = typing.get_type_hints(TrainingConfig)
+    for spec in dataclasses.fields(TrainingConfig):
+        if spec.name in skip:
+            continue
+        kind = _field_type(hints[spec.name])
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            dest=spec.name,
+            type=_parse_bool if kind is bool else kind,
+            default=None,
+            help=spec.metadata.get("help"),
+        )
+
+
+def config_from_args(args: argparse.Namespace, config_path: str | None) -> TrainingConfig:
+    """A YAML file (optional) with the command-line values laid over it."""
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainingConfig)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_path:
+        return TrainingConfig.from_yaml(config_path, **overrides)
+    return TrainingConfig(**overrides)

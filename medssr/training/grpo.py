@@ -1,0 +1,202 @@
+"""One GRPO stage on TRL: data -> GRPOTrainer with the medssr rewards -> a Hugging Face model folder + metrics.
+
+Runs as a plain process, or once per rank under torchrun (a PyTorchJob's or a local one): the Trainer
+picks up the distributed environment, CPU runs use the gloo backend, rank 0 alone writes the results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medssr.training.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    model_dir: Path
+    metrics: dict
+    history_path: Path
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launched_distributed() -> bool:
+    """True under torchrun (or a PyTorchJob's launcher) with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rollout_backend(config: TrainingConfig) -> str:
+    """vLLM colocate when asked for and a GPU is present; transformers generate otherwise."""
+    if config.use_vllm and cuda_available():
+        return "vllm-colocate"
+    return "transformers"
+
+
+def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
+    """The GRPOConfig for ``config``; the benchmark builds plain TRL runs from the same function."""
+    import torch
+    from trl import GRPOConfig
+
+    on_gpu = cuda_available()
+    bf16 = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    use_vllm = rollout_backend(config) == "vllm-colocate"
+    return GRPOConfig(
+        output_dir=str(checkpoints_dir),
+        learning_rate=config.learning_rate,
+        num_generations=config.num_generations,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        beta=config.beta,
+        loss_type=config.loss_type,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        # Pruning happens in CompleteCheckpointCallback, after the newer checkpoint is marked complete:
+        # the Trainer's own rotation would run before the marker and could leave no complete checkpoint.
+        save_total_limit=None,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        reward_weights=[1.0, config.format_reward_weight],
+        use_vllm=use_vllm,
+        vllm_mode=config.vllm_mode,
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        bf16=bool(bf16),
+        gradient_checkpointing=config.gradient_checkpointing,
+        trust_remote_code=config.trust_remote_code,
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
+        # Explicit gloo for CPU ranks under torchrun; a lone process must not ask for a process group.
+        ddp_backend="gloo" if launched_distributed() and not on_gpu else None,
+        use_cpu=not on_gpu,
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def build_reward_functions():
+    from medssr.answers import correctness_reward, format_reward
+
+    return [correctness_reward, format_reward]
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left", trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def run_training(config: TrainingConfig) -> TrainingResult:
+    """Train one GRPO stage, resuming from the newest complete checkpoint when one exists."""
+    from accelerate import PartialState
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from medssr.models import resolve_model
+    from medssr.training import checkpoints
+    from medssr.training.dataset import load_training_rows
+
+    config.validate_paths()
+    output_dir = Path(config.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    data = load_training_rows(config.data, config.stage)
+    model_path = str(resolve_model(config.model))
+    grpo_config = build_grpo_config(config, checkpoints_dir)  # also sets up the distributed state
+    state = PartialState()
+    backend = rollout_backend(config)
+    if state.is_main_process:
+        log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
+                 config.stage, len(data.rows), data.rejected, backend, state.num_processes)
+        if config.use_vllm and backend != "vllm-colocate":
+            log.info("use_vllm requested but no CUDA device: plain transformers generation instead")
+
+    if state.is_local_main_process:
+        removed = checkpoints.remove_incomplete(checkpoints_dir)
+        if removed:
+            log.warning("removed incomplete checkpoint(s): %s", ", ".join(removed))
+        checkpoints.latest_checkpoint(checkpoints_dir, config.checkpoint_dir)
+    state.wait_for_everyone()
+    complete = checkpoints.complete_checkpoints(checkpoints_dir)
+    resume_from = complete[-1][1] if complete else None
+    if resume_from and state.is_main_process:
+        log.info("resuming from %s", resume_from)
+
+    trainer = GRPOTrainer(
+        model=model_path,
+        reward_funcs=build_reward_functions(),
+        args=grpo_config,
+        train_dataset=Dataset.from_list(data.rows),
+        processing_class=load_tokenizer(model_path, config.trust_remote_code),
+        callbacks=[checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit)],
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    ranks = _gather_rank_reports(trainer)
+    trainer.save_model(str(output_dir))  # rank 0 writes; weights as safetensors, tokenizer beside them
+
+    history_path = output_dir / "log_history.jsonl"
+    metrics = {
+        **train_output.metrics,
+        "stage": config.stage,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "world_size": state.num_processes,
+        "ranks": ranks,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "resumed_from_step": checkpoints.checkpoint_step(Path(resume_from).name) if resume_from else None,
+        "records": len(data.rows),
+        "records_rejected": data.rejected,
+        "rollout_backend": backend,
+        **_reward_summary(trainer.state.log_history),
+        "config": asdict(config),
+    }
+    if state.is_main_process:
+        from medssr.data import write_jsonl
+        from medssr.storage import write_text
+
+        write_jsonl(history_path, trainer.state.log_history)
+        # Written last: a metrics.json beside the model means the run finished and the folder is whole.
+        write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
+        log.info("saved model to %s (step %d)", output_dir, trainer.state.global_step)
+    state.wait_for_everyone()
+    return TrainingResult(model_dir=output_dir, metrics=metrics, history_path=history_path)
+
+
+def _gather_rank_reports(trainer) -> list[dict]:
+    """Every rank's own view at the end, collected on all ranks: proof that each one trained."""
+    import torch.distributed as dist
+
+    report = {"rank": trainer.args.process_index, "global_step": trainer.state.global_step}
+    if dist.is_available() and dist.is_initialized():
+        reports: list = [None] * dist.get_world_size()
+        dist.all_gather_object(reports, report)
+        return reports
+    return [report]
+
+
+def _reward_summary(history: list[dict], window: int = 3) -> dict:
+    """Mean reward over the first and last few logged steps (the learning signal at a glance)."""
+    rewards = [entry["reward"] for entry in history if "reward" in entry]
+    if not rewards:
+        return {}
+    window = min(window, len(rewards))
+    return {
+        "reward_first": statistics.fmean(rewards[:window]),
+        "reward_last": statistics.fmean(rewards[-window:]),
+        "reward_steps_logged": len(rewards),
+    }
