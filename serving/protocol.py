@@ -1,0 +1,245 @@
+"""Request validation shared by the OpenAI-compatible routes and the KServe v1/v2 handlers.
+
+Every bad request becomes a ``RequestError`` naming the offending field, answered as a 4xx JSON error;
+nothing a client sends should reach the model unchecked or surface as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from medssr.data import LETTERS, MIN_OPTIONS, MCQItem, parse_question_text
+from medssr.generation.base import Prompt, SamplingParams
+from medssr.prompts import build_messages
+from medssr.serving.config import ServeConfig
+
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_STOP_SEQUENCES = 4
+
+
+class RequestError(Exception):
+    """A client error: HTTP status, a message naming the field, and OpenAI's error ``type``/``code``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @property
+    def error_type(self) -> str:
+        return {404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
+            self.status, "invalid_request_error"
+        )
+
+    def openai_body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How every prompt of one request is sampled; requests with equal settings share batches."""
+
+    n: int
+    sampling: SamplingParams
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class PromptJob:
+    """One prompt to complete, and the answer letters of its question when it is multiple-choice."""
+
+    prompt: Prompt
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def letters(self) -> str:
+        return "".join(self.options)
+
+
+def parse_json_body(raw: bytes, max_bytes: int) -> dict:
+    if len(raw) > max_bytes:
+        raise RequestError(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}", code="body_too_large")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    return body
+
+
+def require_model(body: dict, served_name: str) -> None:
+    model = body.get("model")
+    if model is None:
+        raise RequestError(400, "missing required field 'model'", param="model", code="missing_field")
+    if not isinstance(model, str):
+        raise RequestError(400, "'model' must be a string", param="model", code="invalid_type")
+    if model != served_name:
+        raise RequestError(404, f"model '{model}' does not exist; this server serves '{served_name}'", param="model",
+                           code="model_not_found")
+
+
+def _integer(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(400, f"'{name}' must be an integer, got {json.dumps(value)}", param=name, code="invalid_type")
+    if value < low:
+        raise RequestError(400, f"'{name}' must be >= {low}, got {value}", param=name, code="invalid_value")
+    if high is not None and value > high:
+        raise RequestError(400, f"'{name}' is {value}; this server allows at most {high}", param=name,
+                           code="limit_exceeded")
+    return value
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(400, f"'{name}' must be a number, got {json.dumps(value)}", param=name, code="invalid_type")
+    if value > high or value < low or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low}, {high}]"
+        raise RequestError(400, f"'{name}' must be in {bounds}, got {value}", param=name, code="invalid_value")
+    return float(value)
+
+
+def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> GenerationSettings:
+    """Sampling fields common to all routes; unset fields take the server's defaults."""
+    if body.get("stream"):
+        raise RequestError(400, "streaming is not supported by this server; send stream=false", param="stream",
+                           code="unsupported")
+    max_tokens = _integer(body, "max_completion_tokens", None, 1, config.max_tokens_limit)
+    max_tokens = _integer(body, "max_tokens", max_tokens or config.default_max_tokens, 1, config.max_tokens_limit)
+    n = _integer(body, "n", 1, 1, config.max_n) if n_allowed else 1
+    top_k = body.get("top_k")
+    if top_k == -1:  # vLLM's spelling of "no top-k"
+        body = {**body, "top_k": 0}
+    sampling = SamplingParams(
+        temperature=_number(body, "temperature", config.temperature, 0.0, 2.0),
+        top_p=_number(body, "top_p", config.top_p, 0.0, 1.0, low_open=True),
+        top_k=_integer(body, "top_k", config.top_k, 0),
+        max_tokens=max_tokens,
+        seed=_integer(body, "seed", None, 0),
+    )
+    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")))
+
+
+def _stop_sequences(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    sequences = [stop] if isinstance(stop, str) else stop
+    if not isinstance(sequences, list) or not all(isinstance(s, str) and s for s in sequences):
+        raise RequestError(400, "'stop' must be a non-empty string or a list of them", param="stop",
+                           code="invalid_type")
+    if len(sequences) > MAX_STOP_SEQUENCES:
+        raise RequestError(400, f"'stop' has {len(sequences)} sequences; at most {MAX_STOP_SEQUENCES}", param="stop",
+                           code="limit_exceeded")
+    return tuple(sequences)
+
+
+def options_in_text(text: str) -> dict[str, str]:
+    """The ``A. ...`` option lines that end a question, or {} when the text is not multiple-choice."""
+    try:
+        _, options = parse_question_text(text)
+    except ValueError:
+        return {}
+    return options if len(options) >= MIN_OPTIONS else {}
+
+
+def parse_messages(messages: Any, param: str = "messages") -> list[dict[str, str]]:
+    if messages is None:
+        raise RequestError(400, f"missing required field '{param}'", param=param, code="missing_field")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, f"'{param}' must be a non-empty list of messages", param=param, code="invalid_type")
+    parsed = []
+    for index, message in enumerate(messages):
+        where = f"{param}[{index}]"
+        if not isinstance(message, dict):
+            raise RequestError(400, f"'{where}' must be an object with 'role' and 'content'", param=where,
+                               code="invalid_type")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise RequestError(400, f"'{where}.role' must be one of {', '.join(CHAT_ROLES)}, got {json.dumps(role)}",
+                               param=f"{where}.role", code="invalid_value")
+        parsed.append({"role": role, "content": _message_text(message.get("content"), f"{where}.content")})
+    if parsed[-1]["role"] == "assistant":
+        raise RequestError(400, f"the last message of '{param}' must not be from the assistant", param=param,
+                           code="invalid_value")
+    return parsed
+
+
+def _message_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    # The content-parts form: [{"type": "text", "text": "..."}]; only text parts make sense here.
+    if isinstance(content, list) and content and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise RequestError(400, f"'{where}' must be a string or a list of text parts", param=where, code="invalid_type")
+
+
+def chat_job(body: dict) -> PromptJob:
+    messages = parse_messages(body.get("messages"))
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return PromptJob(prompt=messages, options=options_in_text(last_user))
+
+
+def completion_jobs(body: dict) -> list[PromptJob]:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise RequestError(400, "missing required field 'prompt'", param="prompt", code="missing_field")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise RequestError(400, "'prompt' must be a non-empty string or a list of them", param="prompt",
+                           code="invalid_type")
+    return [PromptJob(prompt=text, options=options_in_text(text)) for text in prompts]
+
+
+def instance_job(instance: Any, index: int) -> PromptJob:
+    """One KServe v1 instance: {"prompt": str} | {"messages": [...]} | {"question": str, "options": {...}}."""
+    where = f"instances[{index}]"
+    if isinstance(instance, str):
+        instance = {"prompt": instance}
+    if not isinstance(instance, dict):
+        raise RequestError(400, f"'{where}' must be an object with 'prompt', 'messages' or 'question'", param=where,
+                           code="invalid_type")
+    if "question" in instance:
+        return _question_job(instance, where)
+    if "messages" in instance:
+        return chat_job({"messages": instance["messages"]})
+    if "prompt" in instance:
+        return completion_jobs({"prompt": instance["prompt"]})[0]
+    raise RequestError(400, f"'{where}' needs one of the fields 'prompt', 'messages' or 'question'", param=where,
+                       code="missing_field")
+
+
+def _question_job(instance: dict, where: str) -> PromptJob:
+    question = instance["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise RequestError(400, f"'{where}.question' must be a non-empty string", param=f"{where}.question",
+                           code="invalid_type")
+    options = instance.get("options")
+    if options is None:
+        stem, options = parse_question_text(question) if options_in_text(question) else (question, {})
+        if not options:
+            raise RequestError(400, f"'{where}.options' is missing and the question has no 'A. ...' option lines",
+                               param=f"{where}.options", code="missing_field")
+    else:
+        stem = question
+        if isinstance(options, list):  # ["first", "second", ...] -> A, B, ...
+            options = dict(zip(LETTERS, options))
+    try:
+        item = MCQItem(id="request", stem=stem, options=options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
+        raise RequestError(400, f"'{where}.options' is invalid: {message}", param=f"{where}.options",
+                           code="invalid_value") from None
+    return PromptJob(prompt=build_messages(item), options=dict(item.options))
