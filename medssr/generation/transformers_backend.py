@@ -1,0 +1,155 @@
+"""Batched generation with Hugging Face transformers, on CPU or one GPU.
+
+All ``len(prompts) * n`` sequences of a call are flattened, sorted by prompt length (less padding),
+cut into batches of ``batch_size`` rows and generated with left padding; the results are put back in
+prompt order. Greedy decoding (temperature 0) generates each prompt once and repeats the completion,
+since the ``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same
+prompts, ``n`` and ``batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from medssr.generation.base import GeneratorConfig, Prompt, SamplingParams
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` is float32 on CPU (half precision is slow there) and the checkpoint's dtype on GPU."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else "auto"
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def letter_token_ids(tokenizer, letters: Sequence[str]) -> dict[int, str]:
+    """Token id -> letter for each letter, bare ("B") and space-prefixed (" B") where that is one token."""
+    ids: dict[int, str] = {}
+    for letter in letters:
+        bare = tokenizer.encode(letter, add_special_tokens=False)
+        if len(bare) != 1:
+            raise ValueError(f"allowed_letters: {letter!r} is not a single token for this tokenizer")
+        ids[bare[0]] = letter
+        spaced = tokenizer.encode(f" {letter}", add_special_tokens=False)
+        if len(spaced) == 1:
+            ids.setdefault(spaced[0], letter)
+    return ids
+
+
+class AllowOnlyTokens:
+    """Logits processor: every token outside ``token_ids`` gets -inf, so only those can be picked."""
+
+    def __init__(self, token_ids: Sequence[int]):
+        self.token_ids = list(token_ids)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        mask = torch.full_like(scores, float("-inf"))
+        mask[:, self.token_ids] = 0.0
+        return scores + mask
+
+
+class TransformersGenerator:
+    """The ``transformers`` backend of :class:`medssr.generation.base.Generator`."""
+
+    def __init__(self, config: GeneratorConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from medssr.models import resolve_model
+
+        if config.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.config = config
+        self.device = resolve_device(config.device)
+        path = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(config.dtype, self.device), trust_remote_code=config.trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(self.tokenizer.eos_token_id)
+        self.eos_token_ids = eos_ids
+        self._torch = torch
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"model {self.config.model!r} has no chat template; pass plain-text prompts")
+        # The rendered template already holds its special tokens (e.g. a BOS); do not add them twice.
+        text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int = 1,
+        sampling: SamplingParams = SamplingParams(),
+        min_new_tokens: int | None = None,
+    ) -> list[list[str]]:
+        """``n`` completions per prompt. ``min_new_tokens`` (benchmarks) forbids stopping earlier."""
+        from tqdm.auto import tqdm
+        from transformers import LogitsProcessorList
+
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if not prompts:
+            return []
+        greedy = sampling.temperature == 0
+        copies = 1 if greedy else n
+        encoded = [self._encode(prompt) for prompt in prompts]
+        # One row per (prompt, sample); longest first so the largest batch is met (and fails) early.
+        rows = sorted(((p, s) for p in range(len(prompts)) for s in range(copies)), key=lambda r: -len(encoded[r[0]]))
+
+        options: dict = {"max_new_tokens": sampling.max_tokens, "do_sample": not greedy}
+        letters_by_id: dict[int, str] = {}
+        if sampling.allowed_letters:
+            letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
+            options["max_new_tokens"] = 1
+            options["logits_processor"] = LogitsProcessorList([AllowOnlyTokens(list(letters_by_id))])
+        if not greedy:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        if min_new_tokens:
+            options["min_new_tokens"] = min(min_new_tokens, options["max_new_tokens"])
+        if sampling.seed is not None:
+            self._torch.manual_seed(sampling.seed)
+
+        results: list[list[str]] = [[""] * copies for _ in prompts]
+        batches = [rows[i : i + self.config.batch_size] for i in range(0, len(rows), self.config.batch_size)]
+        for batch in tqdm(batches, desc="generate", unit="batch", disable=not self.config.progress):
+            padded = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch]}, return_tensors="pt")
+            padded = {key: value.to(self.device) for key, value in padded.items()}
+            with self._torch.inference_mode():
+                output = self.model.generate(
+                    **padded,
+                    **options,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.eos_token_ids,
+                )
+            new_tokens = output[:, padded["input_ids"].shape[1] :]
+            if letters_by_id:
+                texts = [letters_by_id[int(row[0])] for row in new_tokens]
+            else:
+                texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for (prompt_index, sample_index), text in zip(batch, texts):
+                results[prompt_index][sample_index] = text
+        return [completions * n if greedy else completions for completions in results]
