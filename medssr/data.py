@@ -194,6 +194,8 @@ _OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s+(.*\S)\s*$")
 def parse_question_text(text: str) -> tuple[str, dict[str, str]]:
     """Split a reference-format question into its stem and the trailing ``A. ...`` option lines."""
     lines = text.rstrip().splitlines()
+    while lines and not lines[-1].strip(" \t\"'\u201c\u201d"):
+        lines.pop()  # a stray closing quote after the options (38 MedQA questions of the reference set)
     options: dict[str, str] = {}
     cut = len(lines)
     for index in range(len(lines) - 1, -1, -1):
