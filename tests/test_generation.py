@@ -80,3 +80,109 @@ def test_resolve_model_local_missing_and_hub_id(tiny_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no model folder"):
         resolve_model(tmp_path / "missing")
     assert resolve_model("Qwen/Qwen3-8B-Base") == "Qwen/Qwen3-8B-Base"
+
+
+# --- openai backend against a real local HTTP server (tests/plugins/openai_server.py) ---------------
+
+from medssr.generation.openai_backend import GenerationRequestError, validate_letter  # noqa: E402
+
+
+def openai_config(server, **overrides) -> GeneratorConfig:
+    settings = dict(backend="openai", model="tiny-medssr", base_url=server.base_url, api_key_env="MEDSSR_TEST_API_KEY",
+                    backoff_s=0.01, timeout_s=30, concurrency=3, progress=False)
+    return GeneratorConfig(**{**settings, **overrides})
+
+
+def test_openai_backend_chat_and_text_prompts_match_local_generation(openai_server, generator):
+    remote = build_generator(openai_config(openai_server))
+    assert remote.generate(PROMPTS, n=2, sampling=GREEDY) == generator.generate(PROMPTS, n=2, sampling=GREEDY)
+    paths = sorted(request["path"] for request in openai_server.requests)
+    assert paths == ["/v1/chat/completions"] * 2 + ["/v1/completions"] * 3
+    assert all(request["body"]["n"] == 2 and request["body"]["max_tokens"] == 8 for request in openai_server.requests)
+    sampled = remote.generate(PROMPTS[:2], n=3, sampling=SAMPLE)
+    assert [len(samples) for samples in sampled] == [3, 3]
+
+
+def test_openai_backend_sends_the_key_from_the_named_env_var(openai_server, monkeypatch):
+    monkeypatch.delenv("MEDSSR_TEST_API_KEY", raising=False)
+    build_generator(openai_config(openai_server)).generate(["x"], sampling=GREEDY)
+    monkeypatch.setenv("MEDSSR_TEST_API_KEY", "sk-test-123")
+    build_generator(openai_config(openai_server)).generate(["x"], sampling=GREEDY)
+    assert [request["authorization"] for request in openai_server.requests] == [None, "Bearer sk-test-123"]
+
+
+def test_openai_backend_retries_503_then_succeeds(openai_server):
+    openai_server.fail_next(2, 503)
+    out = build_generator(openai_config(openai_server, max_retries=3)).generate(["The answer is"], sampling=GREEDY)
+    assert len(out) == 1 and len(openai_server.requests) == 3
+
+
+def test_openai_backend_gives_up_after_its_retries(openai_server):
+    openai_server.fail_next(5, 503)
+    with pytest.raises(GenerationRequestError, match="failed after 3 attempts; last error: HTTP 503"):
+        build_generator(openai_config(openai_server, max_retries=2)).generate(["x"], sampling=GREEDY)
+    assert len(openai_server.requests) == 3
+
+
+def test_openai_backend_does_not_retry_a_400(openai_server):
+    with pytest.raises(GenerationRequestError, match="HTTP 400.*not served") as caught:
+        build_generator(openai_config(openai_server, model="no-such-model")).generate(["x"], sampling=GREEDY)
+    assert caught.value.status == 400 and len(openai_server.requests) == 1
+    openai_server.fail_next(1, 400)
+    with pytest.raises(GenerationRequestError, match="HTTP 400"):
+        build_generator(openai_config(openai_server)).generate(["x"], sampling=GREEDY)
+    assert len(openai_server.requests) == 2
+
+
+def test_openai_backend_retries_connect_errors_and_times_out():
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens here once closed
+    config = GeneratorConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_s=0.01, progress=False)
+    with pytest.raises(GenerationRequestError, match="failed after 2 attempts; last error: ConnectError"):
+        build_generator(config).generate(["x"], sampling=GREEDY)
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        config.base_url, config.timeout_s = f"http://127.0.0.1:{silent.getsockname()[1]}/v1", 0.2
+        with pytest.raises(GenerationRequestError, match="last error: ReadTimeout"):
+            build_generator(config).generate(["x"], sampling=GREEDY)
+
+
+def test_openai_backend_constrained_letters(openai_server, tiny_model):
+    letters = SamplingParams(temperature=1.0, allowed_letters=("B", "D"), seed=3)
+    biased = build_generator(openai_config(openai_server, tokenizer=str(tiny_model)))
+    out = biased.generate(PROMPTS, n=4, sampling=letters)
+    assert {letter for samples in out for letter in samples} <= {"B", "D"}
+    body = openai_server.requests[0]["body"]
+    assert body["max_tokens"] == 1 and len(body["logit_bias"]) >= 2 and set(body["logit_bias"].values()) == {100}
+    # Without a tokenizer no bias is sent; the free one-token replies are still validated.
+    unbiased = build_generator(openai_config(openai_server)).generate(PROMPTS, n=4, sampling=letters)
+    assert {letter for samples in unbiased for letter in samples} <= {"B", "D", ""}
+    assert "logit_bias" not in openai_server.requests[-1]["body"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [("B", "B"), (" D", "D"), ("B.", "B"), ("(D)", "D"), ("**B**", "B"), ("Based", ""), ("C", ""), ("", ""), ("d", "")],
+)
+def test_validate_letter(reply, expected):
+    assert validate_letter(reply, ("B", "D")) == expected
+
+
+def test_openai_backend_needs_a_base_url():
+    with pytest.raises(ValueError, match="base_url"):
+        build_generator(GeneratorConfig(backend="openai", model="m"))
+
+
+def test_vllm_backend_missing_vllm_says_how_to_install():
+    try:  # vLLM is GPU-only: absent from the CPU environment this suite runs in
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ImportError, match=r"install `medssr\[gpu\]` on a machine with an NVIDIA GPU"):
+        build_generator(GeneratorConfig(backend="vllm", model="m"))

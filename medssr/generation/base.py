@@ -54,6 +54,10 @@ class GeneratorConfig:
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "Share of GPU memory vLLM may use."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over batches/requests."})
+    tokenizer: str = field(
+        default="", metadata={"help": "Tokenizer folder of the served model (openai: enables logit_bias for letters)."}
+    )
+    backoff_s: float = field(default=0.5, metadata={"help": "First retry delay, doubled per retry (openai)."})
 
 
 class Generator(Protocol):
