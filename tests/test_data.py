@@ -1,0 +1,125 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from medssr.data import LabeledItem, MCQItem, RecordError, parse_record, read_jsonl, read_reference_benchmark, write_jsonl
+
+DATA = Path(__file__).parent / "data"
+GOOD = {"id": "q1", "stem": "Which gene causes Rett syndrome?", "options": {"A": "MECP2", "B": "FMR1", "C": "CFTR"}, "answer": "A"}
+
+
+def error_of(data: dict, record_type=MCQItem) -> RecordError:
+    with pytest.raises(RecordError) as caught:
+        parse_record(data, record_type, "items.jsonl", 7)
+    return caught.value
+
+
+def test_good_item_renders_stem_then_options():
+    item = MCQItem.model_validate(GOOD)
+    assert item.letters == ("A", "B", "C")
+    assert item.render() == "Which gene causes Rett syndrome?\nA. MECP2\nB. FMR1\nC. CFTR"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"id": "  "}, "id", "must not be empty"),
+        ({"id": None}, "id", "valid string"),
+        ({"stem": ""}, "stem", "must not be empty"),
+        ({"options": {"A": "x"}}, "options", "2 to 10 options, got 1"),
+        ({"options": {chr(65 + i): f"o{i}" for i in range(11)}}, "options", "2 to 10 options, got 11"),
+        ({"options": {"A": "x", "C": "y"}}, "options", "letters AB, got AC"),
+        ({"options": {"A": "x", "B": " "}}, "options", "option B is empty"),
+        ({"answer": "D"}, "answer", "'D' is not one of the options ABC"),
+        ({"difficulty": "hard"}, "difficulty", "Extra inputs are not permitted"),
+    ],
+)
+def test_every_field_error_is_named(change, field, message):
+    err = error_of({**GOOD, **change})
+    assert err.field == field and message in err.message
+    assert str(err).startswith(f"items.jsonl:7: field '{field}': ")
+
+
+def test_missing_field_and_non_object_are_named():
+    assert error_of({k: v for k, v in GOOD.items() if k != "stem"}).field == "stem"
+    with pytest.raises(RecordError, match="field 'record': expected a JSON object, got list"):
+        parse_record([1], MCQItem, "items.jsonl", 1)
+
+
+def test_labeled_item_label_and_agreement_errors():
+    labeled = {**GOOD, "label": "B", "agreement": 0.75, "votes": {"B": 3, "A": 1}, "n_samples": 4}
+    assert LabeledItem.model_validate(labeled).label == "B"
+    err = error_of({**labeled, "label": "E"}, LabeledItem)
+    assert err.field == "label" and "'E' is not one of the options ABC" in err.message
+    err = error_of({**labeled, "agreement": 1.5}, LabeledItem)
+    assert err.field == "agreement" and "outside [0, 1]" in err.message
+    assert error_of({k: v for k, v in labeled.items() if k != "label"}, LabeledItem).field == "label"
+
+
+def test_reference_format_reader_parses_options_and_gold():
+    result = read_reference_benchmark(DATA / "reference_benchmark.json")
+    assert result.rejected == 0 and [item.id for item in result.records] == ["raredx-0001", "raredx-0002", "raredx-0003"]
+    rett, gaucher, dmd = result.records
+    assert rett.stem == "A 3-year-old girl has regression of hand use, stereotypic hand wringing and acquired microcephaly.\nWhich gene is most likely mutated?"
+    assert rett.options == {"A": "MECP2", "B": "FMR1", "C": "CFTR", "D": "HBB"} and rett.answer == "A"
+    assert rett.source == "raredx" and rett.metadata == {"name": "raredx", "long": False}
+    assert gaucher.answer == "A" and list(gaucher.options.values()) == ["yes", "no", "maybe"]
+    # "A)" option markers, a blank line in the stem, and a stray closing quote after the options.
+    assert dmd.letters == ("A", "B", "C", "D", "E") and dmd.options["C"] == "X-linked recessive" and dmd.answer == "C"
+    assert dmd.stem.endswith("What is the mode of inheritance?")
+
+
+def test_reference_format_reader_names_bad_rows_and_skips_them():
+    path = DATA / "reference_benchmark_broken.json"
+    with pytest.raises(RecordError, match=r"reference_benchmark_broken.json:2: field 'gold': missing"):
+        read_reference_benchmark(path)
+    result = read_reference_benchmark(path, on_error="skip")
+    assert [item.id for item in result.records] == ["ok-1"] and result.rejected == 4
+    assert [(e.line, e.field) for e in result.errors] == [(2, "gold"), (3, "options"), (4, "answer"), (5, "record")]
+    assert result.records[0].source == "reference_benchmark_broken"
+
+
+def test_malformed_jsonl_keeps_good_lines_under_skip(tmp_path):
+    path = tmp_path / "items.jsonl"
+    lines = [
+        json.dumps(GOOD),
+        "{not json",
+        json.dumps({**GOOD, "id": "q3", "answer": "Z"}),
+        "",
+        json.dumps({**GOOD, "id": "q5"}),
+        json.dumps({**GOOD, "id": "q6", "options": {"A": "only one"}}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError) as caught:
+        read_jsonl(path)
+    assert str(caught.value).startswith(f"{path}:2: field 'record': invalid JSON")
+    result = read_jsonl(path, on_error="skip")
+    assert [item.id for item in result.records] == ["q1", "q5"] and result.rejected == 3
+    assert [(e.path, e.line, e.field) for e in result.errors] == [(str(path), 2, "record"), (str(path), 3, "answer"), (str(path), 6, "options")]
+    with pytest.raises(ValueError, match="on_error"):
+        read_jsonl(path, on_error="ignore")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_write_then_read_round_trip(tmp_path):
+    items = [MCQItem.model_validate({**GOOD, "id": f"q{i}", "metadata": {"kb": "ORPHA:778", "evidence": ["HP:0002376"]}}) for i in range(3)]
+    path = tmp_path / "nested" / "out.jsonl"
+    assert write_jsonl(path, items) == 3
+    assert read_jsonl(path).records == items
+
+
+def test_atomic_write_leaves_the_original_when_the_writer_fails(tmp_path):
+    path = tmp_path / "items.jsonl"
+    write_jsonl(path, [GOOD])
+    original = path.read_text()
+
+    def records():
+        yield {**GOOD, "id": "new"}
+        raise RuntimeError("synthesis crashed mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        write_jsonl(path, records())
+    assert path.read_text() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.jsonl"]  # no temp file left behind
