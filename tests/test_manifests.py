@@ -1,0 +1,301 @@
+"""manifests/: every overlay renders with kubectl's kustomize, its core objects pass the Kubernetes schemas,
+the settings ConfigMap parses, and `kubectl apply --dry-run=server -k` succeeds against the real API server."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from medssr.cluster import ClusterDefaults
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+# Schemas of the Kubernetes minor the manifests target (the oldest we claim is 1.30; the API server of the
+# test suite is older still and checks the same objects with --dry-run=server below).
+KUBERNETES_SCHEMA_VERSION = "1.30.0"
+CRD_DIR = ROOT / "tests" / "data" / "crds"
+EXPECTED_OBJECTS = {
+    ("Namespace", "medssr"),
+    ("ServiceAccount", "medssr-pipeline"),
+    ("ServiceAccount", "medssr-predictor"),
+    ("Role", "medssr-pipeline"),
+    ("RoleBinding", "medssr-pipeline"),
+    ("ConfigMap", "medssr-config"),
+    ("Secret", "medssr-s3"),
+    ("PersistentVolumeClaim", "medssr-workspace"),
+    ("PersistentVolumeClaim", "mlflow-db"),
+    ("Deployment", "mlflow"),
+    ("Service", "mlflow"),
+}
+# The install step of the README, run in a copy of manifests/ (s3.env is git-ignored).
+SECRET_FILE_STEP = "cp manifests/base/s3.env.example manifests/base/s3.env"
+
+
+def test_overlays_exist():
+    assert OVERLAYS == ["cpu-dev", "gpu"]
+
+
+@pytest.fixture(scope="module")
+def install_tree(tmp_path_factory) -> Path:
+    """A copy of manifests/ prepared as the README says (the S3 env file from its example)."""
+    root = tmp_path_factory.mktemp("install")
+    shutil.copytree(MANIFESTS, root / "manifests", ignore=shutil.ignore_patterns("s3.env"))
+    subprocess.run(shlex.split(SECRET_FILE_STEP), cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def rendered(install_tree) -> dict[str, list[dict]]:
+    out = {}
+    for overlay in OVERLAYS:
+        result = subprocess.run(
+            [KUBECTL, "kustomize", str(install_tree / "manifests" / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"kubectl kustomize overlays/{overlay} failed:\n{result.stderr}"
+        out[overlay] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out
+
+
+def _by_kind(docs: list[dict], kind: str, name: str) -> dict:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def test_render_without_secret_file_fails_clearly(tmp_path):
+    shutil.copytree(MANIFESTS, tmp_path / "manifests", ignore=shutil.ignore_patterns("s3.env"))
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(tmp_path / "manifests" / "overlays" / "cpu-dev")], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "s3.env" in result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_expected_objects(rendered, overlay):
+    docs = rendered[overlay]
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == EXPECTED_OBJECTS
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/part-of") == "medssr", doc["metadata"]["name"]
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "medssr", doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_objects_pass_kubernetes_schemas(rendered, overlay):
+    for doc in rendered[overlay]:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_SCHEMA_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+
+
+def test_schema_check_catches_a_bad_field(rendered):
+    deployment = json.loads(json.dumps(_by_kind(rendered["gpu"], "Deployment", "mlflow")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_settings_configmap_parses(rendered, overlay):
+    data = _by_kind(rendered[overlay], "ConfigMap", "medssr-config")["data"]
+    defaults = ClusterDefaults.from_mapping(data)
+    assert defaults.namespace == "medssr"
+    assert defaults.s3_secret == "medssr-s3" and defaults.workspace_pvc == "medssr-workspace"
+    assert defaults.predictor_service_account == "medssr-predictor"
+    assert defaults.mlflow_tracking_uri == "http://mlflow.medssr.svc.cluster.local:5000"
+    # The placement defaults are valid pod fields: put them in a pod and validate it.
+    for workload in (defaults.train, defaults.predictor):
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "probe"},
+            "spec": {
+                "nodeSelector": workload.node_selector,
+                "tolerations": workload.tolerations,
+                "containers": [{"name": "main", "image": "medssr:test", "resources": workload.resources()}],
+            },
+        }
+        kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+    if overlay == "gpu":
+        assert defaults.device == "cuda" and defaults.generation_backend == "vllm"
+        assert defaults.train.gpus >= 1 and defaults.predictor.gpus >= 1
+        assert defaults.train.resources()["limits"]["nvidia.com/gpu"] == str(defaults.train.gpus)
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in defaults.train.tolerations
+        assert defaults.train.node_selector
+    else:
+        assert defaults.device == "cpu" and defaults.generation_backend == "transformers"
+        assert defaults.train.gpus == 0 and defaults.predictor.gpus == 0
+        assert "nvidia.com/gpu" not in defaults.train.resources()["limits"]
+        assert defaults.train.tolerations == [] and defaults.train.node_selector == {}
+
+
+def test_settings_errors_name_the_key(rendered):
+    data = dict(_by_kind(rendered["gpu"], "ConfigMap", "medssr-config")["data"])
+    with pytest.raises(ValueError, match="MEDSSR_TRAIN_TOLERATIONS is not JSON"):
+        ClusterDefaults.from_mapping({**data, "MEDSSR_TRAIN_TOLERATIONS": "[{oops"})
+    with pytest.raises(ValueError, match="MEDSSR_PREDICTOR_GPUS='two'"):
+        ClusterDefaults.from_mapping({**data, "MEDSSR_PREDICTOR_GPUS": "two"})
+    with pytest.raises(ValueError, match="missing setting MEDSSR_S3_SECRET"):
+        ClusterDefaults.from_mapping({k: v for k, v in data.items() if k != "MEDSSR_S3_SECRET"})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_server(rendered, overlay):
+    docs = rendered[overlay]
+    deployment = _by_kind(docs, "Deployment", "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].startswith("ghcr.io/mlflow/mlflow:v3.17.2")
+    args = container["args"]
+    assert args[:2] == ["--host=0.0.0.0", "--port=5000"]
+    assert sum(a.startswith("--workers=") for a in args) == 1  # the overlay replaced, not appended
+    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in args
+    assert "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)" in args
+    env = {e["name"]: e for e in container["env"]}
+    assert "MLFLOW_ARTIFACTS_DESTINATION" in env  # `$(VAR)` in args only expands a declared variable
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "medssr-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert all("value" not in e or not e["name"].startswith("AWS_") for e in container["env"])
+    # The volume holding the database is the PVC; the service reaches the container port.
+    claim = {v["name"]: v for v in pod["volumes"]}["db"]["persistentVolumeClaim"]["claimName"]
+    _by_kind(docs, "PersistentVolumeClaim", claim)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/mlflow"] == "db"
+    service = _by_kind(docs, "Service", "mlflow")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["port"] == 5000
+    # Probes, resources and a non-root, locked-down container.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health"
+    assert {"requests", "limits"} <= container["resources"].keys()
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_mlflow_allowed_hosts_accept_service_names_only(rendered):
+    """The --allowed-hosts list, matched by MLflow's own Host check: in-cluster names and port-forward pass,
+    anything else (a DNS-rebinding attacker's name, another service) is rejected."""
+    from mlflow.server.security_utils import is_allowed_host_header, is_health_endpoint
+
+    container = _by_kind(rendered["gpu"], "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    (flag,) = [a for a in container["args"] if a.startswith("--allowed-hosts=")]
+    allowed = flag.split("=", 1)[1].split(",")
+    config = ClusterDefaults.from_mapping(_by_kind(rendered["gpu"], "ConfigMap", "medssr-config")["data"])
+    tracking_host = config.mlflow_tracking_uri.split("://", 1)[1]
+    for host in [tracking_host, "mlflow:5000", "mlflow.medssr:5000", "localhost:5000", "127.0.0.1:15000"]:
+        assert is_allowed_host_header(allowed, host), host
+    for host in ["evil.example.com", "mlflow.evil.example.com:5000", "10.1.2.3:5000", "other.medssr.svc:5000"]:
+        assert not is_allowed_host_header(allowed, host), host
+    assert is_health_endpoint("/health")  # the probes' path skips the Host check (kubelet sends the pod IP)
+
+
+def test_secret_has_placeholders_only(rendered):
+    import base64
+
+    example = (MANIFESTS / "base" / "s3.env.example").read_text()
+    assert "REPLACE_ME" in example
+    for overlay in OVERLAYS:
+        secret = _by_kind(rendered[overlay], "Secret", "medssr-s3")
+        values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert set(values) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert all(v.startswith("REPLACE_ME") for v in values.values())
+        assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "manifests/base/s3.env"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ignored.returncode == 0, "manifests/base/s3.env must be git-ignored"
+
+
+def test_predictor_account_carries_the_s3_secret(rendered):
+    for overlay in OVERLAYS:
+        account = _by_kind(rendered[overlay], "ServiceAccount", "medssr-predictor")
+        assert account["secrets"] == [{"name": "medssr-s3"}]
+
+
+def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    validators = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd:
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = version["schema"]["openAPIV3Schema"]
+                validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_has_a_schema(rendered, overlay):
+    """Core kinds are checked by kubernetes-validate above; anything else must be a custom resource whose
+    CRD the test suite carries, and must validate against that CRD's openAPIV3Schema."""
+    validators = _crd_validators() if CRD_DIR.is_dir() else {}
+    for doc in rendered[overlay]:
+        key = (doc["apiVersion"], doc["kind"])
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_SCHEMA_VERSION, strict=True)
+            continue
+        except kubernetes_validate.SchemaNotFoundError:
+            pass
+        assert key in validators, f"{overlay}: no schema for {key}"
+        errors = sorted(validators[key].iter_errors(doc), key=str)
+        assert not errors, f"{overlay}: {key} {doc['metadata']['name']}: {errors[0].message}"
+
+
+# ----------------------------------------------------------------------------------------------- real server
+@pytest.mark.k8s
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_apply_dry_run_server(kube_cluster, install_tree, overlay):
+    """The install command, as the README gives it, with --dry-run=server: the API server admits every object
+    (schemas, defaults, references) without storing anything."""
+    kube_cluster.namespace("medssr")  # namespaced objects need their namespace to exist even in a dry run
+    result = kube_cluster.kubectl(
+        "apply", "--dry-run=server", "-k", str(install_tree / "manifests" / "overlays" / overlay), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    created = {line.split(" ", 1)[0] for line in result.stdout.splitlines()}
+    assert {"deployment.apps/mlflow", "role.rbac.authorization.k8s.io/medssr-pipeline", "secret/medssr-s3"} <= created
+    # Nothing was stored.
+    assert kube_cluster.kubectl("get", "deployments", "-n", "medssr", "-o", "name").stdout.strip() == ""
+
+
+@pytest.mark.k8s
+def test_server_rejects_a_broken_overlay(kube_cluster, install_tree):
+    """The dry run is a real check: an object the API server refuses makes it fail."""
+    kube_cluster.namespace("medssr")
+    broken = install_tree / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["../manifests/overlays/cpu-dev"],
+                "patches": [
+                    {
+                        "target": {"kind": "PersistentVolumeClaim", "name": "medssr-workspace"},
+                        "patch": "- op: replace\n  path: /spec/accessModes\n  value: [Sometimes]\n",
+                    }
+                ],
+            }
+        )
+    )
+    result = kube_cluster.kubectl("apply", "--dry-run=server", "-k", str(broken), check=False)
+    assert result.returncode != 0 and "Sometimes" in result.stderr
