@@ -1,0 +1,478 @@
+"""MLflow tracking and registry: one parent run per pipeline run, one nested run per stage.
+
+Standard MLflow settings are honoured (``MLFLOW_TRACKING_URI``, ``MLFLOW_S3_ENDPOINT_URL``, AWS
+credentials). Without them the store is ``sqlite:///<cwd>/.medssr/mlflow.db`` with artifacts under
+``<cwd>/.medssr/mlartifacts``. Every call that reaches the tracking server goes through
+:meth:`Tracker.call`, which retries connection errors and 5xx answers with exponential backoff, so a
+server that is briefly unreachable delays a run instead of losing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+LOCAL_DIR = ".medssr"
+PIPELINE_RUN_TAG = "medssr.pipeline_run_id"
+STAGE_TAG = "medssr.stage"
+KIND_TAG = "medssr.kind"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_CHARS = 6000
+MAX_DIGEST_CHARS = 32
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs and models are tracked, and how hard to try when the server does not answer."""
+
+    tracking_uri: str = field(
+        default="",
+        metadata={"help": "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else sqlite under ./.medssr"},
+    )
+    experiment: str = field(default="medssr", metadata={"help": "MLflow experiment name"})
+    retry_attempts: int = field(default=8, metadata={"help": "tries per MLflow call before giving up"})
+    retry_initial_delay: float = field(default=0.5, metadata={"help": "seconds before the first retry"})
+    retry_max_delay: float = field(default=30.0, metadata={"help": "cap on the wait between retries (s)"})
+    artifacts_destination: str = field(
+        default="",
+        metadata={
+            "help": "the server's --artifacts-destination (e.g. s3://bucket/mlartifacts); maps proxied "
+            "mlflow-artifacts:/ locations to the S3 URI KServe needs. Empty: MEDSSR_MLFLOW_ARTIFACTS_DESTINATION"
+        },
+    )
+
+
+def local_tracking_uri(root: str | os.PathLike | None = None) -> str:
+    root = Path(root or Path.cwd()).resolve()
+    return f"sqlite:///{root / LOCAL_DIR / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(config: TrackingConfig | None = None) -> str:
+    config = config or TrackingConfig()
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
+
+
+# ---------------------------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection failures and 5xx answers are worth retrying; 4xx (bad request, not found) are not."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        if status >= 500:
+            return True
+        return bool(re.search(r"Max retries exceeded|Connection refused|timed out|RemoteDisconnected", str(exc)))
+    return False
+
+
+def with_retries(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 8,
+    initial_delay: float = 0.5,
+    max_delay: float = 30.0,
+    **kwargs: Any,
+) -> T:
+    """Call ``fn``; on a transient failure wait (exponential backoff with jitter) and call again."""
+    delay = initial_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            wait = min(max_delay, delay) * (0.5 + random.random() / 2)
+            log.warning(
+                "MLflow call %s failed (%s); retry %d/%d in %.1fs",
+                getattr(fn, "__name__", fn),
+                str(exc).splitlines()[0][:200],
+                attempt,
+                attempts - 1,
+                wait,
+            )
+            time.sleep(wait)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config (dataclass, pydantic model or mapping) as plain JSON-able data."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    elif hasattr(config, "model_dump"):
+        data = config.model_dump(mode="json")
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        raise TypeError(f"cannot read a config of type {type(config).__name__}")
+    return json.loads(json.dumps(data, default=str, sort_keys=True))
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of the canonical JSON of the fully resolved config."""
+    canonical = json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}``; lists keep their JSON form."""
+    flat: dict[str, str] = {}
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    key = prefix.rstrip(".")
+    text = data if isinstance(data, str) else json.dumps(data, default=str)
+    flat[key] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+    return flat
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of every file in a folder (relative names included)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+_BAD_KEY_CHARS = re.compile(r"[^\w\-./ ]")
+
+
+def metric_key(key: str) -> str:
+    """MLflow keys allow letters, digits, ``_-./`` and spaces."""
+    return _BAD_KEY_CHARS.sub("_", key)
+
+
+def numeric_items(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers (bools included) of a nested mapping, flattened to metric keys."""
+    found: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found.update(numeric_items(value, f"{name}."))
+        elif isinstance(value, (int, float)) and math.isfinite(float(value)):
+            found[metric_key(name)] = float(value)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+class Tracker:
+    """An MLflow client bound to one tracking URI and experiment, with every call retried."""
+
+    def __init__(self, config: TrackingConfig | None = None):
+        from mlflow import MlflowClient
+
+        self.config = config or TrackingConfig()
+        self.tracking_uri = resolve_tracking_uri(self.config)
+        self.is_local_default = self.tracking_uri == local_tracking_uri()
+        if self.is_local_default:
+            (Path.cwd() / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self._experiment_id: str | None = None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return with_retries(
+            fn,
+            *args,
+            attempts=self.config.retry_attempts,
+            initial_delay=self.config.retry_initial_delay,
+            max_delay=self.config.retry_max_delay,
+            **kwargs,
+        )
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._get_or_create_experiment(self.config.experiment)
+        return self._experiment_id
+
+    def _get_or_create_experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.call(self.client.get_experiment_by_name, name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.is_local_default:
+            location = (Path.cwd() / LOCAL_DIR / "mlartifacts" / name).resolve().as_uri()
+        try:
+            return self.call(self.client.create_experiment, name, artifact_location=location)
+        except MlflowException as exc:  # created meanwhile by a parallel step
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+                raise
+            return self.call(self.client.get_experiment_by_name, name).experiment_id
+
+    def start_pipeline_run(self, pipeline_run_id: str, tags: Mapping[str, str] | None = None) -> str:
+        """The parent run of a pipeline run; a retried step finds the one it already made."""
+        query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}' and tags.`{KIND_TAG}` = 'pipeline'"
+        existing = self.call(self.client.search_runs, [self.experiment_id], filter_string=query, max_results=1)
+        if existing:
+            return existing[0].info.run_id
+        all_tags = {PIPELINE_RUN_TAG: pipeline_run_id, KIND_TAG: "pipeline", RUN_NAME_TAG: f"pipeline-{pipeline_run_id}"}
+        all_tags.update(tags or {})
+        run = self.call(self.client.create_run, self.experiment_id, tags=all_tags)
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.call(self.client.set_terminated, run_id, status)
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, parent_run_id: str = "", tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+        """A nested run for one stage. An exception marks it (and the parent) FAILED with the reason, then re-raises."""
+        all_tags = {STAGE_TAG: stage, KIND_TAG: "stage", RUN_NAME_TAG: stage}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+            parent = self.call(self.client.get_run, parent_run_id)
+            pipeline_run_id = parent.data.tags.get(PIPELINE_RUN_TAG)
+            if pipeline_run_id:
+                all_tags[PIPELINE_RUN_TAG] = pipeline_run_id
+        all_tags.update(tags or {})
+        run = self.call(self.client.create_run, self.experiment_id, tags=all_tags)
+        stage_run = StageRun(self, run.info.run_id, stage)
+        started = time.perf_counter()
+        try:
+            yield stage_run
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # the original failure matters more than a logging one
+                stage_run.set_tags({"medssr.error": reason[:5000]})
+                stage_run.log_text("".join(traceback.format_exception(exc)), "error.txt")
+                self.finish_run(stage_run.run_id, "FAILED")
+                if parent_run_id:
+                    self.call(self.client.set_tag, parent_run_id, "medssr.error", f"{stage}: {reason}"[:5000])
+                    self.finish_run(parent_run_id, "FAILED")
+            raise
+        stage_run.log_metrics({"stage_seconds": time.perf_counter() - started})
+        self.finish_run(stage_run.run_id, "FINISHED")
+
+
+class StageRun:
+    """Logging helpers for one MLflow run; all calls retried through the tracker."""
+
+    def __init__(self, tracker: Tracker, run_id: str, stage: str):
+        self.tracker, self.run_id, self.stage = tracker, run_id, stage
+        self.client = tracker.client
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.tracker.call(self.client.log_batch, self.run_id, tags=entries[start : start + MAX_PARAMS_PER_BATCH])
+
+    def log_config(self, config: Any, prefix: str = "") -> str:
+        """The full resolved config as flattened params, plus its sha256 (param and tag); returns the hash."""
+        from mlflow.entities import Param
+
+        digest = config_hash(config)
+        params = flatten(config_dict(config), prefix)
+        params[f"{prefix}config_sha256"] = digest
+        entries = [Param(metric_key(k), v) for k, v in sorted(params.items())]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.tracker.call(self.client.log_batch, self.run_id, params=entries[start : start + MAX_PARAMS_PER_BATCH])
+        self.set_tags({f"{prefix}config_sha256": digest})
+        return digest
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> int:
+        """Log the finite numbers of a (nested) mapping; returns how many were logged."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        entries = [Metric(k, v, stamp, step or 0) for k, v in numeric_items(metrics, prefix).items()]
+        self._log_metric_entries(entries)
+        return len(entries)
+
+    def log_history(self, history: list[Mapping[str, Any]], step_key: str = "step", prefix: str = "") -> int:
+        """Curves: one metric point per record and numeric field, at the record's step."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        entries = []
+        for index, record in enumerate(history):
+            step = int(record.get(step_key, index))
+            values = {k: v for k, v in record.items() if k != step_key}
+            entries += [Metric(k, v, stamp, step) for k, v in numeric_items(values, prefix).items()]
+        self._log_metric_entries(entries)
+        return len(entries)
+
+    def _log_metric_entries(self, entries: list) -> None:
+        for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+            self.tracker.call(self.client.log_batch, self.run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """A file, or a folder's contents, under ``artifact_path``."""
+        path = Path(path)
+        if path.is_dir():
+            self.tracker.call(self.client.log_artifacts, self.run_id, str(path), artifact_path)
+        else:
+            self.tracker.call(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.tracker.call(self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_dataset(self, path: str | os.PathLike, name: str, context: str, source: str | None = None) -> str:
+        """Record a JSONL file as a dataset input of this run (content digest, row count, schema)."""
+        import pandas as pd
+        from mlflow.data import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+
+        path = Path(path)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        frame = pd.DataFrame(
+            [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in rows]
+        )
+        digest = file_sha256(path)
+        with warnings.catch_warnings():  # a local path matches two equivalent source types; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame, source=source or str(path.resolve()), name=name, digest=digest[:MAX_DIGEST_CHARS])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        self.tracker.call(self.client.log_inputs, self.run_id, datasets=[entry])
+        return digest
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.tracker.call(self.client.get_run, self.run_id).info.artifact_uri
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))/?$")
+
+
+def parse_model_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
+    match = MODEL_REF.match(ref.strip())
+    if not match:
+        raise ValueError(f"not a model reference (models:/NAME@ALIAS or models:/NAME/VERSION): {ref!r}")
+    return match["name"], match["alias"], match["version"]
+
+
+def get_model_version(tracker: Tracker, ref: str):
+    """The ModelVersion a reference names; a clear ValueError when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_reference(ref)
+    try:
+        if alias:
+            return tracker.call(tracker.client.get_model_version_by_alias, name, alias)
+        return tracker.call(tracker.client.get_model_version, name, version)
+    except MlflowException as exc:
+        if exc.get_http_status_code() in (400, 404):
+            raise ValueError(f"{ref}: no such registered model version ({str(exc).splitlines()[0]})") from None
+        raise
+
+
+def version_location(tracker: Tracker, version) -> str:
+    """Where a version's files are: its source, or the run artifact location the registry reports."""
+    source = version.source
+    if source.startswith(("runs:/", "models:/")):
+        source = tracker.call(tracker.client.get_model_version_download_uri, version.name, version.version)
+    return source
+
+
+def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cache_dir: str | os.PathLike | None = None) -> str:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/N`` -> a local path or an ``s3://`` URI of the model folder.
+
+    Local (``file:``) and ``s3://`` locations are returned as they are. A location proxied by the MLflow
+    server (``mlflow-artifacts:``) is mapped to the server's S3 destination when that is configured
+    (``artifacts_destination`` / MEDSSR_MLFLOW_ARTIFACTS_DESTINATION, what KServe needs), else the
+    files are downloaded once into ``cache_dir`` (default ``.medssr/models/NAME/VERSION``).
+    """
+    from urllib.parse import unquote, urlparse
+
+    config = config or TrackingConfig()
+    tracker = Tracker(config)
+    version = get_model_version(tracker, ref)
+    location = version_location(tracker, version)
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else location
+    if parsed.scheme == "s3":
+        return location
+    destination = config.artifacts_destination or os.environ.get("MEDSSR_MLFLOW_ARTIFACTS_DESTINATION", "")
+    if parsed.scheme == "mlflow-artifacts" and destination:
+        return f"{destination.rstrip('/')}/{parsed.path.lstrip('/')}"
+    import mlflow.artifacts
+
+    target = Path(cache_dir or Path.cwd() / LOCAL_DIR / "models" / version.name / str(version.version))
+    if not (target / ".complete").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        tracker.call(mlflow.artifacts.download_artifacts, artifact_uri=location, dst_path=str(target), tracking_uri=tracker.tracking_uri)
+        (target / ".complete").touch()
+    folder = target / Path(parsed.path).name
+    return str(folder if folder.is_dir() else target)
+
+
+def register_model_folder(
+    stage_run: StageRun,
+    name: str,
+    model_dir: str | os.PathLike,
+    tags: Mapping[str, Any] | None = None,
+    alias: str = "candidate",
+    artifact_path: str = "model",
+):
+    """Log a ``save_pretrained`` folder as run artifacts and register it as a new version with ``alias``.
+
+    The version's source is that artifact folder as it is (safetensors + tokenizer), so vLLM and the
+    KServe Hugging Face runtime load it directly; ``mlflow.transformers``' own layout would not.
+    """
+    from mlflow.exceptions import MlflowException
+
+    tracker, client = stage_run.tracker, stage_run.client
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    stage_run.log_artifact(model_dir, artifact_path)
+    source = f"{stage_run.artifact_uri.rstrip('/')}/{artifact_path}"
+    try:
+        tracker.call(client.create_registered_model, name)
+    except MlflowException as exc:
+        if "already exists" not in str(exc) and "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = tracker.call(
+        client.create_model_version,
+        name,
+        source,
+        run_id=stage_run.run_id,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+    )
+    if alias:
+        tracker.call(client.set_registered_model_alias, name, alias, version.version)
+    return version
