@@ -1,0 +1,393 @@
+"""A real Kubernetes API server (kube-apiserver v1.20 + etcd) for the test suite.
+
+The binaries come from `make kube-apiserver` (scripts/build-kube-apiserver.sh), cached outside the repository.
+No controllers or kubelet run: tests create objects and play the operator by patching `.status`.
+
+Fixtures:
+- `kube_cluster` (session): starts etcd and kube-apiserver on free 127.0.0.1 ports, installs the CRDs of
+  tests/data/crds, writes a kubeconfig for `kubectl --kubeconfig`, and stops both processes at the end.
+- `kube_namespace` (function): a fresh namespace for one test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+KUBE_DIR = Path(os.environ.get("MEDSSR_CACHE", Path.home() / ".cache" / "medssr")) / "kube"
+KUBE_APISERVER = KUBE_DIR / "bin" / "kube-apiserver"
+ETCD = KUBE_DIR / "bin" / "etcd"
+BUILD_MARKER = KUBE_DIR / "READY"
+CRD_DIR = Path(__file__).resolve().parents[1] / "data" / "crds"
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+ADMIN_USER = "medssr-test-admin"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+READY_TIMEOUT_S = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_pki(pki: Path) -> None:
+    """A CA, a serving certificate for 127.0.0.1, and the service-account signing key pair."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    valid = (now - dt.timedelta(hours=1), now + dt.timedelta(days=2))
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medssr-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    serving_key = ec.generate_private_key(ec.SECP256R1())
+    serving_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(serving_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes.default.svc"),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    pki.mkdir(parents=True, exist_ok=True)
+    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (pki / "ca.key").write_bytes(pem_key(ca_key))
+    (pki / "apiserver.crt").write_bytes(serving_cert.public_bytes(serialization.Encoding.PEM))
+    (pki / "apiserver.key").write_bytes(pem_key(serving_key))
+    (pki / "sa.key").write_bytes(pem_key(sa_key))
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class KubeCluster:
+    """A running kube-apiserver. `api_client()` is the admin (system:masters) client."""
+
+    server: str
+    kubeconfig: Path
+    ca_file: Path
+    admin_token: str
+    workdir: Path
+    _processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    _crds_applied: set[str] = field(default_factory=set, repr=False)
+
+    def api_client(self, token: str | None = None, impersonate: str | None = None, groups: list[str] | None = None):
+        """A `kubernetes.client.ApiClient`: admin by default; another identity through a bearer token
+        (e.g. from `service_account_token`) or by impersonating a user (plus at most one group)."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.server
+        configuration.ssl_ca_cert = str(self.ca_file)
+        configuration.api_key = {"authorization": f"Bearer {token or self.admin_token}"}
+        api = client.ApiClient(configuration)
+        if impersonate:
+            api.set_default_header("Impersonate-User", impersonate)
+        if groups:
+            if len(groups) > 1:
+                raise ValueError("the kubernetes client sends one Impersonate-Group header; pass one group")
+            api.set_default_header("Impersonate-Group", groups[0])
+        return api
+
+    def apply_crds(self, paths: list[Path] | None = None) -> list[str]:
+        """Install CRDs (default: every YAML in tests/data/crds) and wait until they are Established."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        extensions = client.ApiextensionsV1Api(self.api_client())
+        names = []
+        for path in sorted(paths or CRD_DIR.glob("*.yaml")):
+            for body in yaml.safe_load_all(path.read_text()):
+                if not body:
+                    continue
+                name = body["metadata"]["name"]
+                names.append(name)
+                if name in self._crds_applied:
+                    continue
+                try:
+                    extensions.create_custom_resource_definition(body)
+                except ApiException as error:
+                    if error.status != 409:
+                        raise
+                    current = extensions.read_custom_resource_definition(name)
+                    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+                    extensions.replace_custom_resource_definition(name, body)
+        deadline = time.monotonic() + 30
+        for name in names:
+            while True:
+                crd = extensions.read_custom_resource_definition(name)
+                conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+                if conditions.get("Established") == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {name} not Established: {conditions}")
+                time.sleep(0.1)
+            self._crds_applied.add(name)
+        self._wait_for_discovery(names)
+        return names
+
+    def _wait_for_discovery(self, crd_names: list[str]) -> None:
+        """Established CRDs take a moment to appear in discovery; kubectl needs them there."""
+        from kubernetes import client
+
+        api = self.api_client()
+        groups = {name.split(".", 1)[1] for name in crd_names}
+        deadline = time.monotonic() + 30
+        while True:
+            served = {g.name for g in client.ApisApi(api).get_api_versions().groups}
+            if groups <= served:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"API groups not in discovery: {sorted(groups - served)}")
+            time.sleep(0.1)
+
+    def namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """Create a namespace (if missing) and return its name."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        core = client.CoreV1Api(self.api_client())
+        try:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return name
+
+    def service_account_token(self, namespace: str, name: str, create: bool = True) -> str:
+        """A bound token for a ServiceAccount (TokenRequest API), creating the account if asked."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        core = client.CoreV1Api(self.api_client())
+        if create:
+            try:
+                core.create_namespaced_service_account(
+                    namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+                )
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=["https://kubernetes.default.svc"], expiration_seconds=3600))
+        return core.create_namespaced_service_account_token(name, namespace, request).status.token
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
+        """Run `kubectl --kubeconfig <ours> ARGS...` and return the CompletedProcess (text)."""
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            input=input,
+        )
+
+    def stop(self) -> None:
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in reversed(self._processes):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        self._processes.clear()
+
+
+def _wait_ready(server: str, ca_file: Path, token: str, processes: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    request = urllib.request.Request(f"{server}/readyz", headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last_error = ""
+    while time.monotonic() < deadline:
+        for name, (process, log) in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{_log_tail(log)}")
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError) as error:
+            last_error = str(error)
+        time.sleep(0.25)
+    logs = "\n".join(f"--- {name}\n{_log_tail(log)}" for name, (_, log) in processes.items())
+    raise TimeoutError(f"kube-apiserver not ready after {READY_TIMEOUT_S:.0f} s ({last_error}):\n{logs}")
+
+
+def start_kube_cluster(workdir: Path) -> KubeCluster:
+    """Start etcd + kube-apiserver under `workdir`; the caller must call `.stop()`."""
+    pki = workdir / "pki"
+    _write_pki(pki)
+    admin_token = secrets.token_hex(24)
+    token_file = workdir / "tokens.csv"
+    token_file.write_text(f'{admin_token},{ADMIN_USER},{uuid.uuid4()},"system:masters"\n')
+    token_file.chmod(0o600)
+
+    etcd_client, etcd_peer, apiserver_port = _free_port(), _free_port(), _free_port()
+    etcd_log, apiserver_log = workdir / "etcd.log", workdir / "kube-apiserver.log"
+    etcd_cmd = [
+        str(ETCD),
+        "--name=medssr-test",
+        f"--data-dir={workdir / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+        f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+        f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+        f"--initial-cluster=medssr-test=http://127.0.0.1:{etcd_peer}",
+        "--log-level=warn",
+        "--logger=zap",
+    ]
+    apiserver_cmd = [
+        str(KUBE_APISERVER),
+        f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={apiserver_port}",
+        "--insecure-port=0",  # v1.20 otherwise opens an unauthenticated port 8080
+        f"--cert-dir={workdir / 'certs'}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--token-auth-file={token_file}",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--api-audiences=https://kubernetes.default.svc",
+        "--service-cluster-ip-range=10.96.0.0/16",
+        "--allow-privileged=true",
+        # ServiceAccount admission waits for token Secrets that only the (absent) controller-manager creates.
+        "--disable-admission-plugins=ServiceAccount",
+        "--enable-priority-and-fairness=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+    cluster = KubeCluster(
+        server=f"https://127.0.0.1:{apiserver_port}",
+        kubeconfig=workdir / "kubeconfig",
+        ca_file=pki / "ca.crt",
+        admin_token=admin_token,
+        workdir=workdir,
+    )
+    try:
+        etcd = subprocess.Popen(etcd_cmd, stdout=etcd_log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir)
+        cluster._processes.append(etcd)
+        apiserver = subprocess.Popen(
+            apiserver_cmd, stdout=apiserver_log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir
+        )
+        cluster._processes.append(apiserver)
+        _wait_ready(
+            cluster.server,
+            cluster.ca_file,
+            admin_token,
+            {"etcd": (etcd, etcd_log), "kube-apiserver": (apiserver, apiserver_log)},
+        )
+    except BaseException:
+        cluster.stop()
+        raise
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "medssr-test", "cluster": {"server": cluster.server, "certificate-authority": str(cluster.ca_file)}}],
+        "users": [{"name": ADMIN_USER, "user": {"token": admin_token}}],
+        "contexts": [{"name": "medssr-test", "context": {"cluster": "medssr-test", "user": ADMIN_USER, "namespace": "default"}}],
+        "current-context": "medssr-test",
+    }
+    cluster.kubeconfig.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+    cluster.kubeconfig.chmod(0o600)
+    return cluster
+
+
+def _require_build() -> None:
+    if BUILD_MARKER.is_file() and KUBE_APISERVER.is_file() and ETCD.is_file():
+        return
+    message = (
+        f"kube-apiserver build not found in {KUBE_DIR}: run `make kube-apiserver` "
+        "(builds it once from Debian's kubernetes source package, 5-10 min)"
+    )
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory) -> KubeCluster:
+    """A running kube-apiserver + etcd with the test CRDs installed; stopped at the end of the session."""
+    _require_build()
+    cluster = start_kube_cluster(tmp_path_factory.mktemp("kube"))
+    try:
+        cluster.apply_crds()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _dns_label(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "t"
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster, request) -> str:
+    """A fresh namespace for this test (namespaces are never reused: without a namespace controller a deleted
+    namespace stays Terminating)."""
+    return kube_cluster.namespace(f"{_dns_label(request.node.name, 50)}-{secrets.token_hex(3)}")
