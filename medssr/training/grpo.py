@@ -148,6 +148,9 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     ranks = _gather_rank_reports(trainer)
     trainer.save_model(str(output_dir))  # rank 0 writes; weights as safetensors, tokenizer beside them
+    if state.is_main_process:
+        # The Trainer pickles its arguments beside the model; a model folder carries no pickles.
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
 
     history_path = output_dir / "log_history.jsonl"
     metrics = {

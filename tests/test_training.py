@@ -1,0 +1,265 @@
+"""GRPO training on the tiny model: both stages learn, SIGKILL + restart resumes exactly, torchrun DDP, S3 mirror."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medssr.training import TrainingConfig, run_training
+from medssr.training.checkpoints import MARKER
+from medssr.training.dataset import load_training_rows
+
+DATA = Path(__file__).parent / "data"
+SELF_DATA = DATA / "train_self.jsonl"
+SUPERVISED_DATA = DATA / "train_supervised.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine this is several times faster for the tiny model."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def answer_format_model(tiny_model, tmp_path_factory, one_thread) -> Path:
+    """The tiny model after a few supervised steps on "The answer is X." (X random) for our prompts.
+
+    A random model never writes a final-answer statement, so every GRPO reward would be 0 and no
+    gradient would flow; this one answers in the right format with a random letter, like a base model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medssr.data import LabeledItem, read_jsonl
+    from medssr.prompts import build_messages
+
+    out = tmp_path_factory.mktemp("format-model")
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    items = read_jsonl(SELF_DATA, LabeledItem, on_error="skip").records
+    prompts = [tokenizer.apply_chat_template(build_messages(i), add_generation_prompt=True, tokenize=True, return_dict=False) for i in items]
+    for _ in range(40):
+        prompt = rng.choice(prompts)
+        batch, labels = [], []
+        for _ in range(4):
+            answer = tokenizer(f"The answer is {rng.choice('ABCD')}.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            batch.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        model(input_ids=torch.tensor(batch), labels=torch.tensor(labels)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_config(model: Path, out: Path, stage: str = "self", **overrides) -> TrainingConfig:
+    settings = dict(
+        stage=stage,
+        model=str(model),
+        data=str(SELF_DATA if stage == "self" else SUPERVISED_DATA),
+        output_dir=str(out),
+        learning_rate=1e-3,
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_completion_length=8,
+        max_steps=3,
+        save_steps=2,
+        logging_steps=1,
+    )
+    settings.update(overrides)
+    return TrainingConfig(**settings)
+
+
+def load_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+# --- configuration and data --------------------------------------------------------------------------
+
+
+def test_config_from_yaml_with_overrides_and_errors(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"stage": "supervised", "model": "m", "data": "d.jsonl", "output_dir": "o", "beta": 0.04, "num-generations": 4}))
+    config = TrainingConfig.from_yaml(path, learning_rate=2e-6)
+    assert (config.stage, config.beta, config.num_generations, config.learning_rate) == ("supervised", 0.04, 4, 2e-6)
+    path.write_text(yaml.safe_dump({"stage": "self", "lerning_rate": 1.0}))
+    with pytest.raises(ValueError, match="unknown training setting.*lerning_rate"):
+        TrainingConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="stage"):
+        TrainingConfig(stage="sft")
+    with pytest.raises(ValueError, match="num_generations"):
+        TrainingConfig(num_generations=1)
+    with pytest.raises(ValueError, match="model: required"):
+        TrainingConfig(data="d", output_dir="o").validate_paths()
+
+
+def test_cli_options_override_the_yaml(tmp_path):
+    from medssr.cli import build_parser
+    from medssr.training.config import config_from_args
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"learning_rate": 5e-7, "use_vllm": True, "save_steps": 7}))
+    args = build_parser().parse_args(
+        ["train", "--stage", "self", "--model", "M", "--data", "D", "--out", "O", "--config", str(path), "--max-steps", "9", "--use-vllm", "false"]
+    )
+    config = config_from_args(args, args.config)
+    assert (config.output_dir, config.max_steps, config.learning_rate, config.save_steps, config.use_vllm) == ("O", 9, 5e-7, 7, False)
+
+
+def test_training_rows_use_label_or_answer_and_report_rejects():
+    self_rows = load_training_rows(SELF_DATA, "self")
+    assert len(self_rows.rows) == 8 and self_rows.rejected == 1
+    assert (self_rows.errors[0].line, self_rows.errors[0].field) == (5, "label")
+    first = json.loads(SELF_DATA.read_text().splitlines()[0])
+    assert self_rows.rows[0]["target"] == first["label"] and self_rows.rows[0]["letters"] == "ABCD"
+    assert [m["role"] for m in self_rows.rows[0]["prompt"]] == ["system", "user"]
+
+    supervised = load_training_rows(SUPERVISED_DATA, "supervised")
+    assert len(supervised.rows) == 8 and supervised.rejected == 1
+    assert (supervised.errors[0].line, supervised.errors[0].field) == (7, "answer")
+    assert supervised.rows[0]["target"] == json.loads(SUPERVISED_DATA.read_text().splitlines()[0])["answer"]
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["self", "supervised"])
+def test_stage_trains_and_changes_the_weights(stage, answer_format_model, tmp_path):
+    out = tmp_path / "out"
+    result = run_training(tiny_config(answer_format_model, out, stage=stage))
+
+    assert result.model_dir == out
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "log_history.jsonl"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")), "the model folder carries no pickles"
+    before, after = load_weights(answer_format_model), load_weights(out)
+    changed = [name for name in before if not before[name].equal(after[name])]
+    assert changed, "GRPO steps left every weight unchanged"
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and metrics["stage"] == stage
+    assert (metrics["records"], metrics["records_rejected"]) == (8, 1)
+    assert metrics["rollout_backend"] == "transformers"
+    rewards = [json.loads(line) for line in result.history_path.read_text().splitlines()]
+    assert [h["step"] for h in rewards if "reward" in h] == [1, 2, 3]
+    assert any(h["reward_std"] > 0 for h in rewards if "reward" in h), "no reward variance: nothing to learn from"
+    assert all(f"rewards/{f}/mean" in rewards[0] for f in ("correctness_reward", "format_reward"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_resumes_from_the_last_complete_checkpoint(answer_format_model, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(answer_format_model, out, max_steps=12, save_steps=1, save_total_limit=20)
+    config_path = tmp_path / "cfg.yaml"
+    config.to_yaml(config_path)
+    command = [sys.executable, "-m", "medssr.training", "--config", str(config_path)]
+    checkpoints = out / "checkpoints"
+
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "checkpoint-2" / MARKER).is_file():
+        assert process.poll() is None, f"training exited early: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no complete checkpoint-2 within 120 s"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists(), "killed before the end"
+
+    complete = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob(f"checkpoint-*/{MARKER}"))
+    last = complete[-1]
+    assert 2 <= last < 12
+    # A half-written checkpoint beyond it, as a kill during a save leaves: its files but no marker.
+    planted = checkpoints / f"checkpoint-{last + 1}"
+    if not planted.exists():
+        shutil.copytree(checkpoints / f"checkpoint-{last}", planted)
+        (planted / MARKER).unlink()
+        (planted / "model.safetensors").write_bytes(b"truncated")
+
+    rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == last
+    assert metrics["global_step"] == 12
+    assert (planted / "model.safetensors").read_bytes() != b"truncated", "the incomplete checkpoint was left behind"
+    history = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "reward" in h] == list(range(1, 13)), "log history of both runs, each step once"
+
+    # Optimizer, scheduler and RNG state came back: the result equals an uninterrupted run bit for bit.
+    reference = run_training(tiny_config(answer_format_model, tmp_path / "reference", max_steps=12, save_steps=100))
+    resumed, uninterrupted = load_weights(out), load_weights(reference.model_dir)
+    assert all(resumed[name].equal(uninterrupted[name]) for name in uninterrupted)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_data_parallel(answer_format_model, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "medssr.cli", "train", "--stage", "supervised", "--model", str(answer_format_model),
+        "--data", str(SUPERVISED_DATA), "--out", str(out), "--max-steps", "2", "--nproc-per-node", "2",
+        "--num-generations", "4", "--per-device-train-batch-size", "2", "--max-completion-length", "8",
+        "--save-steps", "1", "--learning-rate", "1e-3",
+    ]
+    run = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(r["rank"] for r in metrics["ranks"]) == [0, 1]
+    assert all(r["global_step"] == 2 for r in metrics["ranks"])
+    assert run.stderr.count("saved model to") == 1, "rank 0 alone saves the result"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / MARKER).is_file()
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+
+
+@pytest.mark.slow
+def test_checkpoints_mirror_to_s3_and_a_fresh_machine_resumes_from_there(answer_format_model, tmp_path, s3_endpoint):
+    bucket = s3_endpoint.create_bucket("medssr-ckpt")
+    mirror = f"s3://{bucket}/runs/stage1"
+    first = run_training(tiny_config(answer_format_model, tmp_path / "a", max_steps=2, save_steps=1, checkpoint_dir=mirror))
+    keys = s3_endpoint.keys(bucket, "runs/stage1/")
+    for step in (1, 2):
+        assert f"runs/stage1/checkpoint-{step}/{MARKER}" in keys
+        assert f"runs/stage1/checkpoint-{step}/model.safetensors" in keys
+        assert f"runs/stage1/checkpoint-{step}/optimizer.pt" in keys
+    # A half-uploaded newer checkpoint (no marker) must not be chosen.
+    s3_endpoint.client().put_object(Bucket=bucket, Key="runs/stage1/checkpoint-3/trainer_state.json", Body=b"{}")
+
+    # Another machine: an empty local folder, the same mirror, one more step to go.
+    second = run_training(tiny_config(answer_format_model, tmp_path / "b", max_steps=3, save_steps=1, checkpoint_dir=mirror))
+    assert second.metrics["resumed_from_step"] == 2 and second.metrics["global_step"] == 3
+    assert first.metrics["global_step"] == 2
+    assert f"runs/stage1/checkpoint-3/{MARKER}" in s3_endpoint.keys(bucket, "runs/stage1/checkpoint-3/")
