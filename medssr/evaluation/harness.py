@@ -1,0 +1,276 @@
+"""The evaluation harness: models x benchmarks under the paper's protocol, cached, reported.
+
+For each model and benchmark: sample ``n`` completions per question (batched; cached by model
+identity, settings and prompt), read each with the strict and lenient filter pipelines, send the
+samples strict extraction cannot read to a second pass constrained to the question's own letters
+(one greedy token), and score. Accuracy never includes that second pass; its share (recovery
+rate) and the reference protocol's number that does count it are reported beside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+from medssr.data import EvalResult, MCQItem, write_jsonl
+from medssr.evaluation.cache import CompletionCache, default_cache_root, digest, model_identity, prompt_key, run_key
+from medssr.evaluation.filters import PIPELINES
+from medssr.evaluation.registry import BENCHMARKS, BenchmarkUnavailable, load_benchmark, resolve_names
+from medssr.evaluation.report import macro_average, write_report
+from medssr.evaluation.scoring import score
+from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
+from medssr.prompts import build_messages, build_prompt_text
+
+RECOVERY_INSTRUCTION = "Respond with one option only. The answer is"
+
+
+@dataclass
+class EvaluationConfig:
+    """Which models on which benchmarks, under which protocol (defaults: the paper's)."""
+
+    models: list[str] = field(default_factory=list, metadata={"help": "Model refs: folders, hub ids, s3:// URIs."})
+    model_names: list[str] = field(default_factory=list, metadata={"help": "Display names (e.g. base, stage1, stage2); default: folder names."})
+    benchmarks_dir: str = field(default="", metadata={"help": "Folder with benchmark files in the reference format."})
+    benchmarks: list[str] = field(default_factory=lambda: ["all"], metadata={"help": "Benchmark names, or 'all' available."})
+    limit: int | None = field(default=None, metadata={"help": "First K questions of each benchmark (None: all)."})
+    n: int = field(default=4, metadata={"help": "Samples per question; accuracy is mean +- std over them."})
+    sampling: SamplingParams = field(default_factory=SamplingParams, metadata={"help": "Paper protocol: T 0.6, top_p 0.95, top_k 20, 2048 tokens."})
+    prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages (instruct/chat-template models) or plain text (base models)."})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "Backend settings (its model is set per model)."})
+    chunk_size: int = field(default=64, metadata={"help": "Questions per generation call (batched across them; cache checkpoint)."})
+    recovery: bool = field(default=True, metadata={"help": "Second, letter-constrained pass for unreadable samples."})
+    cache_dir: str = field(default="", metadata={"help": "Completions cache; default ~/.cache/medssr/completions."})
+    out_dir: str = field(default="eval-out", metadata={"help": "Report folder: results.{json,md,png} and samples/."})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap, the held-out set and (unless sampling.seed) sampling."})
+    use_hub: bool = field(default=True, metadata={"help": "Load benchmarks without a local file from the Hugging Face hub."})
+    heldout_size: int = field(default=200, metadata={"help": "Questions in the held-out rare-disease set."})
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad benchmark records: stop, or skip and count."})
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1")
+        if self.prompt_style not in ("chat", "text"):
+            raise ValueError(f"prompt_style must be 'chat' or 'text', not {self.prompt_style!r}")
+        if self.model_names and len(self.model_names) != len(self.models):
+            raise ValueError("model_names must name every model (or none)")
+
+
+@dataclass
+class EvaluationResult:
+    """``summary[model][benchmark]`` scores, benchmarks skipped with their reasons, and file paths."""
+
+    summary: dict[str, dict[str, dict]]
+    skipped: dict[str, str]
+    paths: dict[str, str]
+    report: dict
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numbers for MLflow: ``eval/<model>/<benchmark>/<metric>``."""
+        flat = {}
+        for label, scores in self.summary.items():
+            for bench, s in scores.items():
+                for metric in ("strict", "lenient", "with_recovery"):
+                    flat[f"eval/{label}/{bench}/{metric}_acc"] = s[metric]["mean"]
+                flat[f"eval/{label}/{bench}/recovery_rate"] = s["recovery_rate"]
+            for metric, value in macro_average(scores).items():
+                flat[f"eval/{label}/average/{metric}"] = value
+        return {k: float(v) for k, v in flat.items()}
+
+
+def build_prompt(item: MCQItem, style: str):
+    return build_messages(item) if style == "chat" else build_prompt_text(item)
+
+
+def recovery_prompt(item: MCQItem, completion: str, style: str):
+    """The question, the model's own unreadable answer, and a request for one letter."""
+    if style == "chat":
+        return build_messages(item) + [
+            {"role": "assistant", "content": completion},
+            {"role": "user", "content": RECOVERY_INSTRUCTION},
+        ]
+    return f"{build_prompt_text(item)} {completion.rstrip()}\n{RECOVERY_INSTRUCTION} "
+
+
+def model_labels(config: EvaluationConfig) -> list[str]:
+    if config.model_names:
+        labels = list(config.model_names)
+    else:
+        labels = [Path(ref.rstrip("/")).name or ref for ref in config.models]
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return unique
+
+
+class _LazyGenerator:
+    """Builds the backend only when something is not cached (a fully cached run loads no model)."""
+
+    def __init__(self, config: GeneratorConfig, given: Generator | None):
+        self.config, self.instance = config, given
+
+    def get(self) -> Generator:
+        if self.instance is None:
+            from medssr.generation import build_generator
+
+            self.instance = build_generator(self.config)
+        return self.instance
+
+    def generate(self, prompts, n=1, sampling=SamplingParams()):
+        return self.get().generate(prompts, n=n, sampling=sampling)
+
+
+def _recover(cache: CompletionCache, generator: _LazyGenerator, pending, style: str, chunk_size: int) -> None:
+    """Constrained second pass for (item, key, sample, completion) tuples, grouped by letter set."""
+    from tqdm.auto import tqdm
+
+    groups: dict[tuple[str, ...], list] = {}
+    for entry in pending:
+        groups.setdefault(entry[0].letters, []).append(entry)
+    for letters, entries in groups.items():
+        sampling = SamplingParams(temperature=0.0, max_tokens=1, allowed_letters=letters)
+        chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
+        for chunk in tqdm(chunks, desc=f"recover {''.join(letters)}", unit="chunk"):
+            prompts = [recovery_prompt(item, completion, style) for item, _, _, completion in chunk]
+            outputs = generator.generate(prompts, n=1, sampling=sampling)
+            found = []
+            for (item, key, sample, _), output in zip(chunk, outputs):
+                letter = output[0].strip().upper()
+                found.append((key, sample, letter if letter in item.options else ""))
+            cache.put_recovered(found)
+
+
+def evaluate_benchmark(
+    items: list[MCQItem],
+    benchmark: str,
+    label: str,
+    cache: CompletionCache,
+    generator: _LazyGenerator,
+    config: EvaluationConfig,
+    sampling: SamplingParams,
+) -> tuple[dict, list[EvalResult]]:
+    prompts: dict[str, object] = {}
+    keys = []
+    for item in items:
+        prompt = build_prompt(item, config.prompt_style)
+        key = prompt_key(prompt)
+        prompts[key] = prompt
+        keys.append(key)
+    missing = sum(cache.get(key) is None for key in set(keys))
+    started = time.perf_counter()
+    completions = cache.fill(generator, prompts, config.n, sampling, config.chunk_size, desc=f"{label} {benchmark}")
+    generation_s = time.perf_counter() - started
+
+    strict = [[PIPELINES["strict"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
+    lenient = [[PIPELINES["lenient"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
+    if config.recovery:
+        pending = [
+            (item, key, sample, completions[key][sample])
+            for item, key, answers in zip(items, keys, strict)
+            for sample, answer in enumerate(answers)
+            if answer is None and cache.get_recovered(key, sample) is None
+        ]
+        if pending:
+            _recover(cache, generator, pending, config.prompt_style, config.chunk_size)
+    recovered = [
+        [(cache.get_recovered(key, s) or None) if config.recovery and answers[s] is None else None for s in range(config.n)]
+        for key, answers in zip(keys, strict)
+    ]
+    scores = score([item.answer for item in items], strict, lenient, recovered, config.bootstrap_samples, config.seed)
+    scores["content_sha256"] = digest([item.model_dump(mode="json") for item in items])
+    scores["generated_questions"] = missing
+    scores["generation_s"] = round(generation_s, 3)
+    scores["questions_per_s"] = round(missing / generation_s, 4) if missing and generation_s > 0 else None
+    records = [
+        EvalResult(
+            model=label,
+            benchmark=benchmark,
+            item_id=item.id,
+            sample=s,
+            completion=completions[key][s],
+            answer=item.answer,
+            strict=strict[i][s],
+            lenient=lenient[i][s],
+            recovered=recovered[i][s],
+            correct_strict=strict[i][s] == item.answer,
+            correct_lenient=lenient[i][s] == item.answer,
+        )
+        for i, (item, key) in enumerate(zip(items, keys))
+        for s in range(config.n)
+    ]
+    return scores, records
+
+
+def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator] | None = None) -> EvaluationResult:
+    """Evaluate every model on every available benchmark; write results.{json,md,png} and per-sample JSONL.
+
+    ``generators`` (model ref -> loaded generator) lets a caller reuse a loaded model; otherwise each
+    model's backend is built from ``config.generator`` when something is not cached.
+    """
+    if not config.models:
+        raise ValueError("models: give at least one model")
+    names = resolve_names(config.benchmarks)
+    loaded: dict[str, list[MCQItem]] = {}
+    skipped: dict[str, str] = {}
+    origins: dict[str, dict] = {}
+    for name in names:
+        try:
+            bench = load_benchmark(
+                name, config.benchmarks_dir or None, config.limit, config.on_error, config.use_hub, config.heldout_size, config.seed
+            )
+        except BenchmarkUnavailable as exc:
+            skipped[name] = str(exc)
+            continue
+        if not bench.items:
+            skipped[name] = f"no questions in {bench.origin}"
+            continue
+        loaded[name] = bench.items
+        origins[name] = {"origin": bench.origin, "rejected_records": bench.rejected}
+
+    sampling = config.sampling if config.sampling.seed is not None else dataclasses.replace(config.sampling, seed=config.seed)
+    out = Path(config.out_dir)
+    summary: dict[str, dict[str, dict]] = {}
+    identities = {}
+    for ref, label in zip(config.models, model_labels(config)):
+        generator_config = dataclasses.replace(config.generator, model=ref)
+        identity = model_identity(generator_config)
+        identities[label] = {k: v for k, v in identity.items() if k != "files"} | {"fingerprint": digest(identity)}
+        cache = CompletionCache(
+            config.cache_dir or default_cache_root(),
+            run_key(identity, generator_config, sampling, config.n, "evaluate:" + config.prompt_style),
+        )
+        generator = _LazyGenerator(generator_config, (generators or {}).get(ref))
+        summary[label] = {}
+        for name, items in loaded.items():
+            scores, records = evaluate_benchmark(items, name, label, cache, generator, config, sampling)
+            scores.update(origins[name])
+            summary[label][name] = scores
+            write_jsonl(out / "samples" / label / f"{name}.jsonl", records)
+        del generator
+        gc.collect()
+
+    report = {
+        "summary": summary,
+        "skipped": skipped,
+        "models": identities,
+        "settings": {
+            "n": config.n,
+            "sampling": dataclasses.asdict(sampling),
+            "prompt_style": config.prompt_style,
+            "limit": config.limit,
+            "recovery": config.recovery,
+            "bootstrap_samples": config.bootstrap_samples,
+            "benchmarks_dir": config.benchmarks_dir,
+            "rare_benchmarks": [name for name in loaded if BENCHMARKS[name].rare],
+        },
+    }
+    paths = write_report(report, out)
+    return EvaluationResult(summary, skipped, paths, report)

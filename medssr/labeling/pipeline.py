@@ -1,0 +1,165 @@
+"""Stage-1 pseudo-labels from the policy's own self-consistency.
+
+For each question the policy samples ``n_samples`` answers (batched, through any generation
+backend); each answer is read in lenient mode, which is strict extraction with lenient fallback
+(a strict "The answer is X" statement always decides; boxed letters, "Answer: X", option text etc.
+count only where there is no statement), so a sample that answered in another format still votes.
+The majority vote gives the label and its agreement; ties and votes with too few parsed answers are
+dropped, and only ``min_agreement <= agreement <= max_agreement`` is kept. Completions are cached by
+model, settings and prompt, so an interrupted run resumes and a rerun with other bounds is free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from medssr.answers import Mode, extract_answer, majority_vote
+from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
+from medssr.evaluation.cache import CompletionCache, default_cache_root, model_identity, prompt_key, run_key
+from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
+from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
+from medssr.labeling.selection import DROP_REASONS, SelectionRule
+from medssr.prompts import build_messages, build_prompt_text
+
+# Labelling samples like GRPO rollouts do (TRL's defaults: temperature 1, no top-p/top-k cut): the
+# agreement then estimates how often the policy's own rollouts hit the label, which is what decides
+# whether an item gives GRPO any signal. The evaluation protocol (T 0.6, top-k 20) would make votes
+# look more unanimous than training rollouts are.
+LABELING_SAMPLING = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=1024)
+
+
+@dataclass
+class LabelingConfig:
+    """Inputs, model and filters of one pseudo-labelling run."""
+
+    data: str = field(default="", metadata={"help": "Input JSONL of MCQ items (synthesised questions)."})
+    out: str = field(default="", metadata={"help": "Output JSONL of labelled items (kept ones only)."})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy and its backend."})
+    n_samples: int = field(default=8, metadata={"help": "Answers sampled per question for the vote."})
+    sampling: SamplingParams = field(default=LABELING_SAMPLING, metadata={"help": "Sampling for the votes (see LABELING_SAMPLING)."})
+    min_agreement: float = field(default=0.5, metadata={"help": "Keep votes whose winner has at least this share of parsed answers."})
+    max_agreement: float = field(default=0.9, metadata={"help": "... and at most this share (0.9 drops unanimous votes for n <= 9)."})
+    min_parsed: int = field(default=4, metadata={"help": "Drop questions with fewer parsed answers than this."})
+    extraction: Mode = field(default="lenient", metadata={"help": "lenient = strict statement first, lenient fallback; or strict only."})
+    prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
+    on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad input records: stop, or skip and count."})
+    chunk_size: int = field(default=32, metadata={"help": "Questions per generation call (progress and resume granularity)."})
+    cache_dir: str = field(default="", metadata={"help": "Completions cache; default ~/.cache/medssr/completions."})
+    audit_prefix: str = field(default="", metadata={"help": "Audit files PREFIX.{json,md,png}; default OUT without .jsonl + '.audit'."})
+    bucket_edges: tuple[float, ...] = field(default=DEFAULT_BUCKET_EDGES, metadata={"help": "Agreement bucket edges for the audit."})
+
+    def __post_init__(self):
+        if self.n_samples < 1:
+            raise ValueError("n_samples must be >= 1")
+        if self.min_parsed > self.n_samples:
+            raise ValueError(f"min_parsed ({self.min_parsed}) cannot exceed n_samples ({self.n_samples})")
+        if self.extraction not in ("strict", "lenient"):
+            raise ValueError(f"extraction must be 'strict' or 'lenient', not {self.extraction!r}")
+        if self.prompt_style not in ("chat", "text"):
+            raise ValueError(f"prompt_style must be 'chat' or 'text', not {self.prompt_style!r}")
+        SelectionRule(self.min_agreement, self.max_agreement, self.min_parsed)  # validates the bounds
+
+
+@dataclass
+class LabelingResult:
+    """What a labelling run produced."""
+
+    kept: list[LabeledItem]
+    outcomes: list[Outcome]
+    audit: dict
+    rejected_records: int
+    parse_rate: float
+    paths: dict[str, str]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numbers for MLflow (``mlflow.log_metrics``)."""
+        report = self.audit
+        metrics = {
+            "labeling/items": report["items"],
+            "labeling/rejected_records": self.rejected_records,
+            "labeling/voted": report["voted"],
+            "labeling/kept": report["kept"],
+            "labeling/yield": report["yield"],
+            "labeling/parse_rate": self.parse_rate,
+            "labeling/keyed_items": report["keyed_items"],
+        }
+        for reason in DROP_REASONS:
+            metrics[f"labeling/dropped_{reason}"] = report["dropped"].get(reason, 0)
+        if self.kept:
+            metrics["labeling/mean_agreement_kept"] = sum(i.agreement for i in self.kept) / len(self.kept)
+        for name in ("voted", "kept"):
+            precision = report[f"precision_{name}"]["precision"]
+            if precision is not None:
+                metrics[f"labeling/precision_{name}"] = precision
+        for bucket in report["buckets"]:
+            if bucket["precision"] is not None:
+                metrics[f"labeling/precision_agreement_{bucket['lo']:.2f}_{bucket['hi']:.2f}"] = bucket["precision"]
+        return {key: float(value) for key, value in metrics.items()}
+
+
+def build_prompt(item: MCQItem, style: str):
+    return build_messages(item) if style == "chat" else build_prompt_text(item)
+
+
+def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> LabelingResult:
+    """Sample, vote, filter, write the labelled JSONL and the audit. ``generator`` defaults to the one
+    ``config.generator`` describes (which also identifies the model in the cache key)."""
+    if not config.data or not config.out:
+        raise ValueError("data and out are required")
+    read = read_jsonl(config.data, MCQItem, on_error=config.on_error)
+    items: list[MCQItem] = read.records
+    rule = SelectionRule(config.min_agreement, config.max_agreement, config.min_parsed)
+
+    prompts = {}
+    item_keys = []
+    for item in items:
+        prompt = build_prompt(item, config.prompt_style)
+        key = prompt_key(prompt)
+        prompts[key] = prompt
+        item_keys.append(key)
+
+    cache = CompletionCache(
+        config.cache_dir or default_cache_root(),
+        run_key(model_identity(config.generator), config.generator, config.sampling, config.n_samples, "label"),
+    )
+    if generator is None and any(cache.get(key) is None for key in prompts):
+        from medssr.generation import build_generator
+
+        generator = build_generator(config.generator)
+    completions = cache.fill(generator, prompts, config.n_samples, config.sampling, config.chunk_size, desc="label")
+
+    kept, outcomes = [], []
+    parsed_total = 0
+    for item, key in zip(items, item_keys):
+        answers = [extract_answer(text, item.letters, config.extraction, item.options) for text in completions[key]]
+        vote = majority_vote(answers)
+        parsed_total += vote.parsed
+        reason = rule.drop_reason(vote)
+        outcomes.append(Outcome(item.id, kb_key(item), vote.label, vote.agreement, vote.parsed, reason is None, reason))
+        if reason is None:
+            kept.append(
+                LabeledItem(
+                    **item.model_dump(),
+                    label=vote.label,
+                    agreement=vote.agreement,
+                    votes=vote.votes,
+                    n_samples=config.n_samples,
+                )
+            )
+
+    write_jsonl(config.out, kept)
+    report = audit(outcomes, config.min_agreement, config.max_agreement, config.bucket_edges)
+    report["settings"] = {
+        "model": config.generator.model,
+        "n_samples": config.n_samples,
+        "sampling": asdict(config.sampling),
+        "extraction": config.extraction,
+        "min_parsed": config.min_parsed,
+        "rejected_records": read.rejected,
+    }
+    prefix = config.audit_prefix or str(Path(config.out).with_suffix("")) + ".audit"
+    paths = {"labeled": config.out, **write_audit(report, prefix)}
+    parse_rate = parsed_total / (len(items) * config.n_samples) if items else 0.0
+    return LabelingResult(kept, outcomes, report, read.rejected, parse_rate, paths)
