@@ -53,7 +53,9 @@ def test_label_values_are_checked(bad):
 
 # -------------------------------------------------------------------------------------------- phases
 def _cond(type_: str, status: str = "True", reason: str = "", message: str = "", at: str = "2026-11-25T11:00:00Z"):
-    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": at}
+    condition = {"type": type_, "status": status, "lastTransitionTime": at}
+    condition.update({k: v for k, v in (("reason", reason), ("message", message)) if v})
+    return condition
 
 
 def test_pytorchjob_phase():
