@@ -21,6 +21,9 @@ class ServeConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Never on unless you trust the model repo."})
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for torch (0 keeps torch's default); 1 suits very small models."}
+    )
     max_batch_size: int = field(
         default=16, metadata={"help": "Prompts gathered into one generate call (1 disables dynamic batching)."}
     )

@@ -100,6 +100,10 @@ class MedssrPredictor(Model):
 
         from medssr.generation import GeneratorConfig, build_generator
 
+        if self.config.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.config.torch_threads)
         path = resolve_model_source(self.config.model)
         trust = self.config.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
@@ -157,10 +161,11 @@ class MedssrPredictor(Model):
                 code="context_length_exceeded",
             )
 
-    def _run_batch(self, prompts: list[Prompt], group: tuple[int, SamplingParams]) -> list[list[Completion]]:
+    def _run_batch(self, prompts: list[Prompt], group: tuple[int, SamplingParams, int]) -> list[list[Completion]]:
         """Runs in the batcher's thread: one generate call for the whole batch."""
-        n, sampling = group
-        texts = self.generator.generate(prompts, n=n, sampling=sampling)
+        n, sampling, min_tokens = group
+        extra = {"min_new_tokens": min_tokens} if min_tokens else {}
+        texts = self.generator.generate(prompts, n=n, sampling=sampling, **extra)
         results = []
         for per_prompt in texts:
             completions = []
@@ -178,7 +183,7 @@ class MedssrPredictor(Model):
         for tokens in prompt_tokens:
             self._check_length(tokens, settings, param)
         try:
-            outputs = await self.batcher.submit([job.prompt for job in jobs], (settings.n, settings.sampling))
+            outputs = await self.batcher.submit([job.prompt for job in jobs], settings.batch_group)
         except QueueFull as exc:
             REJECTED.labels(reason="queue_full").inc()
             raise RequestError(429, f"server is at capacity: {exc}; retry later", code="server_overloaded") from None

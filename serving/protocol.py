@@ -46,6 +46,12 @@ class GenerationSettings:
     n: int
     sampling: SamplingParams
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0
+
+    @property
+    def batch_group(self) -> tuple:
+        """What must be equal for prompts to share one generate call (stop sequences are applied after)."""
+        return (self.n, self.sampling, self.min_tokens)
 
 
 @dataclass
@@ -127,7 +133,9 @@ def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> G
         max_tokens=max_tokens,
         seed=_integer(body, "seed", None, 0),
     )
-    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")))
+    # vLLM's extension: no end-of-sequence before this many tokens (fixed-length work for benchmarks).
+    min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
+    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens)
 
 
 def _stop_sequences(stop: Any) -> tuple[str, ...]:

@@ -1,0 +1,275 @@
+"""The model server, tested running: KServe's ModelServer with our predictor in a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+
+from medssr.serving.batcher import DynamicBatcher, QueueFull
+from medssr.serving.config import ServeConfig
+from medssr.serving.protocol import RequestError, chat_job, parse_settings
+from tests.plugins.kserve_server import ANSWER_TEXT, SERVED_NAME
+
+QUESTION = (
+    "A 4-year-old has seizures, ataxia and hypotonia. Which gene is most likely involved?\n"
+    "A. SCN1A\nB. MECP2\nC. ATXN1\nD. FMR1"
+)
+
+
+def chat_body(**extra) -> dict:
+    return {"model": SERVED_NAME, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, **extra}
+
+
+def assert_serving(server) -> None:
+    assert server.alive(), server.log_tail()
+    assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+
+
+# ------------------------------------------------------------------------------------ no server needed
+
+
+def test_config_rejects_bad_limits():
+    with pytest.raises(ValueError, match="model"):
+        ServeConfig()
+    with pytest.raises(ValueError, match="max_queue"):
+        ServeConfig(model="m", max_queue=0)
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        ServeConfig(model="m", default_max_tokens=4096, max_tokens_limit=2048)
+
+
+def test_settings_take_server_defaults_and_enforce_limits():
+    config = ServeConfig(model="m", max_n=2, max_tokens_limit=64, default_max_tokens=32)
+    settings = parse_settings({}, config)
+    assert (settings.n, settings.sampling.max_tokens, settings.sampling.temperature) == (1, 32, 0.6)
+    assert parse_settings({"min_tokens": 32}, config).batch_group[2] == 32
+    assert parse_settings({"max_completion_tokens": 8, "stop": "\n"}, config).sampling.max_tokens == 8
+    for body, param in [({"n": 3}, "n"), ({"max_tokens": 65}, "max_tokens"), ({"temperature": "hot"}, "temperature"),
+                        ({"top_p": 0}, "top_p"), ({"n": True}, "n"), ({"stop": ["a"] * 5}, "stop"), ({"min_tokens": 33}, "min_tokens")]:
+        with pytest.raises(RequestError) as caught:
+            parse_settings(body, config)
+        assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_chat_job_finds_the_options_of_the_last_user_message():
+    job = chat_job({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": QUESTION}]})
+    assert job.letters == "ABCD"
+    assert chat_job({"messages": [{"role": "user", "content": "What causes ataxia?"}]}).letters == ""
+    with pytest.raises(RequestError, match=r"messages\[0\]\.role"):
+        chat_job({"messages": [{"role": "robot", "content": "x"}]})
+
+
+def test_batcher_gathers_compatible_requests_and_refuses_when_full():
+    seen: list[tuple[int, str]] = []
+
+    def run_batch(prompts, group):
+        time.sleep(0.05)
+        seen.append((len(prompts), group))
+        return [f"{group}:{p}" for p in prompts]
+
+    async def scenario():
+        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_wait_ms=30, max_queue=6)
+        requests = [batcher.submit([i], "greedy" if i % 2 else "sampled") for i in range(6)]
+        results = await asyncio.gather(*requests)
+        with pytest.raises(QueueFull):
+            await batcher.submit(list(range(7)), "greedy")
+        batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results == [[f"{'greedy' if i % 2 else 'sampled'}:{i}"] for i in range(6)]
+    assert sorted(seen) == [(3, "greedy"), (3, "sampled")]  # two batches, never mixing sampling settings
+
+
+# ------------------------------------------------------------------------------------ running server
+
+
+@pytest.mark.slow
+def test_openai_client_chat_completion_with_answer_letter(kserve_server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{kserve_server.url}/openai/v1", api_key="not-needed", max_retries=0)
+    response = client.chat.completions.create(
+        model=SERVED_NAME,
+        messages=[{"role": "system", "content": "Answer with one letter."}, {"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=16,
+    )
+    assert response.object == "chat.completion" and response.model == SERVED_NAME
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == ANSWER_TEXT
+    assert choice.finish_reason == "stop"
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    extension = response.model_extra["medssr"]
+    assert extension["answer"] == "C" and extension["letters"] == "ABCD" and extension["answers"] == ["C"]
+
+    sampled = client.chat.completions.create(
+        model=SERVED_NAME, messages=[{"role": "user", "content": QUESTION}], n=3, temperature=0.7, seed=1, max_tokens=8
+    )
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert len(sampled.model_extra["medssr"]["answers"]) == 3
+
+    plain = client.chat.completions.create(
+        model=SERVED_NAME, messages=[{"role": "user", "content": "hello"}], temperature=0, max_tokens=4
+    )
+    assert "medssr" not in (plain.model_extra or {})  # not a multiple-choice question: no answer field
+
+
+@pytest.mark.slow
+def test_openai_client_completions_and_models(kserve_server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{kserve_server.url}/openai/v1", api_key="not-needed", max_retries=0)
+    models = client.models.list()
+    assert [m.id for m in models.data] == [SERVED_NAME]
+    response = client.completions.create(model=SERVED_NAME, prompt=["The answer is", "A patient"], max_tokens=5, n=2)
+    assert response.object == "text_completion"
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    assert all(c.finish_reason in ("stop", "length") for c in response.choices)
+    assert 0 < response.usage.completion_tokens <= 4 * 5
+    cut = client.completions.create(model=SERVED_NAME, prompt="The answer is", max_tokens=16, temperature=1.0,
+                                    top_p=1.0, seed=3, stop=["e", "a", "o", "i"])
+    assert not re.search("[eaoi]", cut.choices[0].text)
+
+
+@pytest.mark.slow
+def test_kserve_v1_and_v2_protocols(kserve_server):
+    url = kserve_server.url
+    v1 = httpx.post(
+        f"{url}/v1/models/{SERVED_NAME}:predict",
+        json={
+            "instances": [
+                {"question": "Which gene is most likely involved?", "options": {"A": "SCN1A", "B": "MECP2", "C": "ATXN1"}},
+                {"messages": [{"role": "user", "content": QUESTION}]},
+                {"prompt": "The answer is"},
+            ],
+            "parameters": {"temperature": 0, "max_tokens": 12},
+        },
+        timeout=60,
+    )
+    assert v1.status_code == 200, v1.text
+    first, second, third = v1.json()["predictions"]
+    assert first["text"] == ANSWER_TEXT and first["answer"] == "C" and first["letters"] == "ABC"
+    assert second["answer"] == "C" and second["letters"] == "ABCD"
+    assert "answer" not in third and third["completion_tokens"] >= 1
+
+    assert httpx.get(f"{url}/v1/models/{SERVED_NAME}", timeout=10).json() == {"name": SERVED_NAME, "ready": True}
+    v2 = httpx.post(
+        f"{url}/v2/models/{SERVED_NAME}/infer",
+        json={
+            "inputs": [{"name": "text_input", "shape": [2], "datatype": "BYTES", "data": ["The answer is", QUESTION]}],
+            "parameters": {"max_tokens": 6, "temperature": 0},
+        },
+        timeout=60,
+    )
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o for o in v2.json()["outputs"]}
+    assert outputs["text_output"]["shape"] == [2] and len(outputs["text_output"]["data"]) == 2
+    assert outputs["answer"]["data"][0] == ""  # not a multiple-choice question
+    assert httpx.get(f"{url}/v2/health/live", timeout=10).json() == {"live": True}
+
+
+LONG_PROMPT = "seizures ataxia hypotonia " * 200
+BAD_REQUESTS = [
+    # (name, method, path, body: dict | bytes, status, OpenAI error code or None)
+    ("malformed JSON", "POST", "/openai/v1/chat/completions", b'{"model": ', 400, "invalid_json"),
+    ("not an object", "POST", "/openai/v1/completions", b"[1, 2]", 400, "invalid_json"),
+    ("missing messages", "POST", "/openai/v1/chat/completions", {"model": SERVED_NAME}, 400, "missing_field"),
+    ("missing model", "POST", "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 400,
+     "missing_field"),
+    ("missing prompt", "POST", "/openai/v1/completions", {"model": SERVED_NAME}, 400, "missing_field"),
+    ("unknown model", "POST", "/openai/v1/chat/completions", chat_body(model="gpt-4"), 404, "model_not_found"),
+    ("max_tokens over limit", "POST", "/openai/v1/chat/completions", chat_body(max_tokens=100_000), 400,
+     "limit_exceeded"),
+    ("n over limit", "POST", "/openai/v1/chat/completions", chat_body(n=50), 400, "limit_exceeded"),
+    ("prompt too long", "POST", "/openai/v1/completions", {"model": SERVED_NAME, "prompt": LONG_PROMPT}, 400,
+     "context_length_exceeded"),
+    ("bad type", "POST", "/openai/v1/chat/completions", chat_body(temperature="hot"), 400, "invalid_type"),
+    ("bad role", "POST", "/openai/v1/chat/completions",
+     {"model": SERVED_NAME, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value"),
+    ("streaming", "POST", "/openai/v1/chat/completions", chat_body(stream=True), 400, "unsupported"),
+    ("body too large", "POST", "/openai/v1/completions", {"model": SERVED_NAME, "prompt": "x" * 1_100_000}, 413,
+     "body_too_large"),
+    ("v1 malformed JSON", "POST", f"/v1/models/{SERVED_NAME}:predict", b"{nope", 400, None),
+    ("v1 missing instances", "POST", f"/v1/models/{SERVED_NAME}:predict", {"parameters": {}}, 400, None),
+    ("v1 instance without text", "POST", f"/v1/models/{SERVED_NAME}:predict", {"instances": [{"foo": 1}]}, 400, None),
+    ("v1 bad options", "POST", f"/v1/models/{SERVED_NAME}:predict",
+     {"instances": [{"question": "q", "options": {"A": "x", "C": "y"}}]}, 400, None),
+    ("v1 max_tokens over limit", "POST", f"/v1/models/{SERVED_NAME}:predict",
+     {"instances": ["x"], "parameters": {"max_tokens": 9999}}, 400, None),
+    ("v1 unknown model", "POST", "/v1/models/nope:predict", {"instances": ["x"]}, 404, None),
+    ("v2 malformed JSON", "POST", f"/v2/models/{SERVED_NAME}/infer", b"{nope", 422, None),
+    ("v2 wrong input name", "POST", f"/v2/models/{SERVED_NAME}/infer",
+     {"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 400, None),
+    ("v2 unknown model", "POST", "/v2/models/nope/infer",
+     {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, 404, None),
+]
+
+
+@pytest.mark.slow
+def test_every_bad_request_gets_its_4xx_and_the_server_stays_up(kserve_server):
+    failures = []
+    with httpx.Client(base_url=kserve_server.url, timeout=60) as client:
+        for name, method, path, body, status, code in BAD_REQUESTS:
+            if isinstance(body, bytes):
+                response = client.request(method, path, content=body, headers={"content-type": "application/json"})
+            else:
+                response = client.request(method, path, json=body)
+            if response.status_code != status:
+                failures.append(f"{name}: {response.status_code} {response.text[:200]}")
+                continue
+            error = response.json().get("error") or response.json().get("detail")
+            assert error, f"{name}: no error message in {response.text}"
+            if code is not None and error["code"] != code:
+                failures.append(f"{name}: code {error['code']!r} != {code!r}")
+            assert_serving(kserve_server)
+    assert not failures, "\n".join(failures)
+    ok = httpx.post(f"{kserve_server.url}/openai/v1/chat/completions", json=chat_body(max_tokens=8), timeout=60)
+    assert ok.status_code == 200 and ok.json()["medssr"]["answer"] == "C"
+
+
+async def _post_many(url: str, bodies: list[dict], concurrency: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        return await asyncio.gather(*(client.post("/openai/v1/chat/completions", json=body) for body in bodies))
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.mark.slow
+def test_32_concurrent_clients_are_batched_without_errors(kserve_server):
+    before = httpx.get(f"{kserve_server.url}/metrics", timeout=10).text
+    responses = asyncio.run(_post_many(kserve_server.url, [chat_body(max_tokens=8) for _ in range(32)], 32))
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 32, statuses
+    assert all(r.json()["medssr"]["answer"] == "C" for r in responses)
+    after = httpx.get(f"{kserve_server.url}/metrics", timeout=10).text
+    batches = _metric(after, "medssr_serving_batch_size_count") - _metric(before, "medssr_serving_batch_size_count")
+    assert 1 <= batches < 32  # requests shared generate calls
+    assert _metric(after, "medssr_serving_generated_tokens_total") > _metric(before, "medssr_serving_generated_tokens_total")
+    assert 'medssr_serving_requests_total{route="/openai/v1/chat/completions",status="200"}' in after
+    assert "medssr_serving_request_seconds_bucket" in after
+    assert_serving(kserve_server)
+
+
+@pytest.mark.slow
+def test_overload_is_refused_with_429_not_queued(kserve_server):
+    # 64 long generations against 8 per batch and 32 waiting: the excess must be refused at once.
+    body = chat_body(max_tokens=256, min_tokens=256)
+    responses = asyncio.run(_post_many(kserve_server.url, [body] * 64, 64))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, statuses
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused and statuses.count(200) >= 8, statuses
+    assert refused[0].headers["retry-after"] == "1"
+    assert refused[0].json()["error"]["code"] == "server_overloaded"
+    metrics = httpx.get(f"{kserve_server.url}/metrics", timeout=10).text
+    assert _metric(metrics, 'medssr_serving_rejected_total{reason="queue_full"}') >= len(refused)
+    assert_serving(kserve_server)
+
