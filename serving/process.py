@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -21,8 +20,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def serve_command(config: ServeConfig) -> list[str]:
+    """The ``medssr serve`` command line that runs ``config``."""
+    command = [sys.executable, "-m", "medssr.cli", "serve", "--local", config.model]
+    for item in dataclasses.fields(ServeConfig):
+        if item.name == "model":
+            continue
+        flag, value = "--" + item.name.replace("_", "-"), getattr(config, item.name)
+        if isinstance(value, bool):
+            command += [flag] if value else []
+        else:
+            command += [flag, str(value)]
+    return command
+
+
 class ServerProcess:
-    """``python -m medssr.serving.server`` for one ``ServeConfig``; a context manager."""
+    """``medssr serve`` for one ``ServeConfig`` in a child process; a context manager."""
 
     def __init__(self, config: ServeConfig, log_path: str | os.PathLike, env: dict[str, str] | None = None):
         self.config = config
@@ -43,8 +56,7 @@ class ServerProcess:
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "medssr.serving.server", json.dumps(dataclasses.asdict(self.config))]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.process = subprocess.Popen(serve_command(self.config), stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -4,16 +4,11 @@ KServe builds its FastAPI app as the module-level ``kserve.model_server.app`` an
 middleware and exception handlers when the server starts; ours (OpenAI routes, request metrics, the
 4xx/429 mapping of ``RequestError``) are added to that same app beforehand. KServe's REST server binds
 0.0.0.0 unconditionally, so ``MedssrModelServer`` makes the interface a setting.
-
-``python -m medssr.serving.server CONFIG_JSON`` runs a server from a JSON ``ServeConfig`` (what
-``medssr serve`` and the test and benchmark launchers use).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import sys
 
 from medssr.serving.config import ServeConfig
@@ -100,17 +95,3 @@ def run_serve(config: ServeConfig) -> None:
     predictor.load()
     build_model_server(config, predictor).start([predictor])
 
-
-def config_from_json(text: str) -> ServeConfig:
-    data = json.loads(text)
-    known = {f.name for f in dataclasses.fields(ServeConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown ServeConfig fields: {', '.join(unknown)}")
-    return ServeConfig(**data)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m medssr.serving.server CONFIG_JSON")
-    run_serve(config_from_json(sys.argv[1]))

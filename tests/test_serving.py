@@ -273,3 +273,22 @@ def test_overload_is_refused_with_429_not_queued(kserve_server):
     assert _metric(metrics, 'medssr_serving_rejected_total{reason="queue_full"}') >= len(refused)
     assert_serving(kserve_server)
 
+
+
+@pytest.mark.slow
+def test_medssr_ask_prints_reasoning_and_letter(kserve_server, capsys):
+    from medssr.cli import main
+
+    assert main(["ask", "--url", kserve_server.url, QUESTION, "--max-tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    assert ANSWER_TEXT in out and out.strip().endswith("Answer: C. ATXN1")
+
+    stem = "Which gene is most likely involved?"
+    assert main(["ask", "--url", f"{kserve_server.url}/openai/v1", stem, "--option", "SCN1A", "--option", "MECP2",
+                 "--option", "ATXN1", "--max-tokens", "16"]) == 0
+    assert capsys.readouterr().out.strip().endswith("Answer: C. ATXN1")
+
+    from medssr.serving.process import free_port
+
+    assert main(["ask", "--url", f"http://127.0.0.1:{free_port()}", QUESTION, "--timeout", "5"]) == 2
+    assert "cannot reach" in capsys.readouterr().err
