@@ -4,6 +4,7 @@ the settings ConfigMap parses, and `kubectl apply --dry-run=server -k` succeeds 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -308,3 +309,165 @@ def test_server_rejects_a_broken_overlay(kube_cluster, install_tree):
     )
     result = kube_cluster.kubectl("apply", "--dry-run=server", "-k", str(broken), check=False)
     assert result.returncode != 0 and "Sometimes" in result.stderr
+
+
+@pytest.mark.k8s
+def test_training_jobs_built_from_the_gpu_settings(kube_cluster, kube_namespace, rendered):
+    """The launchers fed with the gpu overlay's settings build PyTorchJobs/TrainJobs that validate against the
+    CRD schemas (jsonschema), whose pod templates are valid pods, whose Secret/PVC references exist in the
+    manifests, and that the API server admits; `medssr status` then finds them by run id."""
+    from kubernetes import client
+
+    from medssr.cluster import query_run_status
+    from medssr.launch.base import JobSpec, SecretEnvVar, VolumeMount
+    from medssr.launch.pytorchjob import PyTorchJobLauncher, PyTorchJobLauncherConfig
+    from medssr.launch.trainjob import TrainJobLauncher, TrainJobLauncherConfig
+
+    docs = rendered["gpu"]
+    defaults = ClusterDefaults.from_mapping(_by_kind(docs, "ConfigMap", "medssr-config")["data"])
+    secret_keys = set(_by_kind(docs, "Secret", "medssr-s3")["data"])
+    spec = JobSpec(
+        run_id="gpu-settings",
+        stage="train-self",
+        training={"stage": "self", "model": "s3://medssr/models/base", "data": "s3://medssr/runs/r/labeled.jsonl",
+                  "output_dir": "s3://medssr/runs/r/stage1"},
+        image="registry.example.com/medssr:0.1.0-gpu",
+        nproc_per_node=defaults.train.gpus,
+        num_workers=defaults.train_workers,
+        gpus_per_node=defaults.train.gpus,
+        cpu=defaults.train.cpu,
+        memory=defaults.train.memory,
+        env={"MLFLOW_TRACKING_URI": defaults.mlflow_tracking_uri, "AWS_ENDPOINT_URL": defaults.s3_endpoint_url},
+        secret_env=[SecretEnvVar(key, defaults.s3_secret, key) for key in sorted(secret_keys)],
+        volumes=[VolumeMount("workspace", defaults.workspace_pvc, "/workspace")],
+    )
+    placement = {"namespace": kube_namespace, "kubeconfig": str(kube_cluster.kubeconfig),
+                 "node_selector": defaults.train.node_selector, "tolerations": defaults.train.tolerations}
+    validators = _crd_validators()
+    custom = client.CustomObjectsApi(kube_cluster.api_client())
+    for launcher, plural in [(PyTorchJobLauncher(PyTorchJobLauncherConfig(**placement)), "pytorchjobs"),
+                             (TrainJobLauncher(TrainJobLauncherConfig(**placement)), "trainjobs")]:
+        body = launcher.build_object(spec)
+        errors = list(validators[(body["apiVersion"], body["kind"])].iter_errors(body))
+        assert not errors, f"{body['kind']}: {errors[0].message} at {list(errors[0].path)}"
+        assert body["metadata"]["labels"]["medssr.io/run-id"] == "gpu-settings"
+        text = json.dumps(body)
+        for key in secret_keys:
+            assert f'"secretKeyRef": {{"name": "medssr-s3", "key": "{key}"}}' in text
+        _by_kind(docs, "PersistentVolumeClaim", defaults.workspace_pvc)
+        if body["kind"] == "PyTorchJob":
+            for replica in body["spec"]["pytorchReplicaSpecs"].values():
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "replica"}, **replica["template"]}
+                kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+                assert pod["spec"]["nodeSelector"] == defaults.train.node_selector
+        custom.create_namespaced_custom_object(*body["apiVersion"].split("/"), kube_namespace, plural, body)
+    status = query_run_status(kube_cluster.api_client(), "gpu-settings", kube_namespace)
+    assert sorted(o.kind for o in status.objects) == ["PyTorchJob", "TrainJob"]
+
+
+# ------------------------------------------------------------------------ the README's cluster section
+def readme_cluster_commands() -> list[str]:
+    """The shell commands of README.md's "Running on a cluster" section, in order."""
+    text = (ROOT / "README.md").read_text()
+    _, found, section = text.partition("\n## Running on a cluster\n")
+    assert found, "README.md has a 'Running on a cluster' section"
+    section = re.split(r"\n## ", section, maxsplit=1)[0]
+    blocks = re.findall(r"```bash\n(.*?)\n\s*```", section, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.k8s
+@pytest.mark.slow
+def test_readme_cluster_commands(tmp_path):
+    """Every command of the README's cluster section runs here as written (RUN_ID filled in), in order, against
+    a private API server (installing and deleting the namespace `medssr` must not disturb other tests). What
+    needs a component that does not run here is checked as closely as it can be: `delete` does not wait for
+    finalizers (no controllers clear them), `rollout status` checks the Deployment exists, `port-forward` (no pods) the Service and port, `logs` that it
+    is what `medssr status` prints, `docker` lines are covered by tests/test_dockerfile.py, and medssr
+    subcommands that need KFP, MLflow or an endpoint are parsed by the CLI."""
+    from kubernetes import client
+
+    from medssr import cli
+    from medssr.cluster import RunStatus, kubectl_commands, standard_labels
+    from tests.plugins.kube import KUBE_APISERVER, start_kube_cluster
+
+    if not KUBE_APISERVER.is_file():
+        pytest.skip("kube-apiserver build not found (make kube-apiserver)")
+    commands = readme_cluster_commands()
+    run_id = "readme-run"
+    repo = tmp_path / "repo"
+    shutil.copytree(MANIFESTS, repo / "manifests", ignore=shutil.ignore_patterns("s3.env"))
+    private = start_kube_cluster(tmp_path / "kube")
+    try:
+        private.apply_crds()
+
+        def kubectl(args: list[str]) -> subprocess.CompletedProcess:
+            result = subprocess.run([KUBECTL, "--kubeconfig", str(private.kubeconfig), *args], cwd=repo,
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, f"kubectl {shlex.join(args)}:\n{result.stderr}"
+            return result
+
+        def create_run_objects() -> None:
+            labels = standard_labels(run_id, "train-self", "training")
+            job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": f"{run_id}-self", "labels": labels},
+                   "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {
+                       "metadata": {"labels": labels}, "spec": {"containers": [{"name": "pytorch", "image": "medssr:test"}]}}}}}}
+            client.CustomObjectsApi(private.api_client()).create_namespaced_custom_object(
+                "kubeflow.org", "v1", "medssr", "pytorchjobs", job)
+
+        seen, unparsed = [], []
+        for command in commands:
+            words = shlex.split(command.replace("RUN_ID", run_id))
+            if words[0] == "cp":
+                subprocess.run(words, cwd=repo, check=True)
+                seen.append("cp")
+            elif words[:2] == ["kubectl", "rollout"]:
+                kubectl(["get", words[3], "-n", "medssr"])
+                seen.append("rollout")
+            elif words[:2] == ["kubectl", "port-forward"]:
+                service = words[words.index("-n") + 2]
+                port = kubectl(["get", service, "-n", "medssr", "-o", "jsonpath={.spec.ports[0].port}"]).stdout
+                assert words[-1] == f"{port}:{port}"
+                seen.append("port-forward")
+            elif words[:2] == ["kubectl", "logs"]:
+                status = RunStatus(run_id=run_id, namespace="medssr", objects=[], missing_kinds=[])
+                assert command.replace("RUN_ID", run_id) in kubectl_commands(status)
+                seen.append("logs")
+            elif words[0] == "kubectl":
+                # With no controllers, finalizers (PVC protection, the namespace) are never cleared: don't wait.
+                kubectl(words[1:] + (["--wait=false"] if words[1] == "delete" else []))
+                seen.append(" ".join(words[1:3]))
+                if words[1:3] == ["apply", "-k"]:
+                    create_run_objects()
+                if words[1] == "get":
+                    assert f"pytorchjob.kubeflow.org/{run_id}-self" in kubectl(words[1:] + ["-o", "name"]).stdout
+                if words[1:3] == ["delete", "pytorchjobs,trainjobs,inferenceservices"]:
+                    assert kubectl(["get", "pytorchjobs", "-n", "medssr", "-o", "name"]).stdout == ""
+                if words[1:3] == ["delete", "-k"]:
+                    assert kubectl(["get", "roles", "-n", "medssr", "-o", "name"]).stdout == ""
+            elif words[0] == "docker":
+                seen.append("docker")
+            elif words[:2] == ["medssr", "status"]:
+                # As the pipeline's own service account: its Role is enough for `medssr status`.
+                token = private.service_account_token("medssr", "medssr-pipeline", create=False)
+                config = yaml.safe_load(private.kubeconfig.read_text())
+                config["users"][0]["user"] = {"token": token}
+                account_config = tmp_path / "pipeline-kubeconfig"
+                account_config.write_text(yaml.safe_dump(config))
+                assert cli.main([*words[1:], "--kubeconfig", str(account_config)]) == 0
+                seen.append("medssr status")
+            elif words[0] == "medssr":
+                try:
+                    args = cli.build_parser().parse_args(words[1:])
+                except SystemExit:
+                    unparsed.append(command)
+                    continue
+                assert callable(args.func)
+                seen.append(f"medssr {words[1]}")
+            else:
+                pytest.fail(f"README command not covered by this test: {command}")
+    finally:
+        private.stop()
+    assert not unparsed, f"README commands the medssr CLI rejects: {unparsed}"
+    assert {"cp", "create namespace", "apply --dry-run=server", "apply -k", "rollout", "medssr status", "get pytorchjobs,trainjobs,inferenceservices,pods",
+            "logs", "port-forward", "delete pytorchjobs,trainjobs,inferenceservices", "delete -k", "docker"} <= set(seen)
