@@ -23,8 +23,15 @@ class CLIError(Exception):
 USER_ERRORS = (CLIError, RecordError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump); subcommand parsers inherit this class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="medssr",
         description="MedSSR on Kubeflow: synthesize, label, train (GRPO x2), evaluate, track, promote, serve.",
     )

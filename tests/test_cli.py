@@ -1,0 +1,65 @@
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medssr
+import medssr.commands
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "medssr"
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "medssr.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    commands = [info.name for info in pkgutil.iter_modules(medssr.commands.__path__)]
+    assert {"demo", "models"} <= set(commands)
+    for name in commands:
+        assert re.search(rf"^ {{4}}{name}(\s|$)", result.stdout, re.MULTILINE), name
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"medssr {medssr.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("demo", "--model", "/nonexistent/model-folder"), "medssr demo: error: no model folder at /nonexistent/model-folder"),
+        (("demo", "--max-tokens", "many"), "medssr demo: error: argument --max-tokens: invalid int value: 'many'"),
+        (("demo", "--no-such-option"), "medssr: error: unrecognized arguments: --no-such-option"),
+        (("no-such-command",), "medssr: error: argument COMMAND: invalid choice: 'no-such-command'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_without_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.slow
+def test_demo_answers_its_examples_with_a_given_model(tiny_model):
+    result = run_cli("demo", "--model", str(tiny_model), "--max-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--- model answer ---") == 3 and "[3/3] " in result.stdout
+    assert result.stdout.count("--- extracted: strict=") == 3 and "gold=C" in result.stdout
+
+
+@pytest.mark.slow
+def test_models_tiny_builds_a_loadable_model(tmp_path):
+    result = run_cli("models", "tiny", str(tmp_path / "tiny"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "tiny") and (tmp_path / "tiny" / "model.safetensors").is_file()
