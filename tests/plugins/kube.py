@@ -35,6 +35,7 @@ KUBE_APISERVER = KUBE_DIR / "bin" / "kube-apiserver"
 ETCD = KUBE_DIR / "bin" / "etcd"
 BUILD_MARKER = KUBE_DIR / "READY"
 CRD_DIR = Path(__file__).resolve().parents[1] / "data" / "crds"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-kube-apiserver.sh"
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 ADMIN_USER = "medssr-test-admin"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -242,15 +243,15 @@ class KubeCluster:
         )
 
     def stop(self) -> None:
+        """Stop the API server before etcd (it would otherwise keep retrying its storage)."""
         for process in reversed(self._processes):
             if process.poll() is None:
                 process.terminate()
-        for process in reversed(self._processes):
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
         self._processes.clear()
 
 
@@ -358,11 +359,18 @@ def start_kube_cluster(workdir: Path) -> KubeCluster:
     return cluster
 
 
+def _expected_build_id() -> str:
+    match = re.search(r"^BUILD_ID=(\S+)$", BUILD_SCRIPT.read_text(), re.MULTILINE)
+    return match.group(1) if match else ""
+
+
 def _require_build() -> None:
-    if BUILD_MARKER.is_file() and KUBE_APISERVER.is_file() and ETCD.is_file():
+    built = BUILD_MARKER.read_text().splitlines()[:1] if BUILD_MARKER.is_file() else []
+    if built == [_expected_build_id()] and KUBE_APISERVER.is_file() and ETCD.is_file():
         return
+    state = f"outdated ({built[0]})" if built else "not found"
     message = (
-        f"kube-apiserver build not found in {KUBE_DIR}: run `make kube-apiserver` "
+        f"kube-apiserver build {state} in {KUBE_DIR}: run `make kube-apiserver` "
         "(builds it once from Debian's kubernetes source package, 5-10 min)"
     )
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:

@@ -1,0 +1,298 @@
+"""What the PyTorchJob and TrainJob backends share: the API client, create/wait/logs/delete of a custom object,
+and reading its conditions. Each backend supplies the object and how to read its state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medssr.cluster import standard_labels
+from medssr.launch.base import JobHandle, JobSpec, JobStatus, last_lines
+
+log = logging.getLogger(__name__)
+WATCH_CHUNK_S = 30  # re-list after this long so a silently dropped watch cannot stall a wait
+
+
+@dataclass
+class KubernetesLauncherConfig:
+    """Where and how training jobs are created on a cluster."""
+
+    namespace: str = field(default="default", metadata={"help": "Namespace of the jobs (and of the Secrets and PVCs they use)."})
+    kubeconfig: str | None = field(default=None, metadata={"help": "kubeconfig file; None = in-cluster service account, else ~/.kube/config."})
+    context: str | None = field(default=None, metadata={"help": "kubeconfig context; None = the current one."})
+    service_account_name: str | None = field(default=None, metadata={"help": "Service account of the training pods."})
+    image_pull_policy: str = field(default="IfNotPresent", metadata={"help": "imagePullPolicy of the training container."})
+    node_selector: dict[str, str] = field(default_factory=dict, metadata={"help": "nodeSelector of the training pods (e.g. a GPU node pool)."})
+    tolerations: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Tolerations of the training pods (Kubernetes Toleration objects)."})
+    ttl_seconds_after_finished: int | None = field(default=86400, metadata={"help": "The operator deletes a finished job after this long; None = keep."})
+    active_deadline_seconds: int | None = field(default=None, metadata={"help": "The operator fails a job running longer than this; None = no limit."})
+    backoff_limit: int = field(default=3, metadata={"help": "Pod restarts before the job is Failed (PyTorchJob)."})
+    on_conflict: Literal["fail", "reuse"] = field(
+        default="fail",
+        metadata={"help": "A job with this run id and stage exists: 'fail', or 'reuse' it (a retried pipeline step re-attaches)."},
+    )
+    delete_on_timeout: bool = field(default=True, metadata={"help": "Delete the job when wait() times out (else leave it running)."})
+    poll_interval_s: float = field(default=2.0, metadata={"help": "Seconds between pod-log retries while following logs."})
+    log_tail_lines: int = field(default=20, metadata={"help": "Master pod log lines quoted in a Failed status."})
+
+
+def api_client_for(config: KubernetesLauncherConfig):
+    """An ApiClient from the kubeconfig, the in-cluster service account, or ~/.kube/config (in that order)."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    if config.kubeconfig:
+        return kube_config.new_client_from_config(config_file=config.kubeconfig, context=config.context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not config.context:
+        configuration = client.Configuration()
+        kube_config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    return kube_config.new_client_from_config(context=config.context)
+
+
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    return {**spec.labels, **standard_labels(spec.run_id, spec.stage, "training")}
+
+
+def env_list(spec: JobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in spec.env.items()]
+    for item in spec.secret_env:
+        ref = {"name": item.secret_name, "key": item.key}
+        if item.optional:
+            ref["optional"] = True
+        env.append({"name": item.name, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def resources(spec: JobSpec) -> dict[str, dict[str, Any]]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if spec.cpu:
+        requests["cpu"] = spec.cpu
+    if spec.memory:
+        requests["memory"] = limits["memory"] = spec.memory
+    if spec.gpus_per_node:
+        limits["nvidia.com/gpu"] = spec.gpus_per_node
+    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container volumeMounts) for the spec's PVCs."""
+    pod_volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name}} for v in spec.volumes]
+    mounts = []
+    for v in spec.volumes:
+        mount: dict[str, Any] = {"name": v.name, "mountPath": v.mount_path}
+        if v.read_only:
+            mount["readOnly"] = True
+        if v.sub_path:
+            mount["subPath"] = v.sub_path
+        mounts.append(mount)
+    return pod_volumes, mounts
+
+
+def true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The object's conditions with status True, by type."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return {c.get("type"): c for c in conditions if str(c.get("status")) == "True"}
+
+
+class CustomJobLauncher:
+    """create / wait / logs / delete of one namespaced custom resource kind. Subclasses set the kind and
+    implement `build_object`, `state_of` and `master_pod_selector`."""
+
+    backend = ""
+    group = version = plural = kind = ""
+
+    def __init__(self, config: KubernetesLauncherConfig) -> None:
+        from kubernetes import client
+
+        self.config = config
+        self.api = api_client_for(config)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    # --- what a backend provides ---------------------------------------------------------------------------
+    def build_object(self, spec: JobSpec) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_of(self, obj: dict[str, Any]) -> JobStatus:
+        raise NotImplementedError
+
+    def master_pod_selector(self, name: str) -> str:
+        raise NotImplementedError
+
+    # --- the contract -------------------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobHandle:
+        from kubernetes.client.rest import ApiException
+
+        if not spec.image:
+            raise ValueError(f"image: required for the {self.backend} backend")
+        body = self.build_object(spec)
+        name, namespace = body["metadata"]["name"], self.config.namespace
+        try:
+            self.custom.create_namespaced_custom_object(self.group, self.version, namespace, self.plural, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise RuntimeError(f"creating {self.kind} {namespace}/{name} failed: {_api_message(error)}") from error
+            if self.config.on_conflict != "reuse":
+                raise RuntimeError(
+                    f"{self.kind} {namespace}/{name} already exists (run {spec.run_id}, stage {spec.stage}); "
+                    "delete it, use a new run id, or set on_conflict='reuse'"
+                ) from error
+            log.info("%s %s/%s exists; re-attaching to it", self.kind, namespace, name)
+        return JobHandle(backend=self.backend, name=name, namespace=namespace)
+
+    def get(self, handle: JobHandle) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(self.group, self.version, handle.namespace, self.plural, handle.name)
+
+    def status(self, handle: JobHandle) -> JobStatus:
+        return self._with_failure_details(handle, self.state_of(self.get(handle)))
+
+    def wait(self, handle: JobHandle, timeout: float | None = None) -> JobStatus:
+        """Watch the object until a final condition appears; a Timeout status after `timeout` seconds."""
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                obj = self.get(handle)
+            except ApiException as error:
+                if error.status == 404:
+                    return JobStatus("Failed", "Deleted", f"{self.kind} {handle.namespace}/{handle.name} no longer exists")
+                raise
+            status = self.state_of(obj)
+            if status.finished:
+                return self._with_failure_details(handle, status)
+            remaining = WATCH_CHUNK_S if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return self._timed_out(handle, timeout, status)
+            watcher = watch.Watch()
+            try:
+                for event in watcher.stream(
+                    self.custom.list_namespaced_custom_object,
+                    self.group,
+                    self.version,
+                    handle.namespace,
+                    self.plural,
+                    field_selector=f"metadata.name={handle.name}",
+                    resource_version=obj["metadata"]["resourceVersion"],
+                    timeout_seconds=max(1, int(min(remaining, WATCH_CHUNK_S) + 0.999)),
+                ):
+                    if event["type"] == "DELETED":
+                        return JobStatus("Failed", "Deleted", f"{self.kind} {handle.namespace}/{handle.name} was deleted")
+                    if event["type"] == "ERROR":
+                        break  # e.g. 410 Gone: re-read and watch again
+                    status = self.state_of(event["object"])
+                    if status.finished:
+                        return self._with_failure_details(handle, status)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+            finally:
+                watcher.stop()
+
+    def logs(self, handle: JobHandle, follow: bool = False) -> Iterator[str]:
+        """The master pod's log. With `follow`, waits for the pod to run and streams until the job ends."""
+        from kubernetes.client.rest import ApiException
+
+        while True:
+            pod = self.master_pod(handle)
+            if pod is not None:
+                try:
+                    if not follow:
+                        text = self.core.read_namespaced_pod_log(pod, handle.namespace)
+                        yield from text.splitlines()
+                        return
+                    response = self.core.read_namespaced_pod_log(pod, handle.namespace, follow=True, _preload_content=False)
+                    try:
+                        for line in response.stream():
+                            yield from line.decode(errors="replace").splitlines()
+                    finally:
+                        response.release_conn()
+                    return
+                except ApiException as error:
+                    if not follow:
+                        raise RuntimeError(f"logs of pod {handle.namespace}/{pod} unavailable: {_api_message(error)}") from error
+            elif not follow:
+                return
+            if self._finished(handle):
+                return
+            time.sleep(self.config.poll_interval_s)
+
+    def delete(self, handle: JobHandle) -> None:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(
+                self.group,
+                self.version,
+                handle.namespace,
+                self.plural,
+                handle.name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def master_pod(self, handle: JobHandle) -> str | None:
+        pods = self.core.list_namespaced_pod(handle.namespace, label_selector=self.master_pod_selector(handle.name)).items
+        if not pods:
+            return None
+        return sorted(pods, key=lambda pod: pod.metadata.name)[0].metadata.name
+
+    def _finished(self, handle: JobHandle) -> bool:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return self.state_of(self.get(handle)).finished
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+
+    def _with_failure_details(self, handle: JobHandle, status: JobStatus) -> JobStatus:
+        """Add the master pod's last log lines (or why they cannot be read) to a Failed status."""
+        if status.state != "Failed":
+            return status
+        from kubernetes.client.rest import ApiException
+
+        try:
+            pod = self.master_pod(handle)
+            if pod is None:
+                detail = "no master pod found"
+            else:
+                text = self.core.read_namespaced_pod_log(pod, handle.namespace, tail_lines=self.config.log_tail_lines)
+                detail = f"last log lines of pod {pod}:\n{last_lines(text, self.config.log_tail_lines)}"
+        except ApiException as error:
+            detail = f"logs of pod {pod} unavailable: {_api_message(error)}"
+        message = f"{status.message}\n{detail}" if status.message else detail
+        return JobStatus(status.state, status.reason, message)
+
+    def _timed_out(self, handle: JobHandle, timeout: float | None, last: JobStatus) -> JobStatus:
+        if self.config.delete_on_timeout:
+            self.delete(handle)
+            action = "deleted"
+        else:
+            action = "left running"
+        return JobStatus(
+            "Timeout",
+            "Timeout",
+            f"{self.kind} {handle.namespace}/{handle.name} not finished after {timeout:g} s (last state {last.state}); {action}",
+        )
+
+
+def _api_message(error) -> str:
+    """The API server's own message from an ApiException body, else its reason."""
+    import json
+
+    try:
+        return json.loads(error.body).get("message") or str(error.reason)
+    except (TypeError, ValueError, AttributeError):
+        return f"{error.status} {error.reason}"

@@ -1,0 +1,457 @@
+"""Launchers: the local torchrun backend on real processes, and the PyTorchJob / TrainJob backends against the real
+kube-apiserver of tests/plugins/kube.py (no controllers run: the tests play the operator by patching `.status`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from medssr.launch import (
+    JobSpec,
+    LocalLauncher,
+    LocalLauncherConfig,
+    PyTorchJobLauncher,
+    PyTorchJobLauncherConfig,
+    SecretEnvVar,
+    TrainingJobFailed,
+    TrainJobLauncher,
+    TrainJobLauncherConfig,
+    VolumeMount,
+    build_launcher,
+    job_name,
+    run_training_job,
+)
+from medssr.launch.base import training_arguments
+
+IMAGE = "registry.example.com/medssr:0.1.0-gpu"
+TRAINING = {"stage": "self", "model": "/data/models/base", "data": "/data/train.jsonl", "output_dir": "/ckpt/stage1", "max_steps": 5, "use_vllm": True}
+
+
+# --- pure logic ---------------------------------------------------------------------------------------------
+
+
+def test_job_names_are_dns_labels_derived_from_run_and_stage():
+    assert job_name("run42", "train-self") == "run42-train-self"
+    lossy = job_name("Run_42", "train-self")
+    assert lossy.startswith("run-42-train-self-") and lossy != job_name("run-42", "train-self")
+    long_a, long_b = job_name("a" * 70, "train-self"), job_name("a" * 69 + "b", "train-self")
+    assert len(long_a) <= 63 and len(long_b) <= 63 and long_a != long_b
+    assert job_name("7f3a", "train-self")[0].isalpha()
+    assert job_name("run42", "train-self") == job_name("run42", "train-self")  # never random
+
+
+def test_job_spec_rejects_bad_settings_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown setting"):
+        JobSpec(run_id="r1", stage="train-self", training={**TRAINING, "learning_rat": 1e-6})
+    with pytest.raises(ValueError, match="output_dir"):
+        JobSpec(run_id="r1", stage="train-self", training={"stage": "self", "model": "m", "data": "d"})
+    with pytest.raises(ValueError, match="run_id"):
+        JobSpec(run_id="run:1", stage="train-self", training=TRAINING)
+    assert training_arguments({"learning_rate": 1e-6, "use_vllm": False, "checkpoint_dir": None}) == [
+        "--learning-rate", "1e-06", "--use-vllm", "false"
+    ]
+
+
+# --- local backend ------------------------------------------------------------------------------------------
+
+PROBE = '''
+"""A stand-in entry module: prints its rank, then exits as told."""
+import argparse, os, sys, time
+parser = argparse.ArgumentParser()
+parser.add_argument("--exit-code", type=int, default=0)
+parser.add_argument("--sleep", type=float, default=0)
+args = parser.parse_args()
+print(f"probe rank={os.environ['RANK']} world={os.environ['WORLD_SIZE']} secret={os.environ.get('PROBE_TOKEN', '-')} pid={os.getpid()}", flush=True)
+time.sleep(args.sleep)
+if args.exit_code:
+    print(f"probe failing on purpose with {args.exit_code}", file=sys.stderr, flush=True)
+sys.exit(args.exit_code)
+'''
+
+
+@pytest.fixture
+def probe_spec(tmp_path):
+    (tmp_path / "probe_pkg").mkdir()
+    (tmp_path / "probe_pkg" / "launch_probe.py").write_text(PROBE)
+
+    def make(stage: str, nproc: int = 1, **training) -> JobSpec:
+        return JobSpec(
+            run_id="local1",
+            stage=stage,
+            training=training,
+            nproc_per_node=nproc,
+            env={"PYTHONPATH": str(tmp_path / "probe_pkg"), "PROBE_TOKEN": "from-env"},
+            entry_module="launch_probe",
+        )
+
+    return make
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_torchrun_and_maps_exit_status(tmp_path, probe_spec):
+    launcher = build_launcher(LocalLauncherConfig(work_dir=str(tmp_path / "jobs")))
+    assert isinstance(launcher, LocalLauncher)
+
+    ok = launcher.submit(probe_spec("ok", nproc=2))
+    bad = launcher.submit(probe_spec("bad", exit_code=3))
+    status = launcher.wait(ok, timeout=120)
+    assert status.state == "Succeeded", status
+    lines = list(launcher.logs(ok))
+    assert any("probe rank=0 world=2 secret=from-env" in line for line in lines)
+    assert any("probe rank=1 world=2" in line for line in lines)
+    assert ok.log_path == tmp_path / "jobs" / "local1-ok" / "train.log"
+
+    failed = launcher.wait(bad, timeout=120)
+    assert failed.state == "Failed" and failed.reason.startswith("ExitCode")
+    assert "probe failing on purpose with 3" in failed.message  # the last log lines travel with the status
+
+
+@pytest.mark.slow
+def test_local_launcher_times_out_and_stops_the_process_tree(tmp_path, probe_spec):
+    config = LocalLauncherConfig(work_dir=str(tmp_path / "jobs"), stop_grace_s=5)
+    lines: list[str] = []
+    with pytest.raises(TrainingJobFailed) as failure:
+        run_training_job(config, probe_spec("slow", sleep=600), timeout=6, log_sink=lines.append)
+    assert failure.value.status.state == "Timeout"
+    assert "process stopped" in failure.value.status.message
+    # The rank process itself (a grandchild, under torchrun) is gone too.
+    probe_line = next(line for line in lines if "probe rank=0" in line)
+    pid = int(probe_line.rsplit("pid=", 1)[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_run_training_job_trains_the_tiny_model_under_torchrun(tmp_path, tiny_model):
+    from medssr.data import MCQItem, write_jsonl
+
+    items = [
+        MCQItem(id=f"q{i}", stem=f"Which letter is number {i % 3}?", options={"A": "zero", "B": "one", "C": "two"}, answer="ABC"[i % 3])
+        for i in range(4)
+    ]
+    write_jsonl(tmp_path / "train.jsonl", items)
+    out = tmp_path / "out"
+    spec = JobSpec(
+        run_id="localreal",
+        stage="train-supervised",
+        training={
+            "stage": "supervised",
+            "model": str(tiny_model),
+            "data": str(tmp_path / "train.jsonl"),
+            "output_dir": str(out),
+            "max_steps": 2,
+            "num_generations": 2,
+            "per_device_train_batch_size": 2,
+            "max_completion_length": 8,
+            "save_steps": 100,
+        },
+    )
+    lines: list[str] = []
+    status = run_training_job(LocalLauncherConfig(work_dir=str(tmp_path / "jobs")), spec, timeout=300, log_sink=lines.append)
+    assert status.state == "Succeeded", status
+    assert list(out.glob("*.safetensors")), sorted(p.name for p in out.iterdir())
+    summary = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    assert summary["global_step"] == 2
+
+
+# --- cluster backends against the real API server --------------------------------------------------------
+
+def cluster_spec(run_id: str, stage: str = "train-self", **overrides) -> JobSpec:
+    values = dict(
+        run_id=run_id,
+        stage=stage,
+        training=TRAINING,
+        image=IMAGE,
+        nproc_per_node=4,
+        num_workers=2,
+        gpus_per_node=4,
+        memory="64Gi",
+        env={"HF_HUB_OFFLINE": "1"},
+        secret_env=[SecretEnvVar(name="AWS_ACCESS_KEY_ID", secret_name="medssr-s3", key="accessKey")],
+        volumes=[VolumeMount(name="workspace", claim_name="medssr-workspace", mount_path="/data")],
+        labels={"team": "rare-disease"},
+    )
+    values.update(overrides)
+    return JobSpec(**values)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def play_operator(kube_cluster, launcher, handle, steps: list[tuple[float, dict]]) -> threading.Thread:
+    """Patch the job's status subresource in a thread: each step (delay, status) after the previous one."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(kube_cluster.api_client())
+
+    def run():
+        for delay, status in steps:
+            time.sleep(delay)
+            custom.patch_namespaced_custom_object_status(
+                launcher.group, launcher.version, handle.namespace, launcher.plural, handle.name, {"status": status}
+            )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def pytorchjob_conditions(*pairs: tuple[str, str, str, str]) -> dict:
+    return {
+        "conditions": [
+            {"type": t, "status": s, "reason": r, "message": m, "lastTransitionTime": now(), "lastUpdateTime": now()} for t, s, r, m in pairs
+        ]
+    }
+
+
+def pytorch_launcher(kube_cluster, namespace, **config) -> PyTorchJobLauncher:
+    return build_launcher(PyTorchJobLauncherConfig(namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig), **config))
+
+
+def trainjob_launcher(kube_cluster, namespace, **config) -> TrainJobLauncher:
+    return build_launcher(TrainJobLauncherConfig(namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig), **config))
+
+
+@pytest.mark.k8s
+def test_pytorchjob_object_carries_the_spec_and_labels(kube_cluster, kube_namespace):
+    launcher = pytorch_launcher(kube_cluster, kube_namespace, ttl_seconds_after_finished=600, node_selector={"nvidia.com/gpu.present": "true"})
+    handle = launcher.submit(cluster_spec("run7"))
+    assert handle.name == "run7-train-self"
+    job = launcher.get(handle)  # read back from the server: what survived schema validation and pruning
+
+    labels = job["metadata"]["labels"]
+    assert labels["medssr.io/run-id"] == "run7" and labels["medssr.io/stage"] == "train-self"
+    assert labels["app.kubernetes.io/name"] == "medssr" and labels["app.kubernetes.io/component"] == "training"
+    assert labels["app.kubernetes.io/part-of"] == "medssr" and labels["team"] == "rare-disease"
+    spec = job["spec"]
+    assert spec["runPolicy"]["ttlSecondsAfterFinished"] == 600 and spec["nprocPerNode"] == "4"
+    assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+    assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    template = spec["pytorchReplicaSpecs"]["Worker"]["template"]
+    assert template["metadata"]["labels"]["medssr.io/run-id"] == "run7"
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": "medssr-workspace"}}]
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch" and container["image"] == IMAGE
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["command"][:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=4"]
+    command = container["command"]
+    assert command[command.index("-m", 3) + 1] == "medssr.training"
+    assert command[command.index("--data") + 1] == "/data/train.jsonl" and command[command.index("--use-vllm") + 1] == "true"
+    assert {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "medssr-s3", "key": "accessKey"}}} in container["env"]
+    assert container["volumeMounts"] == [{"name": "workspace", "mountPath": "/data"}]
+
+    listed = kube_cluster.kubectl("get", "pytorchjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run7", "-o", "name")
+    assert listed.stdout.split() == ["pytorchjob.kubeflow.org/run7-train-self"]
+    other = kube_cluster.kubectl("get", "pytorchjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run8", "-o", "name")
+    assert other.stdout.strip() == ""
+
+
+@pytest.mark.k8s
+def test_pytorchjob_wait_follows_conditions_to_succeeded(kube_cluster, kube_namespace):
+    config = PyTorchJobLauncherConfig(namespace=kube_namespace, kubeconfig=str(kube_cluster.kubeconfig), poll_interval_s=0.2)
+    launcher = build_launcher(config)
+    handle = launcher.submit(cluster_spec("run1", num_workers=0))
+    operator = play_operator(
+        kube_cluster,
+        launcher,
+        handle,
+        [
+            (0.3, pytorchjob_conditions(("Created", "True", "PyTorchJobCreated", "created"))),
+            (0.3, pytorchjob_conditions(("Created", "True", "PyTorchJobCreated", "created"), ("Running", "True", "PyTorchJobRunning", "running"))),
+            (0.5, pytorchjob_conditions(("Running", "False", "PyTorchJobSucceeded", ""), ("Succeeded", "True", "PyTorchJobSucceeded", "PyTorchJob run1-train-self successfully completed."))),
+        ],
+    )
+    assert launcher.status(handle).state == "Pending"
+    status = launcher.wait(handle, timeout=30)
+    operator.join()
+    assert status.state == "Succeeded" and status.reason == "PyTorchJobSucceeded"
+    assert "successfully completed" in status.message
+    assert "Succeeded" in kube_cluster.kubectl("get", "pytorchjob", handle.name, "-n", kube_namespace).stdout  # State column
+
+
+@pytest.mark.k8s
+def test_pytorchjob_failure_reports_reason_and_master_pod_logs(kube_cluster, kube_namespace):
+    from kubernetes import client
+
+    launcher = pytorch_launcher(kube_cluster, kube_namespace, poll_interval_s=0.2)
+    spec = cluster_spec("run2", num_workers=0)
+    # What the operator would create: the master pod, labelled so the launcher can find it. No kubelet runs it,
+    # so its log cannot be read: the failure must still carry the reason and say why the log is missing.
+    client.CoreV1Api(kube_cluster.api_client()).create_namespaced_pod(
+        kube_namespace,
+        {
+            "metadata": {
+                "name": f"{spec.job_name}-master-0",
+                "labels": {"training.kubeflow.org/job-name": spec.job_name, "training.kubeflow.org/replica-type": "master"},
+            },
+            "spec": {"containers": [{"name": "pytorch", "image": IMAGE}]},
+        },
+    )
+    lines: list[str] = []
+    with pytest.raises(TrainingJobFailed) as failure:
+        # The whole convenience path in the foreground; the job is failed from a thread once it exists.
+        def fail_when_created():
+            custom = client.CustomObjectsApi(kube_cluster.api_client())
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    custom.get_namespaced_custom_object("kubeflow.org", "v1", kube_namespace, "pytorchjobs", spec.job_name)
+                    break
+                except client.ApiException:
+                    time.sleep(0.1)
+            custom.patch_namespaced_custom_object_status(
+                "kubeflow.org",
+                "v1",
+                kube_namespace,
+                "pytorchjobs",
+                spec.job_name,
+                {"status": pytorchjob_conditions(("Failed", "True", "PyTorchJobFailed", "PyTorchJob run2-train-self is failed because 1 Master replica(s) failed."))},
+            )
+
+        thread = threading.Thread(target=fail_when_created, daemon=True)
+        thread.start()
+        run_training_job(launcher.config, spec, timeout=30, log_sink=lines.append)
+    thread.join()
+    status = failure.value.status
+    assert status.state == "Failed" and status.reason == "PyTorchJobFailed"
+    assert "1 Master replica(s) failed" in status.message
+    assert f"logs of pod {spec.job_name}-master-0 unavailable" in status.message
+    assert "PyTorchJobFailed" in str(failure.value) and kube_namespace in str(failure.value)
+
+
+@pytest.mark.k8s
+def test_pytorchjob_failure_without_master_pod_says_so(kube_cluster, kube_namespace):
+    launcher = pytorch_launcher(kube_cluster, kube_namespace)
+    handle = launcher.submit(cluster_spec("run3", num_workers=0))
+    play_operator(kube_cluster, launcher, handle, [(0.2, pytorchjob_conditions(("Failed", "True", "DeadlineExceeded", "job ran past activeDeadlineSeconds")))])
+    status = launcher.wait(handle, timeout=30)
+    assert (status.state, status.reason) == ("Failed", "DeadlineExceeded")
+    assert "activeDeadlineSeconds" in status.message and "no master pod found" in status.message
+
+
+@pytest.mark.k8s
+def test_pytorchjob_timeout_deletes_or_keeps_the_job_as_configured(kube_cluster, kube_namespace):
+    from kubernetes.client.rest import ApiException
+
+    deleting = pytorch_launcher(kube_cluster, kube_namespace)
+    handle = deleting.submit(cluster_spec("run4"))
+    started = time.monotonic()
+    status = deleting.wait(handle, timeout=1.5)
+    assert status.state == "Timeout" and "deleted" in status.message
+    assert 1.4 <= time.monotonic() - started < 10
+    with pytest.raises(ApiException) as gone:
+        deleting.get(handle)
+    assert gone.value.status == 404
+
+    keeping = pytorch_launcher(kube_cluster, kube_namespace, delete_on_timeout=False)
+    handle = keeping.submit(cluster_spec("run5"))
+    status = keeping.wait(handle, timeout=1)
+    assert status.state == "Timeout" and "left running" in status.message
+    assert keeping.get(handle)["metadata"]["name"] == "run5-train-self"
+    keeping.delete(handle)
+    keeping.delete(handle)  # deleting twice is fine
+    with pytest.raises(ApiException):
+        keeping.get(handle)
+
+
+@pytest.mark.k8s
+def test_pytorchjob_name_conflict_fails_or_reattaches(kube_cluster, kube_namespace):
+    first = pytorch_launcher(kube_cluster, kube_namespace)
+    handle = first.submit(cluster_spec("run6"))
+    with pytest.raises(RuntimeError, match="already exists"):
+        first.submit(cluster_spec("run6"))
+    again = pytorch_launcher(kube_cluster, kube_namespace, on_conflict="reuse")
+    assert again.submit(cluster_spec("run6")) == handle
+
+
+@pytest.mark.k8s
+def test_wait_reports_a_job_deleted_underneath(kube_cluster, kube_namespace):
+    launcher = pytorch_launcher(kube_cluster, kube_namespace)
+    handle = launcher.submit(cluster_spec("run9"))
+    threading.Timer(0.5, launcher.delete, args=(handle,)).start()
+    status = launcher.wait(handle, timeout=30)
+    assert (status.state, status.reason) == ("Failed", "Deleted")
+
+
+@pytest.mark.k8s
+def test_schemas_reject_invalid_jobs_with_422(kube_cluster, kube_namespace):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    custom = client.CustomObjectsApi(kube_cluster.api_client())
+    pytorchjob = pytorch_launcher(kube_cluster, kube_namespace).build_object(cluster_spec("bad1"))
+    pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    pytorchjob["spec"]["runPolicy"]["cleanPodPolicy"] = "Sometimes"
+    with pytest.raises(ApiException) as rejected:
+        custom.create_namespaced_custom_object("kubeflow.org", "v1", kube_namespace, "pytorchjobs", pytorchjob)
+    assert rejected.value.status == 422
+    body = json.loads(rejected.value.body)["message"]
+    assert "replicas" in body and "cleanPodPolicy" in body
+
+    trainjob = trainjob_launcher(kube_cluster, kube_namespace).build_object(cluster_spec("bad2"))
+    trainjob["spec"]["trainer"]["numNodes"] = 0
+    with pytest.raises(ApiException) as rejected:
+        custom.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", kube_namespace, "trainjobs", trainjob)
+    assert rejected.value.status == 422 and "numNodes" in json.loads(rejected.value.body)["message"]
+
+    # The launcher turns the API server's rejection into one readable error.
+    broken = cluster_spec("bad3", memory="lots")
+    with pytest.raises(RuntimeError, match="creating PyTorchJob .*bad3-train-self failed"):
+        pytorch_launcher(kube_cluster, kube_namespace).submit(broken)
+
+
+@pytest.mark.k8s
+def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
+    launcher = trainjob_launcher(kube_cluster, kube_namespace, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    handle = launcher.submit(cluster_spec("run10", stage="train-supervised", training={**TRAINING, "stage": "supervised"}))
+    job = launcher.get(handle)
+    assert handle.name == "run10-train-supervised"
+    assert job["metadata"]["labels"]["medssr.io/stage"] == "train-supervised"
+    spec = job["spec"]
+    assert spec["runtimeRef"] == {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
+    trainer = spec["trainer"]
+    assert trainer["image"] == IMAGE and trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
+    assert trainer["command"][trainer["command"].index("--stage") + 1] == "supervised"
+    assert {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "medssr-s3", "key": "accessKey"}}} in trainer["env"]
+    assert spec["labels"]["medssr.io/run-id"] == "run10"
+    (override,) = spec["podSpecOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]
+    assert override["volumes"][0]["persistentVolumeClaim"] == {"claimName": "medssr-workspace"}
+    assert override["tolerations"][0]["key"] == "nvidia.com/gpu"
+    listed = kube_cluster.kubectl("get", "trainjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run10", "-o", "name")
+    assert listed.stdout.split() == ["trainjob.trainer.kubeflow.org/run10-train-supervised"]
+
+    def condition(kind: str, reason: str, message: str) -> dict:
+        return {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
+
+    play_operator(
+        kube_cluster,
+        launcher,
+        handle,
+        [(0.3, {"jobsStatus": [{"name": "node", "active": 3, "ready": 3, "succeeded": 0, "failed": 0, "suspended": 0}]}), (0.5, {"conditions": [condition("Complete", "JobsCompleted", "TrainJob completed")]})],
+    )
+    deadline = time.monotonic() + 10
+    while launcher.status(handle).state == "Pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert launcher.status(handle).state in ("Running", "Succeeded")
+    status = launcher.wait(handle, timeout=30)
+    assert (status.state, status.reason, status.message) == ("Succeeded", "JobsCompleted", "TrainJob completed")
+
+    failing = launcher.submit(cluster_spec("run11"))
+    play_operator(kube_cluster, launcher, failing, [(0.2, {"conditions": [condition("Failed", "JobsFailed", "node-0 exited with code 1")]})])
+    status = launcher.wait(failing, timeout=30)
+    assert (status.state, status.reason) == ("Failed", "JobsFailed")
+    assert "exited with code 1" in status.message and "no master pod found" in status.message
+    launcher.delete(failing)
+    assert kube_cluster.kubectl("get", "trainjobs", "-n", kube_namespace, "-o", "name").stdout.split() == [
+        "trainjob.trainer.kubeflow.org/run10-train-supervised"
+    ]
