@@ -103,11 +103,15 @@ def _seed_items(config: SynthesisConfig, count: int, dedup: Deduplicator, decont
 
 
 def _resolve_generator(config: SynthesisConfig, generator: Generator | None, n_seed: int) -> Generator | None:
+    """The generator to rewrite/paraphrase with: the one passed in, else one built from the config when
+    a rewrite or a seed paraphrase is wanted; None means seeds keep their wording (options shuffled)."""
     wanted = config.rewrite or (config.paraphrase_seeds and n_seed > 0)
-    if generator is not None or not wanted or config.generator is None:
-        if config.rewrite and generator is None and config.generator is None:
-            raise ValueError("rewrite: needs a generator (pass one, or set `generator` in the config)")
+    if generator is not None or not wanted:
         return generator
+    if config.generator is None:
+        if config.rewrite:
+            raise ValueError("rewrite: needs a generator (pass one, or set `generator` in the config)")
+        return None
     from medssr.generation import build_generator
 
     return build_generator(config.generator)

@@ -41,18 +41,19 @@ FAMILY_HISTORY = {
     "HP:0001427": "{Pos} mother has a milder form; her siblings of both sexes are affected, and no affected man has passed it on.",
 }
 
-# onset term -> (age range, unit) used to pick the patient's age
+# onset term -> (current age range in years, sentence dating the onset). Early-onset conditions are
+# seen as children, since findings such as delayed speech only show later; the onset is then stated.
 ONSET_AGES = {
-    "HP:0030674": (0, 0, "newborn"),
-    "HP:0003577": (0, 0, "newborn"),
-    "HP:0003623": (1, 4, "week"),
-    "HP:0003593": (2, 11, "month"),
-    "HP:0011463": (2, 9, "year"),
-    "HP:0003621": (10, 16, "year"),
-    "HP:0011462": (17, 35, "year"),
-    "HP:0003581": (20, 60, "year"),
-    "HP:0003596": (40, 60, "year"),
-    "HP:0003584": (60, 80, "year"),
+    "HP:0030674": (1, 8, "The first anomalies were noted before birth."),
+    "HP:0003577": (1, 8, "The first signs were present at birth."),
+    "HP:0003623": (1, 8, "Symptoms began in the neonatal period."),
+    "HP:0003593": (1, 10, "Symptoms began in infancy."),
+    "HP:0011463": (3, 12, None),
+    "HP:0003621": (10, 17, None),
+    "HP:0011462": (18, 35, None),
+    "HP:0003581": (20, 60, None),
+    "HP:0003596": (40, 60, None),
+    "HP:0003584": (60, 80, None),
 }
 
 
@@ -221,25 +222,19 @@ class VignetteBuilder:
             else:
                 sex = rng.choice(("male", "female"))
         if onset is None:
-            age, unit = None, None
-            noun = "patient"
+            age, since, phrase = None, None, "A patient"
         else:
-            low, high, unit = ONSET_AGES[onset]
+            low, high, since = ONSET_AGES[onset]
             age = rng.randint(low, high)
-            adult = unit == "year" and age >= 18
-            noun = ("man" if adult else "boy") if sex == "male" else ("woman" if adult else "girl")
-        if age is None:
-            phrase = "A patient"
-        elif unit == "newborn":
-            phrase = f"A newborn {noun}"
-        else:
-            phrase = f"A {age}-{unit}-old {noun}"
+            noun = ("man" if age >= 18 else "boy") if sex == "male" else ("woman" if age >= 18 else "girl")
+            article = "An" if str(age).startswith("8") or age in (11, 18) else "A"
+            phrase = f"{article} {age}-year-old {noun}"
         pronoun = "He" if sex == "male" else "She"
         return {
             "phrase": phrase,
+            "since": f" {since}" if since else "",
             "sex": sex,
             "age": age,
-            "age_unit": unit,
             "onset": onset,
             "Pron": pronoun if age is not None else "The patient",
             "Pos": ("His" if sex == "male" else "Her") if age is not None else "The patient's",
@@ -322,7 +317,7 @@ class VignetteBuilder:
             "{p} is referred to a genetics clinic because of {f0}.",
             "{p} is evaluated for {f0}.",
         ))
-        stem = opener.format(p=who["phrase"], f0=texts[0])
+        stem = opener.format(p=who["phrase"], f0=texts[0]) + who["since"]
         if len(texts) > 1:
             stem += " " + rng.choice((
                 "Examination and work-up show {rest}.",
@@ -393,7 +388,7 @@ class VignetteBuilder:
                 "Which gene is most likely to carry the causative variant?",
             ))
         else:
-            stem = f"{who['phrase']} has {join_list(texts)}. " + rng.choice((
+            stem = f"{who['phrase']} has {join_list(texts)}.{who['since']} " + rng.choice((
                 "Genetic testing is planned. Pathogenic variants in which gene best explain this presentation?",
                 "Which gene is most likely to carry the causative variant?",
                 "Sequencing of which gene is most likely to reveal the cause?",
