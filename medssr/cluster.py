@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from medssr.generation import BACKENDS as GENERATION_BACKENDS
+
 RUN_ID_LABEL = "medssr.io/run-id"
 STAGE_LABEL = "medssr.io/stage"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -92,7 +94,7 @@ class ClusterDefaults:
         metadata={"help": "service account of the KServe predictor (MEDSSR_PREDICTOR_SERVICE_ACCOUNT)"}
     )
     device: str = field(metadata={"help": "cuda or cpu (MEDSSR_DEVICE)"})
-    generation_backend: str = field(metadata={"help": "vllm or transformers (MEDSSR_GENERATION_BACKEND)"})
+    generation_backend: str = field(metadata={"help": "vllm, transformers or openai (MEDSSR_GENERATION_BACKEND)"})
     train_workers: int = field(metadata={"help": "PyTorchJob worker replicas besides the master (MEDSSR_TRAIN_WORKERS)"})
     train: WorkloadDefaults = field(metadata={"help": "training pods (MEDSSR_TRAIN_*)"})
     predictor: WorkloadDefaults = field(metadata={"help": "predictor pods (MEDSSR_PREDICTOR_*)"})
@@ -142,6 +144,9 @@ class ClusterDefaults:
         device = text("MEDSSR_DEVICE")
         if device not in {"cuda", "cpu"}:
             raise ValueError(f"{source}: MEDSSR_DEVICE={device!r} must be 'cuda' or 'cpu'")
+        backend = text("MEDSSR_GENERATION_BACKEND")
+        if backend not in GENERATION_BACKENDS:
+            raise ValueError(f"{source}: MEDSSR_GENERATION_BACKEND={backend!r} must be one of {', '.join(GENERATION_BACKENDS)}")
         return cls(
             namespace=text("MEDSSR_NAMESPACE"),
             mlflow_tracking_uri=text("MLFLOW_TRACKING_URI"),
@@ -151,7 +156,7 @@ class ClusterDefaults:
             workspace_pvc=text("MEDSSR_WORKSPACE_PVC"),
             predictor_service_account=text("MEDSSR_PREDICTOR_SERVICE_ACCOUNT"),
             device=device,
-            generation_backend=text("MEDSSR_GENERATION_BACKEND"),
+            generation_backend=backend,
             train_workers=number("MEDSSR_TRAIN_WORKERS"),
             train=workload("MEDSSR_TRAIN"),
             predictor=workload("MEDSSR_PREDICTOR"),
