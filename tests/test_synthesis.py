@@ -259,3 +259,33 @@ def test_cli_synthesize(tmp_path, capsys):
     assert out.with_name("cli.jsonl.stats.json").is_file() and out.with_name("cli.jsonl.stats.png").is_file()
     assert main(["synthesize", "--n", "20", "--rare-ratio", "0.5", "--out", str(out)]) == 2
     assert "seed_questions: required" in capsys.readouterr().err
+
+
+class InterruptedRewriter(ScriptedRewriter):
+    """Answers faithfully, but fails on its second call, as a run killed mid-way would."""
+
+    def __init__(self, fail_on_call: int | None):
+        super().__init__("faithful")
+        self.fail_on_call = fail_on_call
+        self.prompts_seen = 0
+
+    def generate(self, prompts, n=1, sampling=SamplingParams()):
+        if self.calls + 1 == self.fail_on_call:
+            raise RuntimeError("interrupted")
+        self.prompts_seen += len(prompts)
+        return super().generate(prompts, n, sampling)
+
+
+def test_interrupted_rewrite_resumes_from_its_journal(tmp_path):
+    config = SynthesisConfig(n=10, rare_ratio=1.0, seed=6, rewrite=True, rewrite_batch_size=4)
+    out = tmp_path / "resume.jsonl"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_synthesis(config, out, generator=InterruptedRewriter(fail_on_call=2))
+    assert out.with_name("resume.jsonl.rewrite-journal.jsonl").is_file() and not out.exists()
+    resumed = InterruptedRewriter(fail_on_call=None)
+    result = run_synthesis(config, out, generator=resumed)
+    assert resumed.prompts_seen == 6  # the first batch of 4 came from the journal
+    assert result.stats["rewrite"] == {"accepted": 10}
+    assert not out.with_name("resume.jsonl.rewrite-journal.jsonl").exists()
+    fresh = run_synthesis(config, tmp_path / "fresh.jsonl", generator=ScriptedRewriter("faithful"))
+    assert fresh.path.read_bytes() == result.path.read_bytes()

@@ -4,9 +4,12 @@ otherwise the original stays and the reason is counted."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
@@ -58,6 +61,38 @@ def check_rewrite(text: str, item: MCQItem, forbidden: Sequence[str] = ()) -> tu
     return item.model_copy(update={"stem": stem}), "accepted"
 
 
+class RewriteJournal:
+    """Completions already generated, keyed by prompt and sampling, appended after every batch: a run
+    interrupted during the (slow) LLM pass resumes where it stopped instead of starting over."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.done: dict[str, str] = {}
+        if self.path and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.done[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by the interruption: generate it again
+
+    @staticmethod
+    def key(prompt, sampling: SamplingParams) -> str:
+        return hashlib.sha256(json.dumps([prompt, asdict(sampling)], sort_keys=True, default=str).encode()).hexdigest()
+
+    def add(self, entries: dict[str, str]) -> None:
+        self.done.update(entries)
+        if self.path and entries:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                for key, text in entries.items():
+                    handle.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+
+    def remove(self) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)
+
+
 def rewrite_items(
     items: list[MCQItem],
     generator: Generator,
@@ -66,21 +101,28 @@ def rewrite_items(
     batch_size: int,
     forbidden: list[list[str]] | None = None,
     description: str = "rewrite",
+    journal: RewriteJournal | None = None,
 ) -> tuple[list[MCQItem | None], Counter]:
-    """One rewrite per item, in batches; returns the accepted rewrites (None where rejected) and counts
-    of outcomes by reason."""
-    results: list[MCQItem | None] = []
-    outcomes: Counter = Counter()
+    """One rewrite per item, in batches (prompts already in ``journal`` are not generated again); returns
+    the accepted rewrites (None where rejected) and counts of outcomes by reason."""
+    journal = journal or RewriteJournal(None)
+    sampling = replace(sampling, allowed_letters=None)
+    prompts = [build_messages(item, system_prompt=system_prompt) for item in items]
+    keys = [RewriteJournal.key(prompt, sampling) for prompt in prompts]
+    missing = [i for i, key in enumerate(keys) if key not in journal.done]
     batch_size = max(1, batch_size)
-    for start in tqdm(range(0, len(items), batch_size), desc=description, unit="batch", disable=len(items) <= batch_size):
-        batch = items[start: start + batch_size]
-        prompts = [build_messages(item, system_prompt=system_prompt) for item in batch]
-        completions = generator.generate(prompts, n=1, sampling=replace(sampling, allowed_letters=None))
+    for start in tqdm(range(0, len(missing), batch_size), desc=description, unit="batch",
+                      disable=len(missing) <= batch_size):
+        batch = missing[start: start + batch_size]
+        completions = generator.generate([prompts[i] for i in batch], n=1, sampling=sampling)
         if len(completions) != len(batch):
             raise RuntimeError(f"generator returned {len(completions)} results for {len(batch)} prompts")
-        for offset, (item, outputs) in enumerate(zip(batch, completions)):
-            rules = forbidden[start + offset] if forbidden else []
-            rewritten, outcome = check_rewrite(outputs[0] if outputs else "", item, rules)
-            results.append(rewritten)
-            outcomes[outcome] += 1
+        journal.add({keys[i]: (outputs[0] if outputs else "") for i, outputs in zip(batch, completions)})
+    results: list[MCQItem | None] = []
+    outcomes: Counter = Counter()
+    for index, item in enumerate(items):
+        rules = forbidden[index] if forbidden else []
+        rewritten, outcome = check_rewrite(journal.done[keys[index]], item, rules)
+        results.append(rewritten)
+        outcomes[outcome] += 1
     return results, outcomes

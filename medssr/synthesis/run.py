@@ -19,7 +19,7 @@ from medssr.synthesis.dedup import Decontaminator, Deduplicator
 from medssr.synthesis.heldout import split_pool
 from medssr.synthesis.knowledge_items import build_knowledge_items, diseases_by_cell
 from medssr.synthesis.quota import derive_seed, largest_remainder, plan_cells
-from medssr.synthesis.rewrite import PARAPHRASE_PROMPT, REWRITE_PROMPT, rewrite_items
+from medssr.synthesis.rewrite import PARAPHRASE_PROMPT, REWRITE_PROMPT, RewriteJournal, rewrite_items
 from medssr.synthesis.seeds import read_seed_questions, shuffle_options
 from medssr.synthesis.stats import achieved_shares, shares, write_chart
 from medssr.synthesis.vignettes import VignetteBuilder
@@ -117,46 +117,43 @@ def _resolve_generator(config: SynthesisConfig, generator: Generator | None, n_s
     return build_generator(config.generator)
 
 
-def _apply_rewrites(config, generator, knowledge, seeds, decontaminator, counters) -> tuple[list, list]:
+def _without_contaminated(rewritten: list, outcomes: Counter, decontaminator) -> list:
+    """Accepted rewrites, except those that now overlap a benchmark (counted as 'contaminated')."""
+    clean = []
+    for new in rewritten:
+        if new is not None and decontaminator is not None and decontaminator.contaminated(new):
+            outcomes["contaminated"] += 1
+            outcomes["accepted"] -= 1
+            new = None
+        clean.append(new)
+    return clean
+
+
+def _apply_rewrites(config, generator, knowledge, seeds, decontaminator, counters, journal) -> tuple[list, list]:
     sampling = dataclasses.replace(config.rewrite_sampling, seed=config.seed)
     if config.rewrite and knowledge:
         rewritten, outcomes = rewrite_items(
             [item for item, _ in knowledge], generator, REWRITE_PROMPT, sampling, config.rewrite_batch_size,
-            [forbidden for _, forbidden in knowledge], "rewrite",
+            [forbidden for _, forbidden in knowledge], "rewrite", journal,
         )
-        updated = []
-        for (item, forbidden), new in zip(knowledge, rewritten):
-            if new is not None and decontaminator is not None and decontaminator.contaminated(new):
-                outcomes["contaminated"] += 1
-                outcomes["accepted"] -= 1
-                new = None
-            if new is None:
-                updated.append((item, forbidden))
-                continue
-            metadata = {**new.metadata, "rewrite": "accepted", "template_stem": item.stem}
-            updated.append((new.model_copy(update={"metadata": metadata}), forbidden))
-        rejected_ids = {item.id for (item, _), new in zip(knowledge, rewritten) if new is None}
+        rewritten = _without_contaminated(rewritten, outcomes, decontaminator)
         knowledge = [
-            (item.model_copy(update={"metadata": {**item.metadata, "rewrite": "rejected"}}), f)
-            if item.id in rejected_ids else (item, f)
-            for item, f in updated
+            (item.model_copy(update={"metadata": {**item.metadata, "rewrite": "rejected"}}), forbidden) if new is None
+            else (new.model_copy(update={"metadata": {**new.metadata, "rewrite": "accepted", "template_stem": item.stem}}),
+                  forbidden)
+            for (item, forbidden), new in zip(knowledge, rewritten)
         ]
         counters["rewrite"] = dict(sorted(outcomes.items()))
     if config.paraphrase_seeds and seeds:
         paraphrased, outcomes = rewrite_items(seeds, generator, PARAPHRASE_PROMPT, sampling, config.rewrite_batch_size,
-                                              None, "paraphrase")
-        updated_seeds = []
-        for item, new in zip(seeds, paraphrased):
-            if new is not None and decontaminator is not None and decontaminator.contaminated(new):
-                outcomes["contaminated"] += 1
-                outcomes["accepted"] -= 1
-                new = None
-            if new is None:
-                updated_seeds.append(item.model_copy(update={"metadata": {**item.metadata, "paraphrase": "rejected"}}))
-            else:
-                metadata = {**new.metadata, "seed_transform": "paraphrased", "original_stem": item.stem}
-                updated_seeds.append(new.model_copy(update={"metadata": metadata}))
-        seeds = updated_seeds
+                                              None, "paraphrase", journal)
+        paraphrased = _without_contaminated(paraphrased, outcomes, decontaminator)
+        seeds = [
+            item.model_copy(update={"metadata": {**item.metadata, "paraphrase": "rejected"}}) if new is None
+            else new.model_copy(update={"metadata": {**new.metadata, "seed_transform": "paraphrased",
+                                                     "original_stem": item.stem}})
+            for item, new in zip(seeds, paraphrased)
+        ]
         counters["paraphrase"] = dict(sorted(outcomes.items()))
     return knowledge, seeds
 
@@ -193,8 +190,9 @@ def run_synthesis(config: SynthesisConfig, out: str | Path, generator: Generator
     )
     template_seconds = time.perf_counter() - template_started
     seeds = _seed_items(config, n_seed, dedup, decontaminator, counters)
+    journal = RewriteJournal(out.with_name(out.name + ".rewrite-journal.jsonl"))
     if generator is not None:
-        knowledge, seeds = _apply_rewrites(config, generator, knowledge, seeds, decontaminator, counters)
+        knowledge, seeds = _apply_rewrites(config, generator, knowledge, seeds, decontaminator, counters, journal)
 
     items = [item for item, _ in knowledge] + seeds
     random.Random(derive_seed(config.seed, "order")).shuffle(items)
@@ -256,4 +254,5 @@ def run_synthesis(config: SynthesisConfig, out: str | Path, generator: Generator
         json.dump(stats, handle, indent=2, default=str)
         handle.write("\n")
     write_chart(chart_path, requested, achieved)
+    journal.remove()
     return SynthesisResult(out, stats_path, chart_path, stats)
