@@ -259,7 +259,16 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_machine_resumes_from_there(answer_
     s3_endpoint.client().put_object(Bucket=bucket, Key="runs/stage1/checkpoint-3/trainer_state.json", Body=b"{}")
 
     # Another machine: an empty local folder, the same mirror, one more step to go.
-    second = run_training(tiny_config(answer_format_model, tmp_path / "b", max_steps=3, save_steps=1, checkpoint_dir=mirror))
+    second_config = tiny_config(answer_format_model, tmp_path / "b", max_steps=3, save_steps=1, checkpoint_dir=mirror)
+    second = run_training(second_config)
     assert second.metrics["resumed_from_step"] == 2 and second.metrics["global_step"] == 3
     assert first.metrics["global_step"] == 2
     assert f"runs/stage1/checkpoint-3/{MARKER}" in s3_endpoint.keys(bucket, "runs/stage1/checkpoint-3/")
+
+    # Killed after the last checkpoint, before the end: the restart trains no extra step.
+    trained = load_weights(second.model_dir)
+    (second.model_dir / "metrics.json").unlink()
+    (second.model_dir / "model.safetensors").unlink()
+    again = run_training(second_config)
+    assert again.metrics["resumed_from_step"] == 3 and again.metrics["global_step"] == 3
+    assert all(trained[name].equal(tensor) for name, tensor in load_weights(again.model_dir).items())

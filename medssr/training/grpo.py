@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,10 +103,14 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return tokenizer
 
 
-def run_training(config: TrainingConfig) -> TrainingResult:
-    """Train one GRPO stage, resuming from the newest complete checkpoint when one exists."""
+def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingResult:
+    """Train one GRPO stage, resuming from the newest complete checkpoint when one exists.
+
+    ``callbacks``: extra transformers ``TrainerCallback`` objects (metric loggers, timers).
+    """
     from accelerate import PartialState
     from datasets import Dataset
+    from transformers import TrainerState
     from trl import GRPOTrainer
 
     from medssr.models import resolve_model
@@ -134,18 +139,28 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     state.wait_for_everyone()
     complete = checkpoints.complete_checkpoints(checkpoints_dir)
     resume_from = complete[-1][1] if complete else None
+    # A run killed after its last checkpoint but before the end: the Trainer, resumed at max_steps,
+    # would train one step too many, so the last checkpoint's weights are the result as they are.
+    finished = resume_from is not None and _reached_the_end(Path(resume_from), config)
     if resume_from and state.is_main_process:
-        log.info("resuming from %s", resume_from)
+        log.info("%s %s", "training already finished at" if finished else "resuming from", resume_from)
 
     trainer = GRPOTrainer(
-        model=model_path,
+        model=resume_from if finished else model_path,
         reward_funcs=build_reward_functions(),
         args=grpo_config,
         train_dataset=Dataset.from_list(data.rows),
         processing_class=load_tokenizer(model_path, config.trust_remote_code),
-        callbacks=[checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit)],
+        callbacks=[
+            checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit),
+            *callbacks,
+        ],
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    if finished:
+        trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+        train_metrics = {}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
     ranks = _gather_rank_reports(trainer)
     trainer.save_model(str(output_dir))  # rank 0 writes; weights as safetensors, tokenizer beside them
     if state.is_main_process:
@@ -154,7 +169,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
 
     history_path = output_dir / "log_history.jsonl"
     metrics = {
-        **train_output.metrics,
+        **train_metrics,
         "stage": config.stage,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
@@ -178,6 +193,12 @@ def run_training(config: TrainingConfig) -> TrainingResult:
         log.info("saved model to %s (step %d)", output_dir, trainer.state.global_step)
     state.wait_for_everyone()
     return TrainingResult(model_dir=output_dir, metrics=metrics, history_path=history_path)
+
+
+def _reached_the_end(checkpoint: Path, config: TrainingConfig) -> bool:
+    saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    target = config.max_steps if config.max_steps > 0 else saved.get("max_steps", 0)
+    return saved["global_step"] >= target > 0
 
 
 def _gather_rank_reports(trainer) -> list[dict]:
