@@ -58,7 +58,7 @@ class TrackingConfig:
         default="",
         metadata={
             "help": "the server's --artifacts-destination (e.g. s3://bucket/mlartifacts); maps proxied "
-            "mlflow-artifacts:/ locations to the S3 URI KServe needs. Empty: MEDSSR_MLFLOW_ARTIFACTS_DESTINATION"
+            "mlflow-artifacts:/ locations to the S3 URI KServe needs. Empty: MLFLOW_ARTIFACTS_DESTINATION"
         },
     )
 
@@ -412,7 +412,7 @@ def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cach
 
     Local (``file:``) and ``s3://`` locations are returned as they are. A location proxied by the MLflow
     server (``mlflow-artifacts:``) is mapped to the server's S3 destination when that is configured
-    (``artifacts_destination`` / MEDSSR_MLFLOW_ARTIFACTS_DESTINATION, what KServe needs), else the
+    (``artifacts_destination`` / MLFLOW_ARTIFACTS_DESTINATION, what KServe needs), else the
     files are downloaded once into ``cache_dir`` (default ``.medssr/models/NAME/VERSION``).
     """
     from urllib.parse import unquote, urlparse
@@ -426,7 +426,7 @@ def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cach
         return unquote(parsed.path) if parsed.scheme else location
     if parsed.scheme == "s3":
         return location
-    destination = config.artifacts_destination or os.environ.get("MEDSSR_MLFLOW_ARTIFACTS_DESTINATION", "")
+    destination = config.artifacts_destination or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
     if parsed.scheme == "mlflow-artifacts" and destination:
         return f"{destination.rstrip('/')}/{parsed.path.lstrip('/')}"
     import mlflow.artifacts

@@ -1,0 +1,107 @@
+"""Parameter presets for local runs: ``tiny`` (seconds per stage, for tests) and ``smol`` (SmolLM2-135M demo).
+
+Both split the stage-2 data off one benchmark file by question id (``split_benchmark``): its train part
+is stage 2's human-annotated data and the synthesis seed pool, and the run evaluates only the rest, so
+no evaluated question is ever trained on. ``benchmarks_dir`` comes from MEDSSR_BENCHMARKS_DIR, else the
+shared folder beside the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_benchmarks_dir() -> str:
+    configured = os.environ.get("MEDSSR_BENCHMARKS_DIR")
+    if configured:
+        return configured
+    return str((REPO.parent / "shared" / "benchmarks" / "medssr-eval").resolve())
+
+
+def local_defaults(root: Path | None = None) -> dict:
+    """What every local run needs: local launcher and generation on CPU, the workspace under ``.medssr``."""
+    root = (root or Path.cwd()).resolve()
+    return {
+        "workspace": str(root / ".medssr" / "workspace"),
+        "benchmarks_dir": default_benchmarks_dir(),
+        "launcher": "local",
+        "generation_backend": "transformers",
+        "device": "cpu",
+        "nproc_per_node": 1,
+        "num_workers": 0,
+        "gpus_per_node": 0,
+        "use_vllm": False,
+    }
+
+
+PRESETS: dict[str, dict] = {
+    # A random tiny Qwen2 built on the fly: exercises every step and the registry in about a minute.
+    # A random model never writes "The answer is X", so its votes are single letters sampled under a
+    # letter constraint (answer_letters); that is the labelling backend's constrained mode, not a shortcut.
+    "tiny": {
+        "base_model": "tiny",
+        "split_benchmark": "medqa",
+        "stage2_size": 8,
+        "synth_n": 8,
+        "rare_ratio": 0.5,
+        "options_per_item": 4,
+        "decontaminate": True,
+        "label_samples": 4,
+        "min_agreement": 0.0,
+        "max_agreement": 1.0,
+        "min_parsed": 2,
+        "answer_letters": "ABCD",
+        "generation_batch_size": 16,
+        "stage1_max_steps": 2,
+        "stage2_max_steps": 2,
+        "num_generations": 2,
+        "train_batch_size": 2,
+        "learning_rate": 1e-4,
+        "max_completion_length": 8,
+        "save_steps": 2,
+        "eval_benchmarks": "medqa,raredis_heldout",
+        "eval_limit": 4,
+        "eval_samples": 1,
+        "eval_max_tokens": 8,
+        "heldout_size": 4,
+        "model_name": "medssr-tiny",
+    },
+    # SmolLM2-135M-Instruct (built once from the packaged GGUF): real answers, a few GRPO steps per stage.
+    "smol": {
+        "base_model": "smollm2",
+        "split_benchmark": "medqa",
+        "stage2_size": 16,
+        "synth_n": 16,
+        "rare_ratio": 0.5,
+        "options_per_item": 4,
+        "decontaminate": True,
+        "label_samples": 4,
+        "min_agreement": 0.25,
+        "max_agreement": 1.0,
+        "min_parsed": 2,
+        "label_max_tokens": 96,
+        "generation_batch_size": 16,
+        "stage1_max_steps": 2,
+        "stage2_max_steps": 2,
+        "num_generations": 4,
+        "train_batch_size": 4,
+        "learning_rate": 1e-6,
+        "max_completion_length": 32,
+        "save_steps": 2,
+        "eval_benchmarks": "medqa,raredis_heldout",
+        "eval_limit": 8,
+        "eval_samples": 1,
+        "eval_max_tokens": 96,
+        "heldout_size": 8,
+        "model_name": "medssr-smol",
+    },
+}
+
+
+def preset_params(name: str, root: Path | None = None) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, not {name!r}")
+    return {**local_defaults(root), **PRESETS[name]}

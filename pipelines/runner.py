@@ -1,0 +1,108 @@
+"""Compile the pipeline, submit it to a KFP API server, or run it here with kfp.local."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medssr.pipelines.settings import ClusterSettings
+
+COMPILED = Path(__file__).resolve().parent / "compiled" / "medssr.yaml"
+
+
+def pipeline_defaults(settings: ClusterSettings | None = None) -> dict[str, Any]:
+    """Every pipeline parameter with its default value."""
+    from medssr.pipelines.medssr_pipeline import build_pipeline
+
+    signature = inspect.signature(build_pipeline(settings).pipeline_func)
+    return {name: p.default for name, p in signature.parameters.items()}
+
+
+def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> typed values (the type of each parameter's default)."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
+        if key not in defaults:
+            raise ValueError(f"--param {key}: no such pipeline parameter (see `medssr pipeline params`)")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                lowered = text.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                parsed[key] = lowered in ("true", "1", "yes")
+            else:
+                parsed[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--param {key}={text!r}: expected a {kind.__name__}") from None
+    return parsed
+
+
+def resolved_params(overrides: dict[str, Any], settings: ClusterSettings | None = None) -> dict[str, Any]:
+    """Defaults + overrides, a run id, and ``pipeline_params``: the whole set as JSON for the parent run."""
+    from medssr.components.steps import new_run_id
+
+    params = {**pipeline_defaults(settings), **overrides}
+    params["run_id"] = params.get("run_id") or new_run_id()
+    params["pipeline_params"] = json.dumps({k: v for k, v in sorted(params.items()) if k != "pipeline_params"})
+    return params
+
+
+def compile_pipeline(out: str | os.PathLike, settings: ClusterSettings | None = None) -> Path:
+    from kfp import compiler
+
+    from medssr.pipelines.medssr_pipeline import build_pipeline
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(settings), str(out))
+    return out
+
+
+def submit(host: str, params: dict[str, Any], experiment: str = "medssr", package: str | os.PathLike | None = None,
+           run_name: str | None = None, namespace: str | None = None):
+    """Upload-free submission of the compiled package as a run; returns kfp's RunPipelineResult."""
+    import kfp
+
+    package = Path(package or COMPILED)
+    if not package.is_file():
+        raise FileNotFoundError(f"no compiled pipeline at {package} (run `medssr pipeline compile`)")
+    client = kfp.Client(host=host, namespace=namespace)
+    return client.create_run_from_pipeline_package(
+        str(package),
+        arguments=params,
+        run_name=run_name or params.get("run_id") or None,
+        experiment_name=experiment,
+        enable_caching=None,  # keep each task's own setting: synthesis cached, the rest not
+    )
+
+
+@dataclass
+class LocalRun:
+    params: dict[str, Any]
+    wall_seconds: float
+    pipeline_root: Path
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = None) -> LocalRun:
+    """Run the same pipeline with kfp.local: every step a subprocess of this Python environment."""
+    import kfp.local
+
+    from medssr.pipelines.medssr_pipeline import build_pipeline
+
+    root = Path(pipeline_root or Path.cwd() / ".medssr" / "kfp").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    pipeline = build_pipeline()
+    started = time.perf_counter()
+    pipeline(**params)
+    return LocalRun(params=params, wall_seconds=time.perf_counter() - started, pipeline_root=root)
