@@ -578,14 +578,38 @@ def finish_step(run_id: str, kfp_run_id: str, tracking_uri: str, experiment: str
     tracker.finish_run(parent, "FINISHED" if succeeded else "FAILED")
 
 
-def deploy_step(parent_run_id: str, tracking_uri: str, experiment: str, model_name: str, alias: str, namespace: str) -> str:
-    """Deploy ``models:/NAME@ALIAS`` through the serving stage; returns the endpoint URL."""
+def deploy_step(
+    parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, model_name: str, alias: str, namespace: str
+) -> str:
+    """Deploy ``models:/NAME@ALIAS`` as an InferenceService (resources and placement from medssr-config
+    when the step has it); returns the endpoint URL."""
     from medssr.serving.deploy import DeployConfig, run_deploy
 
+    placement: dict[str, Any] = {}
+    if os.environ.get("MEDSSR_PREDICTOR_GPUS") is not None:
+        from medssr.cluster import ClusterDefaults
+
+        defaults = ClusterDefaults.from_mapping(os.environ, source="step environment (medssr-config)")
+        predictor = defaults.predictor
+        placement = {
+            "gpus": predictor.gpus,
+            "cpu": predictor.cpu,
+            "memory": predictor.memory,
+            "node_selector": predictor.node_selector,
+            "tolerations": predictor.tolerations,
+            "service_account": defaults.predictor_service_account,
+        }
+    config = DeployConfig(
+        model=f"{model_name}@{alias}",
+        namespace=namespace or os.environ.get("MEDSSR_NAMESPACE", "medssr"),
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        **placement,
+    )
     tracker = tracker_for(tracking_uri, experiment)
     with tracker.stage("deploy", parent_run_id) as stage:
-        config = DeployConfig(model=f"models:/{model_name}@{alias}", namespace=namespace or os.environ.get("MEDSSR_NAMESPACE", "default"))
         stage.log_config(config)
         result = run_deploy(config)
-        stage.set_tags({"medssr.endpoint": str(getattr(result, "url", ""))})
-    return str(getattr(result, "url", ""))
+        stage.set_tags({"medssr.endpoint": result.url, "medssr.inference_service": f"{result.namespace}/{result.name}",
+                        "medssr.storage_uri": result.storage_uri})
+    return result.url

@@ -178,12 +178,17 @@ def build_smollm2(out_dir: str | os.PathLike | None = None) -> Path:
 
 def resolve_model(ref: str | os.PathLike) -> str:
     """A model reference as something ``from_pretrained`` loads: a local folder is used as is, an
-    ``s3://`` prefix is downloaded once into the cache (keyed by the URI), anything else is a hub id."""
+    ``s3://`` prefix is downloaded once into the cache (keyed by the URI), ``models:/NAME@ALIAS`` is
+    resolved through the MLflow registry first, anything else is a hub id."""
     from medssr import storage
 
     ref = str(ref)
     if not ref:
         raise ValueError("model: no model given")
+    if ref.startswith("models:/"):  # an MLflow registry reference: its version's folder or s3:// location
+        from medssr.tracking import resolve_model_reference
+
+        ref = resolve_model_reference(ref)
     if storage.is_s3(ref):
         return str(_download_cached(ref))
     local = Path(ref).expanduser()

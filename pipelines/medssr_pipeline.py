@@ -257,8 +257,9 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
                 promoted = wire(promote(**gate_args, dry_run=False), "promote")
                 with dsl.If(deploy_model == True, name="deploy-asked"):  # noqa: E712 - KFP condition
                     wire(
-                        deploy(**tracking, model_name=model_name, alias="champion", namespace=serving_namespace),
+                        deploy(**tracking, run_id=the_run, model_name=model_name, alias="champion", namespace=serving_namespace),
                         "deploy",
+                        train_keys=True,
                     ).after(promoted)
 
     return medssr_pipeline
