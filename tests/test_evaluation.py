@@ -205,3 +205,12 @@ def test_evaluate_cli(tiny_answerer, tmp_path, capsys):  # noqa: F811
     assert (out / "results.md").is_file() and (out / "samples" / "tiny-answerer" / "pubmedqa.jsonl").is_file()
     assert main(["evaluate", "--model", str(tmp_path / "missing"), "--benchmarks", str(FIXTURES), "--out", str(out)]) == 2
     assert "no model folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_heldout_rare_disease_set_is_built_by_synthesis_code():
+    full = load_benchmark("raredis_heldout", None, heldout_size=12, seed=0)
+    first = load_benchmark("raredis_heldout", None, limit=3, heldout_size=12, seed=0)
+    assert len(full.items) == 12 and full.origin == BENCHMARKS["raredis_heldout"].builder
+    assert [item.id for item in first.items] == [item.id for item in full.items[:3]]  # a limit is a prefix
+    assert all(item.answer in item.options for item in full.items)

@@ -164,8 +164,9 @@ def _build(spec: BenchmarkSpec, limit: int | None, heldout_size: int, seed: int)
         builder = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise BenchmarkUnavailable(f"its builder {spec.builder} is not available ({exc})") from None
-    size = heldout_size if limit is None else min(limit, heldout_size)
-    return list(builder(size, seed))
+    # Always the full set, then the first ``limit``: a smaller limit is a prefix of the same benchmark.
+    items = list(builder(heldout_size, seed))
+    return items[:limit] if limit is not None else items
 
 
 @dataclass
@@ -188,8 +189,7 @@ def load_benchmark(
     rejected (``on_error="skip"``); raises BenchmarkUnavailable."""
     spec = BENCHMARKS[name]
     if spec.builder:
-        items = _build(spec, limit, heldout_size, seed)
-        return LoadedBenchmark(items[:limit] if limit is not None else items, spec.builder)
+        return LoadedBenchmark(_build(spec, limit, heldout_size, seed), spec.builder)
     reasons = []
     if spec.filename and benchmarks_dir:
         path = Path(benchmarks_dir) / spec.filename
