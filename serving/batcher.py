@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
-from medssr.serving.metrics import BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT
+from medssr.serving.metrics import ABANDONED, BATCH_SIZE, QUEUE_DEPTH, QUEUE_WAIT
 
 BatchFunction = Callable[[list[Any], Hashable], list[Any]]
 """Runs one batch: (prompts, group key) -> one result per prompt, in order."""
@@ -127,6 +127,7 @@ class DynamicBatcher:
         batch, kept = [], deque()
         for entry in self._waiting:
             if entry.future.done():
+                ABANDONED.inc()
                 continue
             if entry.group == oldest.group and len(batch) < self.max_batch_size:
                 batch.append(entry)
@@ -140,6 +141,8 @@ class DynamicBatcher:
         return sum(1 for entry in self._waiting if entry.group == group and not entry.future.done())
 
     def _drop_abandoned(self) -> None:
-        if any(entry.future.done() for entry in self._waiting):
+        abandoned = sum(1 for entry in self._waiting if entry.future.done())
+        if abandoned:
+            ABANDONED.inc(abandoned)
             self._waiting = deque(entry for entry in self._waiting if not entry.future.done())
             QUEUE_DEPTH.set(len(self._waiting))

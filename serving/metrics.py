@@ -27,6 +27,7 @@ QUEUE_WAIT = Histogram(
 QUEUE_DEPTH = Gauge("medssr_serving_queue_depth", "Prompts waiting for a batch.")
 GENERATED_TOKENS = Counter("medssr_serving_generated_tokens", "Completion tokens generated.")
 PROMPT_TOKENS = Counter("medssr_serving_prompt_tokens", "Prompt tokens processed.")
+ABANDONED = Counter("medssr_serving_abandoned", "Queued prompts dropped because their client went away.")
 REJECTED = Counter("medssr_serving_rejected", "Requests refused before generation, by reason.", ["reason"])
 
 

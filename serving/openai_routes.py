@@ -8,6 +8,7 @@ a multiple-choice question adds one extension field, ``medssr``: ``{"answer", "l
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -25,6 +26,25 @@ from medssr.serving.protocol import (
 )
 
 OPENAI_PREFIX = "/openai/v1"
+# Not sent to anyone (the client is gone); recorded in the request metrics, as nginx does.
+CLIENT_CLOSED_REQUEST = 499
+DISCONNECT_POLL_S = 0.5
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection while its request waited: its queued prompts were dropped."""
+
+
+async def unless_disconnected(request: Request, work):
+    """Await ``work``, but cancel it when the client goes away, so abandoned prompts never reach the model."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientDisconnected()
 
 
 def error_response(error: RequestError) -> JSONResponse:
@@ -60,9 +80,11 @@ class OpenAIRoutes:
             body = await self._read(request)
             job = chat_job(body)
             settings = parse_settings(body, self.predictor.config)
-            [result] = await self.predictor.complete([job], settings, param="messages")
+            [result] = await unless_disconnected(request, self.predictor.complete([job], settings, param="messages"))
         except RequestError as error:
             return error_response(error)
+        except ClientDisconnected:
+            return JSONResponse(status_code=CLIENT_CLOSED_REQUEST, content={})
         response = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -89,9 +111,11 @@ class OpenAIRoutes:
             body = await self._read(request)
             jobs = completion_jobs(body)
             settings = parse_settings(body, self.predictor.config)
-            results = await self.predictor.complete(jobs, settings, param="prompt")
+            results = await unless_disconnected(request, self.predictor.complete(jobs, settings, param="prompt"))
         except RequestError as error:
             return error_response(error)
+        except ClientDisconnected:
+            return JSONResponse(status_code=CLIENT_CLOSED_REQUEST, content={})
         choices, answers = [], []
         for result in results:
             for completion in result.completions:

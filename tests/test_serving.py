@@ -276,6 +276,27 @@ def test_overload_is_refused_with_429_not_queued(kserve_server):
 
 
 @pytest.mark.slow
+def test_prompts_of_clients_that_gave_up_never_reach_the_model(kserve_server):
+    metrics = lambda: httpx.get(f"{kserve_server.url}/metrics", timeout=10).text  # noqa: E731
+    before = _metric(metrics(), "medssr_serving_abandoned_total")
+
+    async def impatient_clients():
+        async with httpx.AsyncClient(base_url=kserve_server.url, timeout=0.3) as client:
+            body = chat_body(max_tokens=256, min_tokens=256)
+            return await asyncio.gather(
+                *(client.post("/openai/v1/chat/completions", json=body) for _ in range(24)), return_exceptions=True
+            )
+
+    outcomes = asyncio.run(impatient_clients())
+    assert all(isinstance(o, httpx.TimeoutException) for o in outcomes), outcomes
+    deadline = time.monotonic() + 30
+    while _metric(metrics(), "medssr_serving_abandoned_total") <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _metric(metrics(), "medssr_serving_abandoned_total") >= before + 8  # at most one batch of 8 ran
+    assert_serving(kserve_server)
+
+
+@pytest.mark.slow
 def test_medssr_ask_prints_reasoning_and_letter(kserve_server, capsys):
     from medssr.cli import main
 
