@@ -99,14 +99,14 @@ class TrainingConfig:
         write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
 
 
-def _field_type(annotation: Any) -> type:
-    """The scalar type argparse should parse a field with (``bool | None`` -> bool)."""
+def _field_type(annotation: Any) -> tuple[type, tuple | None]:
+    """The scalar type argparse should parse a field with (``bool | None`` -> bool), and its choices."""
     hints = annotation
     if isinstance(hints, types.UnionType) or typing.get_origin(hints) is typing.Union:
         hints = next(arg for arg in typing.get_args(hints) if arg is not type(None))
     if typing.get_origin(hints) is Literal:
-        return str
-    return hints
+        return str, typing.get_args(hints)
+    return hints, None
 
 
 def _parse_bool(text: str) -> bool:
@@ -124,11 +124,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
     for spec in dataclasses.fields(TrainingConfig):
         if spec.name in skip:
             continue
-        kind = _field_type(hints[spec.name])
+        kind, choices = _field_type(hints[spec.name])
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,
             type=_parse_bool if kind is bool else kind,
+            choices=choices,
             default=None,
             help=spec.metadata.get("help"),
         )
