@@ -106,3 +106,29 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = 
     started = time.perf_counter()
     pipeline(**params)
     return LocalRun(params=params, wall_seconds=time.perf_counter() - started, pipeline_root=root)
+
+
+def stage_timings(pipeline_run_id: str, tracking_uri: str = "", experiment: str = "medssr") -> dict[str, float]:
+    """Seconds each stage spent in its stage function (``compute_seconds`` of the nested MLflow runs)."""
+    from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, STAGE_TAG, Tracker, TrackingConfig
+
+    tracker = Tracker(TrackingConfig(tracking_uri=tracking_uri, experiment=experiment))
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}' and tags.`{KIND_TAG}` = 'stage'"
+    runs = tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=200)
+    timings: dict[str, float] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        seconds = run.data.metrics.get("compute_seconds")
+        if seconds is not None:
+            timings[run.data.tags[STAGE_TAG]] = timings.get(run.data.tags[STAGE_TAG], 0.0) + seconds
+    return timings
+
+
+def timing_report(wall_seconds: float, timings: dict[str, float]) -> str:
+    """Wall time, per-stage compute, and orchestration overhead (wall minus compute) as a share of wall."""
+    compute = sum(timings.values())
+    overhead = wall_seconds - compute
+    lines = [f"pipeline wall time: {wall_seconds:.1f} s"]
+    lines += [f"  {stage:<24} {seconds:8.1f} s" for stage, seconds in timings.items()]
+    lines.append(f"  {'sum of stage compute':<24} {compute:8.1f} s")
+    lines.append(f"orchestration overhead: {overhead:.1f} s = {100 * overhead / wall_seconds:.1f}% of wall time")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""``medssr pipeline compile|submit|run|params``: the KFP pipeline, compiled, sent to a KFP host, or run here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _settings(path: str | None):
+    from medssr.pipelines.settings import ClusterSettings
+
+    return ClusterSettings.from_yaml(path) if path else ClusterSettings()
+
+
+def _compile(args) -> int:
+    from medssr.pipelines.runner import compile_pipeline
+
+    out = compile_pipeline(args.out, _settings(args.settings))
+    print(f"compiled pipeline -> {out}")
+    return 0
+
+
+def _params(args) -> int:
+    from medssr.pipelines.presets import preset_params
+    from medssr.pipelines.runner import pipeline_defaults
+
+    values = pipeline_defaults()
+    if args.preset:
+        values.update(preset_params(args.preset))
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        print(f"{key:<{width}}  {json.dumps(value)}")
+    return 0
+
+
+def _submit(args) -> int:
+    from medssr.pipelines.runner import parse_overrides, pipeline_defaults, resolved_params, submit
+
+    overrides = parse_overrides(args.param or [], pipeline_defaults())
+    overrides.setdefault("experiment", args.experiment)
+    params = resolved_params(overrides)
+    result = submit(args.host, params, experiment=args.experiment, package=args.package, namespace=args.namespace)
+    print(f"submitted run {result.run_id} (medssr run id {params['run_id']}) to {args.host}, experiment {args.experiment}")
+    return 0
+
+
+def _run(args) -> int:
+    from medssr.cli import CLIError
+    from medssr.pipelines.presets import preset_params
+    from medssr.pipelines.runner import parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, timing_report
+
+    if not args.local:
+        raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
+    overrides = preset_params(args.preset)
+    overrides.update(parse_overrides(args.param or [], pipeline_defaults()))
+    params = resolved_params(overrides)
+    print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
+    run = run_local(params, args.pipeline_root)
+    print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}")
+    print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"])))
+    print(f"registered model: models:/{params['model_name']}@candidate (champion moves only when the gate passes)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("pipeline", help="Compile, submit or locally run the MedSSR Kubeflow pipeline.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    compile_ = actions.add_parser("compile", help="Compile the pipeline to KFP IR YAML.")
+    compile_.add_argument("--out", default=str(Path("pipelines") / "compiled" / "medssr.yaml"), help="Output YAML file.")
+    compile_.add_argument("--settings", help="YAML of cluster settings (Secrets, ConfigMap, PVC, GPUs); default: manifests/ names.")
+    compile_.set_defaults(func=_compile)
+
+    params = actions.add_parser("params", help="List the pipeline parameters and their defaults (or a preset's values).")
+    params.add_argument("--preset", choices=["tiny", "smol"], help="Show a local preset's values.")
+    params.set_defaults(func=_params)
+
+    submit = actions.add_parser("submit", help="Submit the compiled pipeline as a run to a KFP API server.")
+    submit.add_argument("--host", required=True, help="KFP API server URL, e.g. http://localhost:8888.")
+    submit.add_argument("--experiment", default="medssr", help="KFP experiment (also the MLflow experiment).")
+    submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+    submit.add_argument("--package", help="Compiled pipeline YAML; default: the committed pipelines/compiled/medssr.yaml.")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs).")
+    submit.set_defaults(func=_submit)
+
+    run = actions.add_parser("run", help="Run the pipeline here with kfp.local (each step a subprocess).")
+    run.add_argument("--local", action="store_true", help="Run with kfp.local (required: the only mode here).")
+    run.add_argument("--preset", choices=["tiny", "smol"], default="tiny", help="tiny: random tiny model; smol: SmolLM2-135M.")
+    run.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+    run.add_argument("--pipeline-root", help="Where kfp.local keeps step outputs; default .medssr/kfp.")
+    run.set_defaults(func=_run)
