@@ -249,7 +249,11 @@ def test_torchrun_two_processes_train_data_parallel(answer_format_model, tmp_pat
 def test_checkpoints_mirror_to_s3_and_a_fresh_machine_resumes_from_there(answer_format_model, tmp_path, s3_endpoint):
     bucket = s3_endpoint.create_bucket("medssr-ckpt")
     mirror = f"s3://{bucket}/runs/stage1"
-    first = run_training(tiny_config(answer_format_model, tmp_path / "a", max_steps=2, save_steps=1, checkpoint_dir=mirror))
+    s3_endpoint.client().upload_file(str(SELF_DATA), bucket, "data/labelled.jsonl")
+    first = run_training(
+        tiny_config(answer_format_model, tmp_path / "a", max_steps=2, save_steps=1, checkpoint_dir=mirror, data=f"s3://{bucket}/data/labelled.jsonl")
+    )
+    assert first.metrics["records"] == 8
     keys = s3_endpoint.keys(bucket, "runs/stage1/")
     for step in (1, 2):
         assert f"runs/stage1/checkpoint-{step}/{MARKER}" in keys

@@ -8,7 +8,6 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -26,7 +25,7 @@ class TrainingConfig:
         metadata={"help": "'self': LabeledItem JSONL, reward against item.label; 'supervised': MCQItem JSONL, reward against item.answer."},
     )
     model: str = field(default="", metadata={"help": "Policy to start from: a local folder, s3:// URI or hub id (resolved by medssr.models.resolve_model)."})
-    data: str = field(default="", metadata={"help": "Training JSONL (LabeledItem for stage 'self', MCQItem with answers for 'supervised')."})
+    data: str = field(default="", metadata={"help": "Training JSONL, local or s3:// (LabeledItem for stage 'self', MCQItem with answers for 'supervised')."})
     output_dir: str = field(default="", metadata={"help": "Where the trained Hugging Face folder, metrics.json and log_history.jsonl go; local checkpoints under output_dir/checkpoints."})
     checkpoint_dir: str | None = field(
         default=None,
@@ -80,8 +79,10 @@ class TrainingConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainingConfig:
-        """Read a YAML mapping of field names (unknown keys are an error); ``overrides`` win."""
-        text = Path(path).read_text(encoding="utf-8")
+        """Read a YAML mapping of field names from a file or s3:// (unknown keys are an error); ``overrides`` win."""
+        from medssr.storage import read_text
+
+        text = read_text(path)
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a YAML mapping of training settings")

@@ -120,10 +120,12 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     config.validate_paths()
     output_dir = Path(config.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
-    data = load_training_rows(config.data, config.stage)
-    model_path = str(resolve_model(config.model))
     grpo_config = build_grpo_config(config, checkpoints_dir)  # also sets up the distributed state
     state = PartialState()
+    with state.local_main_process_first():  # one download per machine; the other ranks find it cached
+        model_path = str(resolve_model(config.model))
+        data_path = local_copy(config.data, output_dir / "data")
+    data = load_training_rows(data_path, config.stage)
     backend = rollout_backend(config)
     if state.is_main_process:
         log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
@@ -193,6 +195,18 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         log.info("saved model to %s (step %d)", output_dir, trainer.state.global_step)
     state.wait_for_everyone()
     return TrainingResult(model_dir=output_dir, metrics=metrics, history_path=history_path)
+
+
+def local_copy(uri: str, folder: Path) -> Path:
+    """A local path for ``uri``: local files as they are, s3:// objects downloaded once into ``folder``."""
+    from medssr import storage
+
+    if not storage.is_s3(uri):
+        return Path(uri)
+    target = folder / Path(storage.split_s3(uri)[1]).name
+    if not target.is_file():
+        storage.write_text(target, storage.read_text(uri))
+    return target
 
 
 def _reached_the_end(checkpoint: Path, config: TrainingConfig) -> bool:
