@@ -400,7 +400,7 @@ def train_step(
         history_path = out_dir / "log_history.jsonl"
         history = [json.loads(line) for line in history_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         run.log_history(history, step_key="step")
-        run.log_metrics({"final": trained, **record})
+        run.log_metrics({"final": {k: v for k, v in trained.items() if k != "config"}, **record})
         run.log_artifact(history_path, "training")
         run.log_artifact(out_dir / "metrics.json", "training")
         run.set_tags({"medssr.job_state": status.state, "medssr.model_dir": str(out_dir)})

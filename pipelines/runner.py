@@ -109,7 +109,8 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = 
 
 
 def stage_timings(pipeline_run_id: str, tracking_uri: str = "", experiment: str = "medssr") -> dict[str, float]:
-    """Seconds each stage spent in its stage function (``compute_seconds`` of the nested MLflow runs)."""
+    """Seconds each stage spent working: the stage function's time (``compute_seconds``) where the step
+    measured it, else the whole tracked stage (``stage_seconds``: registry uploads, the gate)."""
     from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, STAGE_TAG, Tracker, TrackingConfig
 
     tracker = Tracker(TrackingConfig(tracking_uri=tracking_uri, experiment=experiment))
@@ -117,7 +118,7 @@ def stage_timings(pipeline_run_id: str, tracking_uri: str = "", experiment: str 
     runs = tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=200)
     timings: dict[str, float] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
-        seconds = run.data.metrics.get("compute_seconds")
+        seconds = run.data.metrics.get("compute_seconds", run.data.metrics.get("stage_seconds"))
         if seconds is not None:
             timings[run.data.tags[STAGE_TAG]] = timings.get(run.data.tags[STAGE_TAG], 0.0) + seconds
     return timings

@@ -1,0 +1,213 @@
+"""The KFP pipeline: compiled YAML (current, complete, no secrets), submit to a recording KFP API server,
+and a full local tiny run that leaves a champion in a real MLflow server with S3 artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medssr.pipelines.runner import COMPILED, compile_pipeline, parse_overrides, pipeline_defaults
+
+EXPECTED_TASKS = {
+    "prepare", "synthesize", "pseudo-label", "train-stage1-self", "train-stage2-supervised", "evaluate",
+    "register", "gate", "promote", "deploy", "finish",
+}
+UNCACHED = EXPECTED_TASKS - {"synthesize"}
+GROUPS = {"tracked-run", "gate-passed", "deploy-asked"}  # exit handler and the two dsl.If groups
+
+
+def load_compiled(path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform
+
+
+def tasks_by_display_name(spec: dict) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+
+    def walk(dag: dict) -> None:
+        for task in dag["tasks"].values():
+            found[task["taskInfo"]["name"]] = task
+            inner = spec["components"].get(task["componentRef"]["name"], {})
+            if "dag" in inner:
+                walk(inner["dag"])
+
+    walk(spec["root"]["dag"])
+    return found
+
+
+def test_committed_yaml_is_current(tmp_path):
+    fresh = compile_pipeline(tmp_path / "medssr.yaml")
+    assert fresh.read_text() == COMPILED.read_text(), "pipelines/compiled/medssr.yaml is stale: run `medssr pipeline compile`"
+
+
+def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeypatch):
+    secret_value = "sentinel-secret-value-9f3b"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_value)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret_value)
+    path = compile_pipeline(tmp_path / "p.yaml")
+    text = path.read_text()
+    assert secret_value not in text
+    spec, platform = load_compiled(path)
+    tasks = tasks_by_display_name(spec)
+    assert set(tasks) == EXPECTED_TASKS | GROUPS
+    assert tasks["synthesize"]["cachingOptions"] == {"enableCache": True}
+    assert all(not tasks[name]["cachingOptions"].get("enableCache") for name in UNCACHED)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in ("base_model", "synth_n", "rare_ratio", "launcher", "stage1_max_steps", "margin", "tolerance", "deploy_model", "workspace"):
+        assert name in params and "defaultValue" in params[name], name
+    assert params["launcher"]["defaultValue"] == "pytorchjob" and params["workspace"]["defaultValue"] == "/workspace"
+    assert set(params) == set(pipeline_defaults())
+    # conditions: promote only past the gate, deploy only when asked
+    conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in spec["root"]["dag"]["tasks"].values()]
+    inner = spec["components"]
+    all_conditions = " ".join(conditions + [t.get("triggerPolicy", {}).get("condition", "") for c in inner.values() if "dag" in c for t in c["dag"]["tasks"].values()])
+    assert "promote-Output'] == true" in all_conditions and "deploy_model'] == true" in all_conditions
+
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        assert executor["pvcMount"][0]["mountPath"] == "/workspace"
+        assert executor["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "medssr-workspace"
+        secrets = {s["secretName"]: s for s in executor["secretAsEnv"]}
+        assert {k["secretKey"] for k in secrets["medssr-s3"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert secrets["medssr-mlflow"]["optional"] is True
+        keys = {k["configMapKey"] for k in executor["configMapAsEnv"][0]["keyToEnv"]}
+        assert {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"} <= keys
+    for gpu_step in ("exec-pseudo-label", "exec-evaluate"):
+        assert executors[gpu_step]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert executors[gpu_step]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        resources = spec["deploymentSpec"]["executors"][gpu_step]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu" and resources["accelerator"]["resourceCount"] == "1"
+    assert "nodeSelector" not in executors["exec-register"]
+    assert "MEDSSR_TRAIN_TOLERATIONS" in {k["configMapKey"] for k in executors["exec-train"]["configMapAsEnv"][0]["keyToEnv"]}
+    # components import medssr inside and never pip-install at run time
+    for executor in spec["deploymentSpec"]["executors"].values():
+        command = " ".join(executor["container"]["command"])
+        assert "pip install" not in command and "from medssr.components.steps import" in " ".join(executor["container"]["command"])
+
+
+def test_param_overrides_are_typed():
+    defaults = pipeline_defaults()
+    parsed = parse_overrides(["synth_n=12", "rare_ratio=0.25", "deploy_model=true", "base_model=x"], defaults)
+    assert parsed == {"synth_n": 12, "rare_ratio": 0.25, "deploy_model": True, "base_model": "x"}
+    with pytest.raises(ValueError, match="no such pipeline parameter"):
+        parse_overrides(["nope=1"], defaults)
+    with pytest.raises(ValueError, match="expected a int"):
+        parse_overrides(["synth_n=many"], defaults)
+
+
+class RecordingKfpApi(BaseHTTPRequestHandler):
+    """The KFP v2beta1 endpoints kfp.Client uses to start a run: healthz, experiments (list/create), runs (create)."""
+
+    requests: list = []
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self) -> dict | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.requests.append({"method": self.command, "path": self.path, "body": body})
+        return body
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self._record()
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            return self._reply({"multi_user": False, "pipeline_store": "database"})
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            return self._reply({"experiments": [], "total_size": 0})
+        return self._reply({"error": f"unexpected GET {self.path}"}, 404)
+
+    def do_POST(self):  # noqa: N802
+        body = self._record()
+        if self.path == "/apis/v2beta1/experiments":
+            return self._reply({"experiment_id": "exp-1", "display_name": body["display_name"], "storage_state": "AVAILABLE"})
+        if self.path == "/apis/v2beta1/runs":
+            return self._reply({**body, "run_id": "run-42", "state": "PENDING"})
+        return self._reply({"error": f"unexpected POST {self.path}"}, 404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
+    from medssr.cli import main
+
+    RecordingKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingKfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"http://127.0.0.1:{server.server_port}"
+        code = main(["pipeline", "submit", "--host", host, "--experiment", "rare-v2",
+                     "--param", "synth_n=50", "--param", "deploy_model=true", "--param", "run_id=run-test-1"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0 and "submitted run run-42" in capsys.readouterr().out
+    paths = [(r["method"], r["path"].split("?")[0]) for r in RecordingKfpApi.requests]
+    assert paths == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/experiments"),  # looked up by name first
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
+    assert RecordingKfpApi.requests[2]["body"]["display_name"] == "rare-v2"
+    run = RecordingKfpApi.requests[-1]["body"]
+    assert run["experiment_id"] == "exp-1" and run["display_name"] == "run-test-1"
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "medssr"
+    platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-train"]["pvcMount"][0]["mountPath"] == "/workspace"
+    parameters = run["runtime_config"]["parameters"]
+    assert parameters["synth_n"] == 50 and parameters["deploy_model"] is True and parameters["experiment"] == "rare-v2"
+    assert json.loads(parameters["pipeline_params"])["synth_n"] == 50
+
+
+def medssr_cli(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medssr.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_local_tiny_run_registers_a_champion_on_the_mlflow_server(mlflow_server, s3_endpoint, tmp_path):
+    from mlflow import MlflowClient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-e2e"], tmp_path, env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    print(result.stdout[result.stdout.index("pipeline tiny-e2e succeeded"):])  # timings, for the record
+
+    client = MlflowClient(mlflow_server.url)
+    champion = client.get_model_version_by_alias("medssr-tiny", "champion")
+    tags = champion.tags
+    assert {"eval.medqa", "eval.raredis_heldout", "data_sha256", "config_sha256", "medssr.run_id"} <= set(tags)
+    assert tags["medssr.run_id"] == "tiny-e2e" and tags["medssr.gate"] == "pass"
+    keys = s3_endpoint.keys(mlflow_server.bucket, "mlartifacts/")
+    assert any(k.endswith("/artifacts/model/model.safetensors") for k in keys)
+
+    experiment = client.get_experiment_by_name("medssr").experiment_id
+    runs = client.search_runs([experiment], "tags.`medssr.pipeline_run_id` = 'tiny-e2e'")
+    parent = [r for r in runs if r.data.tags.get("medssr.kind") == "pipeline"]
+    stages = sorted(r.data.tags["medssr.stage"] for r in runs if r.data.tags.get("medssr.kind") == "stage")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert parent[0].data.params["synth_n"] == "8" and "config_sha256" in parent[0].data.params
+    assert stages == sorted(["prepare", "synthesize", "pseudo_label", "train-self", "train-supervised", "evaluate", "register", "promote", "promote"])
+    by_stage = {r.data.tags["medssr.stage"]: r for r in runs if r.data.tags.get("medssr.kind") == "stage"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in by_stage.values())
+    assert {"yield", "parse_rate"} <= set(by_stage["pseudo_label"].data.metrics)
+    assert any(key.startswith("stats.achieved.category.") for key in by_stage["synthesize"].data.metrics)
+    history = client.get_metric_history(by_stage["train-self"].info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2]
+    assert by_stage["synthesize"].inputs.dataset_inputs and by_stage["train-supervised"].inputs.dataset_inputs
+    assert any(k.startswith("eval.stage2.medqa") for k in by_stage["evaluate"].data.metrics)
