@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -113,11 +116,19 @@ def test_heldout_diseases_never_reach_training(big_run):
     assert [i.model_dump() for i in again] == [i.model_dump() for i in heldout]
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tmp_path):
     config = SynthesisConfig(n=120, rare_ratio=0.75, seed=11, seed_questions=str(SEEDS), options_per_item=4)
     first = run_synthesis(config, tmp_path / "a.jsonl")
-    second = run_synthesis(config, tmp_path / "b.jsonl")
-    assert first.path.read_bytes() == second.path.read_bytes()
+    # another process with another string-hash seed: no set or dict order may leak into the output
+    script = (
+        "import sys; from medssr.synthesis import SynthesisConfig, run_synthesis; "
+        f"run_synthesis(SynthesisConfig(n=120, rare_ratio=0.75, seed=11, seed_questions={str(SEEDS)!r}, "
+        "options_per_item=4), sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "4321"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.jsonl")], check=True, env=env, capture_output=True)
+    assert first.path.read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     other = run_synthesis(SynthesisConfig(n=120, rare_ratio=0.75, seed=12, seed_questions=str(SEEDS), options_per_item=4),
                           tmp_path / "c.jsonl")
     assert other.path.read_bytes() != first.path.read_bytes()

@@ -19,7 +19,7 @@ from pathlib import Path
 from medssr.knowledge.ontology import INHERITANCE_ROOT, ONSET_ROOT, PHENOTYPIC_ABNORMALITY, Ontology, parse_obo
 from medssr.storage import atomic_writer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medssr" / "knowledge"
 
 # HPO frequency terms -> the midpoint of the range HPO defines for them.
@@ -231,7 +231,8 @@ def _link_rare(diseases: dict[str, Disease]) -> None:
 
 def _merge_linked(diseases: dict[str, Disease]) -> None:
     """Orphanet entries carry no inheritance and few onsets or genes; take them from the linked entries
-    of the same condition (where those agree), so each ORPHA entry holds the condition's full facts."""
+    of the same condition (where those agree), and add the phenotypes only they annotate, so each ORPHA
+    entry holds the condition's full facts (a finding missing from one source is not taken as absent)."""
     members: dict[str, list[Disease]] = defaultdict(list)
     for disease in diseases.values():
         if disease.group != disease.id:
@@ -244,6 +245,10 @@ def _merge_linked(diseases: dict[str, Disease]) -> None:
             values = {tuple(getattr(d, attribute)) for d in linked if getattr(d, attribute)}
             if len(values) == 1:
                 setattr(root, attribute, list(values.pop()))
+        for other in linked:
+            for term, frequency in other.phenotypes.items():
+                if term not in root.phenotypes and term not in root.excluded:
+                    root.phenotypes[term] = frequency
 
 
 def _build(folder: Path) -> tuple[dict[str, Disease], dict[str, str], str, Ontology]:

@@ -44,7 +44,7 @@ def write_chart(path: str | Path, requested: dict[str, dict[str, float]], achiev
         axis.set_xticklabels(keys, rotation=30, ha="right", fontsize=8)
         axis.set_ylabel("share")
         axis.set_title(dimension.replace("_", " "))
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     with atomic_writer(path, mode="wb", encoding=None) as handle:
         figure.savefig(handle, format="png", dpi=90)

@@ -115,7 +115,7 @@ class VignetteBuilder:
         for disease_id in self.pool:
             for gene in kb.diseases[disease_id].genes:
                 self._genes_to_diseases.setdefault(gene, []).append(disease_id)
-        self.gene_pool = sorted(g for g, ds in self._genes_to_diseases.items())
+        self.gene_pool = sorted(self._genes_to_diseases)
         self.builders = {
             "diagnosis": self.diagnosis,
             "causal_gene": self.causal_gene,
@@ -250,12 +250,10 @@ class VignetteBuilder:
         phenotypes = self.kb.diseases[disease_id].phenotypes
         return [{"id": t, "name": self.kb.term_name(t), "frequency": phenotypes.get(t)} for t in terms]
 
-    def pick_findings(
-        self, disease_id: str, count: int, rng: random.Random, distractors: list[str], pool: list[str] | None = None
-    ) -> list[str] | None:
+    def pick_findings(self, disease_id: str, count: int, rng: random.Random, distractors: list[str]) -> list[str] | None:
         """Up to ``count`` findings of the disease such that every distractor contradicts at least one of
         them (greedy cover), then filled at random; None when the distractors cannot all be ruled out."""
-        terms = list(pool if pool is not None else self.expected_findings(disease_id))
+        terms = list(self.expected_findings(disease_id))
         rng.shuffle(terms)
         chosen: list[str] = []
         for distractor in distractors:
