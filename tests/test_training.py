@@ -148,6 +148,20 @@ def test_training_rows_use_label_or_answer_and_report_rejects():
     assert supervised.rows[0]["target"] == json.loads(SUPERVISED_DATA.read_text().splitlines()[0])["answer"]
 
 
+def test_vllm_rollouts_only_with_cuda_and_cpu_settings(monkeypatch, tmp_path):
+    from medssr.training import grpo
+
+    config = TrainingConfig(model="m", data="d", output_dir=str(tmp_path), use_vllm=True, num_generations=2, per_device_train_batch_size=2)
+    if not grpo.cuda_available():
+        assert grpo.rollout_backend(config) == "transformers"
+        args = grpo.build_grpo_config(config, tmp_path / "checkpoints")
+        assert (args.use_vllm, args.bf16, args.gradient_checkpointing, args.report_to) == (False, False, False, [])
+        assert args.reward_weights == [1.0, config.format_reward_weight]
+    monkeypatch.setattr(grpo, "cuda_available", lambda: True)
+    assert grpo.rollout_backend(config) == "vllm-colocate"
+    assert grpo.rollout_backend(TrainingConfig(use_vllm=False)) == "transformers"
+
+
 # --- training ----------------------------------------------------------------------------------------
 
 
