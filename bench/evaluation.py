@@ -10,7 +10,7 @@ The constrained second pass runs in both, in the same style. The model is loaded
 the clock starts. The loop stops a sequence at its end-of-turn while a batch runs to its longest
 member, so the ratio is, if anything, understated.
 
-    .venv/bin/python bench/evaluation.py [--questions 24] [--max-tokens 32] [--benchmark medmcqa] [--out DIR]
+    .venv/bin/python bench/evaluation.py [--questions 16] [--max-tokens 32] [--benchmark medmcqa] [--out DIR]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def measure(model: Path, mode: str, args, cache_root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=24)
+    parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--benchmark", default="medmcqa")

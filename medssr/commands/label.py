@@ -6,8 +6,6 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from medssr.labeling.pipeline import LABELING_SAMPLING
-
     parser = subparsers.add_parser(
         "label",
         help="Pseudo-label MCQ items by majority vote over the policy's sampled answers (+ audit).",
@@ -21,8 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--min-agreement", type=float, default=0.5, help="Lowest kept agreement (default 0.5).")
     parser.add_argument("--max-agreement", type=float, default=0.9, help="Highest kept agreement (default 0.9: drops unanimous).")
     parser.add_argument("--min-parsed", type=int, default=None, help="Fewest parsed answers (default: half of --n-samples).")
-    parser.add_argument("--max-tokens", type=int, default=LABELING_SAMPLING.max_tokens, help="New tokens per answer.")
-    parser.add_argument("--temperature", type=float, default=LABELING_SAMPLING.temperature, help="Sampling temperature (default 1.0).")
+    parser.add_argument("--max-tokens", type=int, default=None, help="New tokens per answer (default 1024).")
+    parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature (default 1.0, as GRPO rollouts).")
     parser.add_argument("--seed", type=int, default=None, help="Sampling seed.")
     parser.add_argument("--extraction", choices=["lenient", "strict"], default="lenient", help="Answer extraction mode.")
     parser.add_argument("--prompt-style", choices=["chat", "text"], default="chat", help="Chat messages or plain text.")
@@ -49,7 +47,12 @@ def run_label_command(args: argparse.Namespace) -> int:
             backend=args.backend, model=args.model, batch_size=args.batch_size, device=args.device, base_url=args.base_url
         ),
         n_samples=args.n_samples,
-        sampling=dataclasses.replace(LABELING_SAMPLING, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed),
+        sampling=dataclasses.replace(
+            LABELING_SAMPLING,
+            max_tokens=LABELING_SAMPLING.max_tokens if args.max_tokens is None else args.max_tokens,
+            temperature=LABELING_SAMPLING.temperature if args.temperature is None else args.temperature,
+            seed=args.seed,
+        ),
         min_agreement=args.min_agreement,
         max_agreement=args.max_agreement,
         min_parsed=args.min_parsed if args.min_parsed is not None else max(1, math.ceil(args.n_samples / 2)),
