@@ -121,7 +121,8 @@ def plot(report: dict, path: Path) -> None:
     kept_range = [report["min_agreement"] <= b["lo"] and b["hi"] <= report["max_agreement"] + 1e-9 for b in buckets]
     ax.bar(xs, heights, color=["tab:green" if k else "tab:gray" for k in kept_range])
     for x, b, h in zip(xs, buckets, heights):
-        ax.text(x, h + 1, f"{b['correct']}/{b['n']}" if b["n"] else "no key", ha="center", fontsize=8)
+        note = f"{b['correct']}/{b['n']}" if b["n"] else ("no items" if not b["items"] else "no key")
+        ax.text(x, h + 1, note, ha="center", fontsize=8)
     ax.set_xticks(list(xs), [b["bucket"] for b in buckets], rotation=20, fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_xlabel("agreement of the majority vote (green: inside the kept range)")
