@@ -31,6 +31,7 @@ from typing import Any
 from medssr.tracking import StageRun, Tracker, TrackingConfig, config_hash, file_sha256
 
 COMPUTE_SECONDS = "compute_seconds"
+IMPORT_SECONDS = "import_seconds"  # loading the stage's libraries in the step's fresh process
 EVALUATED_NAMES = ("base", "stage1", "stage2")
 
 
@@ -58,12 +59,12 @@ def split_csv(text: str) -> list[str]:
 
 
 @contextmanager
-def timed(record: dict):
+def timed(record: dict, key: str = COMPUTE_SECONDS):
     started = time.perf_counter()
     try:
         yield
     finally:
-        record[COMPUTE_SECONDS] = time.perf_counter() - started
+        record[key] = record.get(key, 0.0) + time.perf_counter() - started
 
 
 def png_html(title: str, png: str | os.PathLike | None, markdown: str = "") -> str:
@@ -126,7 +127,9 @@ def prepare_step(
     stage2_out,
 ) -> dict[str, str]:
     """Open the pipeline's parent run, split stage-2 data from the evaluation set, resolve the base model."""
-    from medssr.pipelines.data import split_stage2_data
+    record: dict[str, Any] = {}
+    with timed(record, IMPORT_SECONDS):
+        from medssr.pipelines.data import split_stage2_data
 
     run_id = pipeline_run_id(run_id, kfp_run_id) or new_run_id()
     params = json.loads(pipeline_params) if pipeline_params else {}
@@ -134,7 +137,6 @@ def prepare_step(
     tags = {"medssr.kfp_run_id": kfp_run_id} if kfp_run_id and "{{" not in kfp_run_id else {}
     parent = tracker.start_pipeline_run(run_id, tags=tags)
     StageRun(tracker, parent, "pipeline").log_config(params)  # params + config_sha256 on the parent run
-    record: dict[str, Any] = {}
     with tracker.stage("prepare", parent) as stage:
         config = split_config(benchmarks_dir, split_benchmark, stage2_size, stage2_data, seed)
         stage.log_config(config)
@@ -168,11 +170,12 @@ def synthesize_step(
 ) -> None:
     """Synthesize the stage-1 questions. Parameters only (no run ids), so KFP can cache this step;
     its MLflow run is written by the next step from these artifacts."""
-    from medssr.pipelines.data import split_stage2_data
-    from medssr.synthesis.config import SynthesisConfig
-    from medssr.synthesis.run import run_synthesis
-
     record: dict[str, Any] = {}
+    with timed(record, IMPORT_SECONDS):
+        from medssr.pipelines.data import split_stage2_data
+        from medssr.synthesis.config import SynthesisConfig
+        from medssr.synthesis.run import run_synthesis
+
     with tempfile.TemporaryDirectory(prefix="medssr-synth-") as tmp:
         split = split_stage2_data(split_config(benchmarks_dir, split_benchmark, stage2_size, stage2_data, seed), tmp)
         config = SynthesisConfig(
@@ -200,7 +203,7 @@ def log_synthesis_run(tracker: Tracker, parent: str, items_path: str, stats_path
     summary = json.loads(Path(stats_path).read_text(encoding="utf-8"))
     with tracker.stage("synthesize", parent) as stage:
         stage.log_config(summary["config"])
-        stage.log_metrics({"stats": summary["stats"], COMPUTE_SECONDS: summary.get(COMPUTE_SECONDS, 0.0)})
+        stage.log_metrics({"stats": summary["stats"], **{k: summary[k] for k in (COMPUTE_SECONDS, IMPORT_SECONDS) if k in summary}})
         stage.log_dataset(items_path, "synthetic", "training")
         stage.log_artifact(items_path, "data")
         stage.log_artifact(stats_path, "report")
@@ -235,8 +238,10 @@ def pseudo_label_step(
     audit,
     metrics,
 ) -> None:
-    from medssr.generation.base import SamplingParams
-    from medssr.labeling import LABELING_SAMPLING, LabelingConfig, run_labeling
+    record: dict[str, Any] = {}
+    with timed(record, IMPORT_SECONDS):
+        from medssr.generation.base import SamplingParams
+        from medssr.labeling import LABELING_SAMPLING, LabelingConfig, run_labeling
 
     tracker = tracker_for(tracking_uri, experiment)
     log_synthesis_run(tracker, parent_run_id, items_path, synthesis_stats_path)
@@ -248,7 +253,6 @@ def pseudo_label_step(
         max_tokens=1 if letters else max_tokens,
         allowed_letters=letters,
     )
-    record: dict[str, Any] = {}
     with tracker.stage("pseudo_label", parent_run_id) as stage, tempfile.TemporaryDirectory(prefix="medssr-label-") as tmp:
         config = LabelingConfig(
             data=items_path,
@@ -343,8 +347,10 @@ def train_step(
     metrics,
 ) -> str:
     """Train one GRPO stage through the launcher; returns the trained model folder."""
-    from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, run_training_job
-    from medssr.training import TrainingConfig
+    record: dict[str, Any] = {}
+    with timed(record, IMPORT_SECONDS):
+        from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, run_training_job
+        from medssr.training import TrainingConfig
 
     stage_name = f"train-{stage}"
     folder = run_folder(workspace, run_id, stage_name)
@@ -388,7 +394,6 @@ def train_step(
         volumes=volumes,
     )
     tracker = tracker_for(tracking_uri, experiment)
-    record: dict[str, Any] = {}
     with tracker.stage(stage_name, parent_run_id, tags={"medssr.launcher": launcher}) as run:
         run.log_config(training)
         run.log_dataset(data, f"{stage_name}-data", "training")
@@ -436,8 +441,10 @@ def evaluate_step(
     """Evaluate base, stage 1 and stage 2 side by side on the run's evaluation set."""
     import dataclasses
 
-    from medssr.evaluation.harness import EvaluationConfig, run_evaluation
-    from medssr.generation.base import SamplingParams
+    record: dict[str, Any] = {}
+    with timed(record, IMPORT_SECONDS):
+        from medssr.evaluation.harness import EvaluationConfig, run_evaluation
+        from medssr.generation.base import SamplingParams
 
     out = run_folder(workspace, run_id, "evaluate")
     config = EvaluationConfig(
@@ -457,7 +464,6 @@ def evaluate_step(
         on_error="skip",
     )
     tracker = tracker_for(tracking_uri, experiment)
-    record: dict[str, Any] = {}
     with tracker.stage("evaluate", parent_run_id) as stage:
         stage.log_config(config)
         with timed(record):
