@@ -1,7 +1,8 @@
-"""Component: register the stage-2 model folder in MLflow (alias candidate) with scores and provenance tags."""
+"""Component: register the stage-2 model folder in MLflow (alias candidate) with scores and provenance tags,
+then run the promotion gate as a dry run; returns whether it passed (the pipeline promotes on it)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 from medssr.components.image import IMAGE
 
@@ -19,11 +20,15 @@ def register(
     gate_metric: str,
     stage1_data: Input[Dataset],
     stage2_data: Input[Dataset],
+    rare_benchmarks: str,
+    margin: float,
+    tolerance: float,
     registered: Output[Model],
-) -> str:
+    decision: Output[Markdown],
+) -> bool:
     from medssr.components.steps import register_step
 
     return register_step(
         parent_run_id, tracking_uri, experiment, run_id, model_name, model_dir, results.path, evaluated_name,
-        gate_metric, [stage1_data.path, stage2_data.path], registered,
+        gate_metric, [stage1_data.path, stage2_data.path], rare_benchmarks, margin, tolerance, registered, decision,
     )

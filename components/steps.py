@@ -499,9 +499,15 @@ def register_step(
     evaluated_name: str,
     gate_metric: str,
     data_paths: list[str],
+    rare_benchmarks: str,
+    margin: float,
+    tolerance: float,
     registered,
-) -> str:
-    """Register the stage-2 folder as a new version (alias ``candidate``) tagged with its scores and provenance."""
+    decision_report,
+) -> bool:
+    """Register the stage-2 folder as a new version (alias ``candidate``) tagged with its scores and
+    provenance, then run the gate as a dry run; returns whether the candidate passed (the pipeline's
+    ``dsl.If`` promotes on it)."""
     from medssr.promotion import RegisterConfig, run_register
 
     tracker = tracker_for(tracking_uri, experiment)
@@ -524,7 +530,7 @@ def register_step(
     result = run_register(config)
     registered.metadata.update({"name": result.name, "version": result.version, "source": result.source, "path": model_dir})
     Path(registered.path).write_text(json.dumps(registered.metadata) + "\n", encoding="utf-8")
-    return result.version
+    return promote_step(parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, True, decision_report)
 
 
 def promote_step(

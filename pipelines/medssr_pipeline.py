@@ -248,13 +248,18 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
                     gate_metric=gate_metric,
                     stage1_data=label.outputs["labeled"],
                     stage2_data=prep.outputs["stage2"],
+                    rare_benchmarks=rare_benchmarks,
+                    margin=margin,
+                    tolerance=tolerance,
                 ),
-                "register",
+                "register-and-gate",
             )
-            gate_args = dict(**tracking, model_name=model_name, rare_benchmarks=rare_benchmarks, margin=margin, tolerance=tolerance)
-            gate = wire(promote(**gate_args, dry_run=True), "gate").after(registered)
-            with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
-                promoted = wire(promote(**gate_args, dry_run=False), "promote")
+            with dsl.If(registered.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
+                promoted = wire(
+                    promote(**tracking, model_name=model_name, rare_benchmarks=rare_benchmarks, margin=margin,
+                            tolerance=tolerance, dry_run=False),
+                    "promote",
+                )
                 with dsl.If(deploy_model == True, name="deploy-asked"):  # noqa: E712 - KFP condition
                     wire(
                         deploy(**tracking, run_id=the_run, model_name=model_name, alias="champion", namespace=serving_namespace),

@@ -18,7 +18,7 @@ from medssr.pipelines.runner import COMPILED, compile_pipeline, parse_overrides,
 
 EXPECTED_TASKS = {
     "prepare", "synthesize", "pseudo-label", "train-stage1-self", "train-stage2-supervised", "evaluate",
-    "register", "gate", "promote", "deploy", "finish",
+    "register-and-gate", "promote", "deploy", "finish",
 }
 UNCACHED = EXPECTED_TASKS - {"synthesize"}
 GROUPS = {"tracked-run", "gate-passed", "deploy-asked"}  # exit handler and the two dsl.If groups
@@ -69,7 +69,7 @@ def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeyp
     conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in spec["root"]["dag"]["tasks"].values()]
     inner = spec["components"]
     all_conditions = " ".join(conditions + [t.get("triggerPolicy", {}).get("condition", "") for c in inner.values() if "dag" in c for t in c["dag"]["tasks"].values()])
-    assert "promote-Output'] == true" in all_conditions and "deploy_model'] == true" in all_conditions
+    assert "register-Output'] == true" in all_conditions and "deploy_model'] == true" in all_conditions
 
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for executor in executors.values():
