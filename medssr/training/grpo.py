@@ -133,14 +133,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         if config.use_vllm and backend != "vllm-colocate":
             log.info("use_vllm requested but no CUDA device: plain transformers generation instead")
 
-    if state.is_local_main_process:
-        removed = checkpoints.remove_incomplete(checkpoints_dir)
-        if removed:
-            log.warning("removed incomplete checkpoint(s): %s", ", ".join(removed))
-        checkpoints.latest_checkpoint(checkpoints_dir, config.checkpoint_dir)
-    state.wait_for_everyone()
-    complete = checkpoints.complete_checkpoints(checkpoints_dir)
-    resume_from = complete[-1][1] if complete else None
+    resume_from = _choose_checkpoint(state, checkpoints_dir, config.checkpoint_dir)
     # A run killed after its last checkpoint but before the end: the Trainer, resumed at max_steps,
     # would train one step too many, so the last checkpoint's weights are the result as they are.
     finished = resume_from is not None and _reached_the_end(Path(resume_from), config)
@@ -209,6 +202,46 @@ def local_copy(uri: str, folder: Path) -> Path:
     return target
 
 
+def _choose_checkpoint(state, checkpoints_dir: Path, mirror: str | None) -> str | None:
+    """The newest complete checkpoint, the same on every rank.
+
+    Rank 0 alone removes half-written checkpoints and fetches a newer one from the mirror; then the first
+    process of every other machine fetches it too when its disk is its own (on a shared volume it is
+    already there). Ranks that still see different checkpoints stop with an error instead of hanging.
+    """
+    from medssr.training import checkpoints
+
+    if state.is_main_process:
+        removed = checkpoints.remove_incomplete(checkpoints_dir)
+        if removed:
+            log.warning("removed incomplete checkpoint(s): %s", ", ".join(removed))
+        checkpoints.latest_checkpoint(checkpoints_dir, mirror)
+    state.wait_for_everyone()
+    if state.is_local_main_process and not state.is_main_process:
+        checkpoints.latest_checkpoint(checkpoints_dir, mirror)
+    state.wait_for_everyone()
+    complete = checkpoints.complete_checkpoints(checkpoints_dir)
+    step = complete[-1][0] if complete else None
+    seen = _all_ranks(step)
+    if len(set(seen)) > 1:
+        raise ValueError(
+            f"ranks see different latest checkpoints in {checkpoints_dir} ({seen}); "
+            "give checkpoint_dir an s3:// mirror or put output_dir on a volume all nodes share"
+        )
+    return complete[-1][1] if complete else None
+
+
+def _all_ranks(value) -> list:
+    """``value`` from every rank (just ``[value]`` without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+    return [value]
+
+
 def _reached_the_end(checkpoint: Path, config: TrainingConfig) -> bool:
     saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     target = config.max_steps if config.max_steps > 0 else saved.get("max_steps", 0)
@@ -217,14 +250,7 @@ def _reached_the_end(checkpoint: Path, config: TrainingConfig) -> bool:
 
 def _gather_rank_reports(trainer) -> list[dict]:
     """Every rank's own view at the end, collected on all ranks: proof that each one trained."""
-    import torch.distributed as dist
-
-    report = {"rank": trainer.args.process_index, "global_step": trainer.state.global_step}
-    if dist.is_available() and dist.is_initialized():
-        reports: list = [None] * dist.get_world_size()
-        dist.all_gather_object(reports, report)
-        return reports
-    return [report]
+    return _all_ranks({"rank": trainer.args.process_index, "global_step": trainer.state.global_step})
 
 
 def _reward_summary(history: list[dict], window: int = 3) -> dict:
