@@ -4,7 +4,7 @@
 # (tests/plugins/kube.py). Nothing is installed on the system: apt runs with a private configuration and state
 # folder, and packages are unpacked with `dpkg-deb -x`.
 #
-# Idempotent: when the marker (written last) exists, it exits at once.
+# Idempotent: when the marker (written last) carries this recipe's BUILD_ID, it exits at once.
 #   KUBE_DIR=${MEDSSR_CACHE:-$HOME/.cache/medssr}/kube
 #   $KUBE_DIR/bin/{kube-apiserver,etcd}  and  $KUBE_DIR/READY
 set -euo pipefail
@@ -13,9 +13,13 @@ set -euo pipefail
 BUILD_ID=v1.20.2-debian-go1.19-r2
 KUBE_DIR="${MEDSSR_CACHE:-$HOME/.cache/medssr}/kube"
 MARKER="$KUBE_DIR/READY"
-if [[ -x "$KUBE_DIR/bin/kube-apiserver" && -x "$KUBE_DIR/bin/etcd" && "$(head -n1 "$MARKER" 2>/dev/null)" == "$BUILD_ID" ]]; then
-    exit 0
-fi
+built() { [[ -x "$KUBE_DIR/bin/kube-apiserver" && -x "$KUBE_DIR/bin/etcd" && "$(head -n1 "$MARKER" 2>/dev/null)" == "$BUILD_ID" ]]; }
+built && exit 0
+# One build at a time per cache: a second caller waits for the first and then finds the binaries.
+mkdir -p "$KUBE_DIR"
+exec 9>"$KUBE_DIR/.build.lock"
+flock 9
+built && exit 0
 
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WORK="$KUBE_DIR/work"

@@ -284,7 +284,7 @@ def test_pytorchjob_failure_reports_reason_and_master_pod_logs(kube_cluster, kub
     launcher = pytorch_launcher(kube_cluster, kube_namespace, poll_interval_s=0.2)
     spec = cluster_spec("run2", num_workers=0)
     # What the operator would create: the master pod, labelled so the launcher can find it. No kubelet runs it,
-    # so its log cannot be read: the failure must still carry the reason and say why the log is missing.
+    # so it has no log: the failure must still carry the reason and say why the log lines are missing.
     client.CoreV1Api(kube_cluster.api_client()).create_namespaced_pod(
         kube_namespace,
         {
@@ -323,7 +323,7 @@ def test_pytorchjob_failure_reports_reason_and_master_pod_logs(kube_cluster, kub
     status = failure.value.status
     assert status.state == "Failed" and status.reason == "PyTorchJobFailed"
     assert "1 Master replica(s) failed" in status.message
-    assert f"logs of pod {spec.job_name}-master-0 unavailable" in status.message
+    assert f"pod {spec.job_name}-master-0 has no log lines (phase Pending, not scheduled to a node)" in status.message
     assert "PyTorchJobFailed" in str(failure.value) and kube_namespace in str(failure.value)
 
 

@@ -202,12 +202,13 @@ class CustomJobLauncher:
         while True:
             pod = self.master_pod(handle)
             if pod is not None:
+                name = pod.metadata.name
                 try:
                     if not follow:
-                        text = self.core.read_namespaced_pod_log(pod, handle.namespace)
+                        text = self.core.read_namespaced_pod_log(name, handle.namespace)
                         yield from text.splitlines()
                         return
-                    response = self.core.read_namespaced_pod_log(pod, handle.namespace, follow=True, _preload_content=False)
+                    response = self.core.read_namespaced_pod_log(name, handle.namespace, follow=True, _preload_content=False)
                     try:
                         for line in response.stream():
                             yield from line.decode(errors="replace").splitlines()
@@ -216,7 +217,7 @@ class CustomJobLauncher:
                     return
                 except ApiException as error:
                     if not follow:
-                        raise RuntimeError(f"logs of pod {handle.namespace}/{pod} unavailable: {_api_message(error)}") from error
+                        raise RuntimeError(f"logs of pod {handle.namespace}/{name} unavailable: {_api_message(error)}") from error
             elif not follow:
                 return
             if self._finished(handle):
@@ -241,11 +242,10 @@ class CustomJobLauncher:
                 raise
 
     # --- helpers ------------------------------------------------------------------------------------------
-    def master_pod(self, handle: JobHandle) -> str | None:
+    def master_pod(self, handle: JobHandle):
+        """The job's master (rank 0) pod, or None before the operator created it."""
         pods = self.core.list_namespaced_pod(handle.namespace, label_selector=self.master_pod_selector(handle.name)).items
-        if not pods:
-            return None
-        return sorted(pods, key=lambda pod: pod.metadata.name)[0].metadata.name
+        return min(pods, key=lambda pod: pod.metadata.name) if pods else None
 
     def _finished(self, handle: JobHandle) -> bool:
         from kubernetes.client.rest import ApiException
@@ -263,15 +263,20 @@ class CustomJobLauncher:
             return status
         from kubernetes.client.rest import ApiException
 
+        pod = None
         try:
             pod = self.master_pod(handle)
             if pod is None:
                 detail = "no master pod found"
             else:
-                text = self.core.read_namespaced_pod_log(pod, handle.namespace, tail_lines=self.config.log_tail_lines)
-                detail = f"last log lines of pod {pod}:\n{last_lines(text, self.config.log_tail_lines)}"
+                text = self.core.read_namespaced_pod_log(pod.metadata.name, handle.namespace, tail_lines=self.config.log_tail_lines)
+                if text.strip():
+                    detail = f"last log lines of pod {pod.metadata.name}:\n{last_lines(text, self.config.log_tail_lines)}"
+                else:
+                    detail = f"pod {pod.metadata.name} has no log lines ({_pod_state(pod)})"
         except ApiException as error:
-            detail = f"logs of pod {pod} unavailable: {_api_message(error)}"
+            where = f"pod {pod.metadata.name} ({_pod_state(pod)})" if pod else "the master pod"
+            detail = f"logs of {where} unavailable: {_api_message(error)}"
         message = f"{status.message}\n{detail}" if status.message else detail
         return JobStatus(status.state, status.reason, message)
 
@@ -286,6 +291,11 @@ class CustomJobLauncher:
             "Timeout",
             f"{self.kind} {handle.namespace}/{handle.name} not finished after {timeout:g} s (last state {last.state}); {action}",
         )
+
+
+def _pod_state(pod) -> str:
+    phase = (pod.status.phase if pod.status else None) or "Unknown"
+    return f"phase {phase}" + ("" if pod.spec.node_name else ", not scheduled to a node")
 
 
 def _api_message(error) -> str:
