@@ -9,12 +9,14 @@ is annotated to the disease, and every distractor contradicts at least one shown
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from medssr.knowledge.base import KnowledgeBase, normalise_name
 from medssr.knowledge.similarity import DiseaseSimilarity
 
 EXPECTED_FREQUENCY = 0.3  # a finding seen in at least ~30% of patients (or of unknown frequency) is "expected"
+GENERIC_SHARE = 0.02  # findings annotated to more of the pool than this are too unspecific to be "not expected"
 MALE_TERMS = ("HP:0010461",)  # Abnormality of the male genitalia
 FEMALE_TERMS = ("HP:0010460", "HP:0000140")  # female genitalia, menstrual cycle
 
@@ -86,9 +88,20 @@ def join_list(items: list[str]) -> str:
 
 
 def leaks(stem: str, text: str) -> bool:
-    """Whether ``text`` appears in ``stem`` as whole words, ignoring case and punctuation."""
+    """Whether ``text`` appears in ``stem`` as whole words, ignoring case and punctuation, or, for text of
+    several words, whether all its words do in any order ('Congenital giant melanocytic nevus' leaks
+    from 'Large/giant congenital melanocytic nevus')."""
     needle = normalise_name(text)
-    return bool(needle) and f" {needle} " in f" {normalise_name(stem)} "
+    if not needle:
+        return False
+    haystack = normalise_name(stem)
+    if f" {needle} " in f" {haystack} ":
+        return True
+    words = set(needle.split()) - _STOPWORDS
+    return len(words) >= 2 and words <= set(haystack.split())
+
+
+_STOPWORDS = {"of", "the", "a", "an", "and", "or", "in", "to", "with", "due", "type", "abnormal", "abnormality"}
 
 
 class VignetteBuilder:
@@ -110,7 +123,11 @@ class VignetteBuilder:
         self._expected: dict[str, list[str]] = {}
         self._near: dict[str, frozenset[str]] = {}
         self._informative: dict[str, bool] = {}
-        self._normalised: dict[str, str] = {}
+        self._normalised: dict[str, tuple[str, frozenset[str]]] = {}
+        self._branches: dict[str, frozenset[str]] = {}
+        self._top_level = frozenset(kb.ontology.top_level_branches())
+        counts = Counter(t for d in self.pool for t in kb.diseases[d].phenotypes)
+        self.prevalence = {t: c / len(self.pool) for t, c in counts.items()}
         self._genes_to_diseases: dict[str, list[str]] = {}
         for disease_id in self.pool:
             for gene in kb.diseases[disease_id].genes:
@@ -150,11 +167,10 @@ class VignetteBuilder:
         cached = self._expected.get(disease_id)
         if cached is None:
             disease = self.kb.diseases[disease_id]
-            name = f" {normalise_name(disease.name)} "
             cached = self._expected[disease_id] = [
                 t for t, f in disease.phenotypes.items()
                 if (f is None or f >= EXPECTED_FREQUENCY) and self.informative(t)
-                and self.normalised(t) not in name and name not in self.normalised(t)
+                and not self.names_overlap(t, disease.name)
             ]
         return cached
 
@@ -168,11 +184,35 @@ class VignetteBuilder:
             cached = self._near[term] = frozenset(parents)
         return cached
 
-    def normalised(self, term: str) -> str:
-        cached = self._normalised.get(term)
+    def branches(self, term: str) -> frozenset[str]:
+        """The organ-system branches (children of 'Phenotypic abnormality') a term falls under."""
+        cached = self._branches.get(term)
         if cached is None:
-            cached = self._normalised[term] = f" {normalise_name(self.kb.term_name(term))} "
+            cached = self._branches[term] = self.kb.ontology.ancestors(term) & self._top_level
         return cached
+
+    def disease_branches(self, disease_id: str) -> frozenset[str]:
+        found: set[str] = set()
+        for term in self.kb.diseases[disease_id].phenotypes:
+            found |= self.branches(term)
+        return frozenset(found)
+
+    def _name_words(self, text: str) -> tuple[str, frozenset[str]]:
+        cached = self._normalised.get(text)
+        if cached is None:
+            normal = normalise_name(text)
+            cached = self._normalised[text] = (f" {normal} ", frozenset(normal.split()) - _STOPWORDS)
+        return cached
+
+    def names_overlap(self, term: str, disease_name: str) -> bool:
+        """``leaks`` in both directions between a finding's name and a disease name, with cached parts."""
+        term_text, term_words = self._name_words(self.kb.term_name(term))
+        name_text, name_words = self._name_words(disease_name)
+        return (
+            term_text in name_text or name_text in term_text
+            or (len(term_words) >= 2 and term_words <= name_words)
+            or (len(name_words) >= 2 and name_words <= term_words)
+        )
 
     def consistent(self, term: str, disease_id: str) -> bool:
         """Whether a finding fits a disease: it (or a more specific term) is annotated, or a parent or
@@ -459,8 +499,16 @@ class VignetteBuilder:
             pool = [t for t in disease.excluded if self.informative(t)]
             source = "excluded" if pool else None
         if not pool:
+            # A finding merely not annotated may still occur (annotations are incomplete), so borrowed
+            # findings must lie in organ systems the disease has no annotation in at all.
+            # Nonspecific findings (fever, failure to thrive) are left unannotated too often to be
+            # called unexpected, so only findings annotated to few diseases qualify.
+            involved = self.disease_branches(disease_id)
             for other in self.candidates(disease_id, difficulty, rng)[:10]:
-                pool += [t for t in self.expected_findings(other) if t not in pool]
+                pool += [
+                    t for t in self.expected_findings(other)
+                    if t not in pool and self.branches(t).isdisjoint(involved) and self.prevalence[t] <= GENERIC_SHARE
+                ]
             source = "other_diseases"
         rng.shuffle(pool)
         answer = next(
