@@ -24,6 +24,7 @@ from medssr.launch import (
     VolumeMount,
     build_launcher,
     job_name,
+    launcher_config_from_dict,
     run_training_job,
 )
 from medssr.launch.base import training_arguments
@@ -55,6 +56,18 @@ def test_job_spec_rejects_bad_settings_before_anything_runs():
     assert training_arguments({"learning_rate": 1e-6, "use_vllm": False, "checkpoint_dir": None}) == [
         "--learning-rate", "1e-06", "--use-vllm", "false"
     ]
+
+
+def test_launcher_configs_come_from_plain_data():
+    config = launcher_config_from_dict({"backend": "pytorchjob", "namespace": "medssr", "delete_on_timeout": False})
+    assert isinstance(config, PyTorchJobLauncherConfig) and config.namespace == "medssr" and not config.delete_on_timeout
+    assert isinstance(launcher_config_from_dict({}), LocalLauncherConfig)
+    with pytest.raises(ValueError, match="runtime_name"):
+        launcher_config_from_dict({"backend": "pytorchjob", "runtime_name": "torch-distributed"})
+    with pytest.raises(ValueError, match="backend"):
+        launcher_config_from_dict({"backend": "slurm"})
+    spec = JobSpec(run_id="r1", stage="train-self", training=TRAINING, volumes=[{"name": "ws", "claim_name": "pvc", "mount_path": "/data"}])
+    assert spec.volumes == [VolumeMount(name="ws", claim_name="pvc", mount_path="/data")]
 
 
 # --- local backend ------------------------------------------------------------------------------------------
@@ -113,17 +126,18 @@ def test_local_launcher_runs_torchrun_and_maps_exit_status(tmp_path, probe_spec)
 
 @pytest.mark.slow
 def test_local_launcher_times_out_and_stops_the_process_tree(tmp_path, probe_spec):
-    config = LocalLauncherConfig(work_dir=str(tmp_path / "jobs"), stop_grace_s=5)
-    lines: list[str] = []
-    with pytest.raises(TrainingJobFailed) as failure:
-        run_training_job(config, probe_spec("slow", sleep=600), timeout=6, log_sink=lines.append)
-    assert failure.value.status.state == "Timeout"
-    assert "process stopped" in failure.value.status.message
+    launcher = LocalLauncher(LocalLauncherConfig(work_dir=str(tmp_path / "jobs"), stop_grace_s=5))
+    handle = launcher.submit(probe_spec("slow", sleep=600))
+    deadline = time.monotonic() + 60
+    while not (probe := [line for line in launcher.logs(handle) if "probe rank=0" in line]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert probe, "the probe never started"
+    status = launcher.wait(handle, timeout=0.5)
+    assert status.state == "Timeout" and "process stopped" in status.message
     # The rank process itself (a grandchild, under torchrun) is gone too.
-    probe_line = next(line for line in lines if "probe rank=0" in line)
-    pid = int(probe_line.rsplit("pid=", 1)[1])
     with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+        os.kill(int(probe[0].rsplit("pid=", 1)[1]), 0)
+    assert launcher.wait(handle, timeout=1).state == "Failed"  # stopped by a signal, not a success
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 
 from medssr.launch.base import (
     JobHandle,
@@ -44,6 +45,7 @@ __all__ = [
     "VolumeMount",
     "build_launcher",
     "job_name",
+    "launcher_config_from_dict",
     "run_training_job",
 ]
 
@@ -57,6 +59,19 @@ def build_launcher(config: LauncherConfig) -> Launcher:
     if isinstance(config, TrainJobLauncherConfig):
         return TrainJobLauncher(config)
     raise TypeError(f"no launcher backend for {type(config).__name__}")
+
+
+def launcher_config_from_dict(data: dict) -> LauncherConfig:
+    """A typed launcher config from plain data (YAML, a pipeline parameter): `backend` picks the class."""
+    classes = {"local": LocalLauncherConfig, "pytorchjob": PyTorchJobLauncherConfig, "trainjob": TrainJobLauncherConfig}
+    backend = data.get("backend", "local")
+    if backend not in classes:
+        raise ValueError(f"backend: must be one of {', '.join(classes)}, not {backend!r}")
+    config_class = classes[backend]
+    unknown = sorted(set(data) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise ValueError(f"{backend} launcher: unknown setting(s) {', '.join(unknown)}")
+    return config_class(**data)
 
 
 def run_training_job(
