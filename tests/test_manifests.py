@@ -4,10 +4,12 @@ the settings ConfigMap parses, and `kubectl apply --dry-run=server -k` succeeds 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -421,17 +423,35 @@ def test_readme_cluster_commands(tmp_path):
             assert result.returncode == 0, f"kubectl {shlex.join(args)}:\n{result.stderr}"
             return result
 
-        def create_run_objects() -> None:
-            labels = standard_labels(run_id, "train-self", "training")
-            job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": f"{run_id}-self", "labels": labels},
-                   "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {
-                       "metadata": {"labels": labels}, "spec": {"containers": [{"name": "pytorch", "image": "medssr:test"}]}}}}}}
-            client.CustomObjectsApi(private.api_client()).create_namespaced_custom_object(
-                "kubeflow.org", "v1", "medssr", "pytorchjobs", job)
+        run_objects = {  # what `kubectl get -o name` prints for the run, by resource type
+            "pytorchjobs": f"pytorchjob.kubeflow.org/{run_id}-self",
+            "inferenceservices": "inferenceservice.serving.kserve.io/medssr",
+        }
 
+        def create_run_objects() -> None:
+            """What the pipeline and `medssr deploy medssr@champion` create (the deploy rendered by its own
+            code, with the model location given instead of resolved through MLflow)."""
+            from medssr.serving.deploy import DeployConfig, render_inference_service
+
+            custom = client.CustomObjectsApi(private.api_client())
+            labels = standard_labels(run_id, "train-self", "training")
+            template = {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "pytorch", "image": "medssr:test"}]}}
+            job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": f"{run_id}-self", "labels": labels},
+                   "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": template}}}}
+            custom.create_namespaced_custom_object("kubeflow.org", "v1", "medssr", "pytorchjobs", job)
+            service = render_inference_service(
+                DeployConfig(model="medssr@champion", namespace="medssr", run_id=run_id), "s3://medssr/mlflow/models/m-1"
+            )
+            custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", "medssr", "inferenceservices", service)
+
+        docker_images = set()
         seen, unparsed = [], []
         for command in commands:
             words = shlex.split(command.replace("RUN_ID", run_id))
+            env = {}
+            while "=" in words[0] and words[0].split("=", 1)[0].isidentifier():
+                key, value = words.pop(0).split("=", 1)
+                env[key] = value
             if words[0] == "cp":
                 subprocess.run(words, cwd=repo, check=True)
                 seen.append("cp")
@@ -454,13 +474,28 @@ def test_readme_cluster_commands(tmp_path):
                 if words[1:3] == ["apply", "-k"]:
                     create_run_objects()
                 if words[1] == "get":
-                    assert f"pytorchjob.kubeflow.org/{run_id}-self" in kubectl(words[1:] + ["-o", "name"]).stdout
+                    listed = kubectl(words[1:] + ["-o", "name"]).stdout.split()
+                    types = words[2].split(",")
+                    assert sorted(listed) == sorted(name for kind, name in run_objects.items() if kind in types), command
                 if words[1:3] == ["delete", "pytorchjobs,trainjobs,inferenceservices"]:
-                    assert kubectl(["get", "pytorchjobs", "-n", "medssr", "-o", "name"]).stdout == ""
+                    assert kubectl(["get", "pytorchjobs,inferenceservices", "-n", "medssr", "-o", "name"]).stdout == ""
                 if words[1:3] == ["delete", "-k"]:
                     assert kubectl(["get", "roles", "-n", "medssr", "-o", "name"]).stdout == ""
             elif words[0] == "docker":
+                if words[1] == "push":
+                    docker_images.add(words[2])
                 seen.append("docker")
+            elif words[:3] == ["medssr", "pipeline", "compile"]:
+                # Compiles for real: the step images are the ones the README builds and pushes.
+                result = subprocess.run([sys.executable, "-m", "medssr.cli", *words[1:]], cwd=repo, capture_output=True,
+                                        text=True, timeout=120, env={**os.environ, **env})
+                assert result.returncode == 0, result.stderr
+                compiled = (repo / words[words.index("--out") + 1]).read_text()
+                assert set(env.values()) == docker_images, "the pipeline runs the images the README pushes"
+                for image in env.values():
+                    assert f"image: {image}" in compiled
+                assert "ghcr.io/medssr" not in compiled
+                seen.append("medssr pipeline compile")
             elif words[:2] == ["medssr", "status"]:
                 # As the pipeline's own service account: its Role is enough for `medssr status`.
                 token = private.service_account_token("medssr", "medssr-pipeline", create=False)
@@ -471,17 +506,22 @@ def test_readme_cluster_commands(tmp_path):
                 assert cli.main([*words[1:], "--kubeconfig", str(account_config)]) == 0
                 seen.append("medssr status")
             elif words[0] == "medssr":
+                # Needs KFP, the MLflow server or a served model: the CLI must accept it as written.
                 try:
                     args = cli.build_parser().parse_args(words[1:])
                 except SystemExit:
                     unparsed.append(command)
                     continue
                 assert callable(args.func)
+                if getattr(args, "package", None):
+                    assert (repo / args.package).is_file(), "submit sends the package compiled above"
                 seen.append(f"medssr {words[1]}")
             else:
                 pytest.fail(f"README command not covered by this test: {command}")
     finally:
         private.stop()
     assert not unparsed, f"README commands the medssr CLI rejects: {unparsed}"
-    assert {"cp", "create namespace", "apply --dry-run=server", "apply -k", "rollout", "medssr status", "get pytorchjobs,trainjobs,inferenceservices,pods",
-            "logs", "port-forward", "delete pytorchjobs,trainjobs,inferenceservices", "delete -k", "docker"} <= set(seen)
+    assert {"cp", "create namespace", "apply --dry-run=server", "apply -k", "rollout", "docker", "medssr pipeline compile",
+            "medssr pipeline", "medssr status", "get pytorchjobs,trainjobs,inferenceservices,pods", "logs", "port-forward",
+            "medssr promote", "medssr deploy", "get inferenceservices", "medssr ask",
+            "delete pytorchjobs,trainjobs,inferenceservices", "delete -k"} <= set(seen)

@@ -43,7 +43,7 @@ ENV_STYLE_SUFFIXES = {".env", ".example", ".ini", ".cfg", ".properties", ".sh"}
 PLACEHOLDER = re.compile(
     r"""(?ix)^(?:
         .*REPLACE[_-]?ME.* | \$\{?[A-Za-z_]\w*\}? | \$\([A-Za-z_]\w*\) | <[^>]+> | \{[^{}]+\} | \{\{.*\}\} | \*+ | x{4,}
-        | .*(?:example|placeholder|dummy|changeme|redacted|your[_-]).*
+        | .*(?:example|placeholder|dummy|sentinel|changeme|redacted|your[_-]).*
         | .*(?:test|testing|fake|local)(?:[_-].*)? 
     )$"""
 )
