@@ -371,7 +371,7 @@ def _require_build() -> None:
     state = f"outdated ({built[0]})" if built else "not found"
     message = (
         f"kube-apiserver build {state} in {KUBE_DIR}: run `make kube-apiserver` "
-        "(builds it once from Debian's kubernetes source package, 5-10 min)"
+        "(builds it once from Debian's kubernetes source package: 5-20 min on 2 cores)"
     )
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(message, pytrace=False)
