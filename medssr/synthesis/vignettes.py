@@ -17,6 +17,7 @@ from medssr.knowledge.similarity import DiseaseSimilarity
 
 EXPECTED_FREQUENCY = 0.3  # a finding seen in at least ~30% of patients (or of unknown frequency) is "expected"
 GENERIC_SHARE = 0.02  # findings annotated to more of the pool than this are too unspecific to be "not expected"
+DISTINGUISHING_SHARE = 0.05  # ... or to be the feature that tells two diseases apart
 MALE_TERMS = ("HP:0010461",)  # Abnormality of the male genitalia
 FEMALE_TERMS = ("HP:0010460", "HP:0000140")  # female genitalia, menstrual cycle
 
@@ -125,6 +126,7 @@ class VignetteBuilder:
         self._informative: dict[str, bool] = {}
         self._normalised: dict[str, tuple[str, frozenset[str]]] = {}
         self._branches: dict[str, frozenset[str]] = {}
+        self._consistent: dict[tuple[str, str], bool] = {}
         self._top_level = frozenset(kb.ontology.top_level_branches())
         counts = Counter(t for d in self.pool for t in kb.diseases[d].phenotypes)
         self.prevalence = {t: c / len(self.pool) for t, c in counts.items()}
@@ -217,9 +219,13 @@ class VignetteBuilder:
     def consistent(self, term: str, disease_id: str) -> bool:
         """Whether a finding fits a disease: it (or a more specific term) is annotated, or a parent or
         grandparent of it is."""
-        if term in self.kb.expanded_terms(disease_id):
-            return True
-        return not self.near_ancestors(term).isdisjoint(self.kb.diseases[disease_id].phenotypes)
+        key = (term, disease_id)
+        cached = self._consistent.get(key)
+        if cached is None:
+            cached = self._consistent[key] = term in self.kb.expanded_terms(disease_id) or not self.near_ancestors(
+                term
+            ).isdisjoint(self.kb.diseases[disease_id].phenotypes)
+        return cached
 
     def related(self, first: str, second: str) -> bool:
         ancestors = self.kb.ontology.ancestors
@@ -542,7 +548,9 @@ class VignetteBuilder:
             rival = self.kb.diseases[rival_id]
             if normalise_name(rival.name) == normalise_name(first.name) or leaks(first.name, rival.name) or leaks(rival.name, first.name):
                 continue
-            own = [t for t in self.expected_findings(disease_id) if not self.consistent(t, rival_id)]
+            # the key must be characteristic, not a nonspecific finding the rival's annotation merely lacks
+            own = [t for t in self.expected_findings(disease_id)
+                   if not self.consistent(t, rival_id) and self.prevalence.get(t, 0) <= DISTINGUISHING_SHARE]
             theirs = [t for t in self.expected_findings(rival_id) if not self.consistent(t, disease_id)]
             shared = [t for t in self.expected_findings(disease_id) if self.consistent(t, rival_id)]
             if not own or len(theirs) + len(shared) < self.n_options - 1:
