@@ -111,18 +111,17 @@ def parse_dockerfile(text: str) -> Dockerfile:
 def image_problems(dockerfile: Dockerfile) -> list[str]:
     """Every base is an earlier stage or a pinned image (explicit tag or digest, never `latest`)."""
     problems = []
-    seen = set()
+    earlier_stages = set()
     for stage in dockerfile.stages:
         base = stage.base
-        if base in seen:
-            pass
-        elif "$" in base:
+        if "$" in base:
             problems.append(f"{stage.name}: base {base!r} uses a build arg without a default")
-        else:
-            name, _, tag = base.rpartition(":") if ":" in base.split("/")[-1] else (base, "", "")
-            if "@sha256:" not in base and (not tag or tag == "latest"):
+        elif base not in earlier_stages:
+            last_part = base.split("/")[-1]
+            tag = last_part.rpartition(":")[2] if ":" in last_part else ""
+            if "@sha256:" not in base and tag in {"", "latest"}:
                 problems.append(f"{stage.name}: base image {base!r} is not pinned to a version")
-        seen.add(stage.name)
+        earlier_stages.add(stage.name)
     return problems
 
 
@@ -274,6 +273,8 @@ FROM ${BASE} AS build
 RUN apt-get install -y build-essential
 FROM ubuntu AS cpu
 ENTRYPOINT medssr
+FROM build AS again
+FROM ${UNSET} AS broken
 """
 
 
@@ -282,6 +283,8 @@ def test_checks_flag_a_bad_dockerfile():
     problems = image_problems(bad)
     assert any("'python:latest' is not pinned" in p for p in problems)
     assert any("'ubuntu' is not pinned" in p for p in problems)
+    assert not any(p.startswith("again:") for p in problems)  # an earlier stage is a fine base
+    assert any("broken: base '${UNSET}' uses a build arg without a default" in p for p in problems)
     final = final_stage_problems(bad.stage("cpu"))
     assert any("no USER" in p for p in final)
     assert any("ENTRYPOINT" in p for p in final)
