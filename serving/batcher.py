@@ -2,7 +2,8 @@
 
 Requests wait in a bounded queue. A single worker takes the oldest waiting prompt and gathers the
 waiting prompts that sample the same way (same ``n`` and sampling settings) until the batch is full
-or the oldest has waited ``max_wait_ms``; the batch then runs in a dedicated thread so the event loop
+or ``max_wait_ms`` has passed (counted from the oldest's arrival, or from the moment the worker became
+free if the oldest waited through the previous batch); the batch then runs in a dedicated thread so the event loop
 keeps answering (health checks, 429s) while the model computes. A full queue refuses new work at
 once (``QueueFull``) instead of letting latency grow without bound.
 """
@@ -114,7 +115,11 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         oldest = self._waiting[0]
-        deadline = loop.time() + max(0.0, self.max_wait_s - (time.monotonic() - oldest.enqueued))
+        age = time.monotonic() - oldest.enqueued
+        # A fresh request waits out the rest of its max_wait. One that already waited through the previous
+        # batch gets a full max_wait from now: the clients that batch just answered are sending their next
+        # requests, and without this window they would form a half-size batch of their own, for good.
+        deadline = loop.time() + (self.max_wait_s - age if age < self.max_wait_s else self.max_wait_s)
         while self._count(oldest.group) < self.max_batch_size:
             remaining = deadline - loop.time()
             if remaining <= 0:

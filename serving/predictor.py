@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kserve import Model
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from medssr.serving.kserve_import import import_kserve
 
-from medssr.answers import extract_answer, majority_vote
-from medssr.generation.base import Prompt, SamplingParams
-from medssr.serving.batcher import DynamicBatcher, QueueFull
-from medssr.serving.config import ServeConfig
-from medssr.serving.metrics import GENERATED_TOKENS, PROMPT_TOKENS, REJECTED
-from medssr.serving.protocol import (
+import_kserve()  # before the first `from kserve import ...`
+
+from kserve import Model  # noqa: E402
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+
+from medssr.answers import extract_answer, majority_vote  # noqa: E402
+from medssr.generation.base import Prompt, SamplingParams  # noqa: E402
+from medssr.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
+from medssr.serving.config import ServeConfig  # noqa: E402
+from medssr.serving.metrics import GENERATED_TOKENS, PROMPT_TOKENS, REJECTED  # noqa: E402
+from medssr.serving.protocol import (  # noqa: E402
     GenerationSettings,
     PromptJob,
     RequestError,
@@ -179,6 +183,9 @@ class MedssrPredictor(Model):
 
     async def complete(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> list[JobResult]:
         """Generate for every job (one request), all queued together; RequestError on any client error."""
+        if len(jobs) > self.config.max_queue:
+            raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
+                                    f"{self.config.max_queue}", param=param, code="limit_exceeded")
         prompt_tokens = [self.count_prompt_tokens(job.prompt) for job in jobs]
         for tokens in prompt_tokens:
             self._check_length(tokens, settings, param)

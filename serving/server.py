@@ -9,23 +9,9 @@ middleware and exception handlers when the server starts; ours (OpenAI routes, r
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from medssr.serving.config import ServeConfig
-
-
-def _import_kserve():
-    """Import kserve with an empty command line: ``kserve.model_server`` parses ``sys.argv`` at import,
-    and would otherwise read our own options (e.g. a ``--model`` prefix-matching its ``--model_name``)."""
-    if "kserve.model_server" not in sys.modules:
-        saved, sys.argv = sys.argv, sys.argv[:1]
-        try:
-            import kserve.model_server  # noqa: F401
-        finally:
-            sys.argv = saved
-    import kserve.model_server
-
-    return kserve.model_server
+from medssr.serving.kserve_import import import_kserve
 
 
 def build_model_server(config: ServeConfig, predictor):
@@ -33,7 +19,8 @@ def build_model_server(config: ServeConfig, predictor):
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
-    model_server = _import_kserve()
+    import_kserve()
+    import kserve.model_server as model_server
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.protocol.rest.server import RESTServer
 
@@ -88,7 +75,7 @@ def build_model_server(config: ServeConfig, predictor):
 
 def run_serve(config: ServeConfig) -> None:
     """Load the model and serve it until SIGINT/SIGTERM (blocks)."""
-    _import_kserve()
+    import_kserve()
     from medssr.serving.predictor import MedssrPredictor
 
     predictor = MedssrPredictor(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -313,3 +314,20 @@ def test_medssr_ask_prints_reasoning_and_letter(kserve_server, capsys):
 
     assert main(["ask", "--url", f"http://127.0.0.1:{free_port()}", QUESTION, "--timeout", "5"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_registry_alias_resolves_to_a_loadable_model_folder(mlflow_server, tiny_model, tmp_path, monkeypatch):
+    from medssr.serving.predictor import resolve_model_source
+    from medssr.tracking import Tracker, TrackingConfig, register_model_folder
+
+    tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="serve-test"))
+    with tracker.stage("register", tracker.start_pipeline_run("run-serve")) as stage:
+        register_model_folder(stage, "serve-tiny", tiny_model, alias="champion")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.chdir(tmp_path)  # the registry download cache goes under ./.medssr
+    for reference in ("serve-tiny@champion", "models:/serve-tiny@champion"):
+        folder = resolve_model_source(reference)
+        assert (Path(folder) / "model.safetensors").is_file() and (Path(folder) / "tokenizer.json").is_file()
+    with pytest.raises(ValueError, match="no such registered model version"):
+        resolve_model_source("serve-tiny@nonexistent")
