@@ -222,6 +222,80 @@ def test_mlflow_allowed_hosts_accept_service_names_only(rendered):
     assert "/health" in security_utils.HEALTH_ENDPOINTS
 
 
+@pytest.mark.slow
+def test_mlflow_container_runs_as_rendered(rendered, s3_endpoint, mlflow_empty_db, tmp_path):
+    """The MLflow container of the cpu-dev overlay, started here as the kubelet would start it: its command and
+    args, its env resolved from the ConfigMap and the Secret, `$(VAR)` expanded. Only what a pod gets from
+    its surroundings is swapped: 127.0.0.1 and a free port for 0.0.0.0:5000, a temp folder (with a migrated
+    empty database) for the /mlflow volume, moto for MinIO. Then: the probes' /health answers whatever the
+    Host, the API answers the in-cluster service name and refuses other hosts, and artifacts land in S3 under
+    the configured destination."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.plugins.mlflow_server import free_port, stop_process_group, wait_healthy
+
+    docs = rendered["cpu-dev"]
+    config = _by_kind(docs, "ConfigMap", "medssr-config")["data"]
+    secret = {k: base64.b64decode(v).decode() for k, v in _by_kind(docs, "Secret", "medssr-s3")["data"].items()}
+    container = _by_kind(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for item in container["env"]:
+        source = item.get("valueFrom", {})
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "configMapKeyRef" in source:
+            env[item["name"]] = config[source["configMapKeyRef"]["key"]]
+        else:
+            env[item["name"]] = secret[source["secretKeyRef"]["key"]]
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint.url
+    env["HOME"] = str(tmp_path)
+    bucket, _, prefix = env["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").partition("/")
+    s3_endpoint.create_bucket(bucket)
+    shutil.copyfile(mlflow_empty_db, tmp_path / "mlflow.db")
+    port = free_port()
+    swaps = {
+        "--host=0.0.0.0": "--host=127.0.0.1",
+        "--port=5000": f"--port={port}",
+        "--backend-store-uri=sqlite:////mlflow/mlflow.db": f"--backend-store-uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], swaps.get(a, a)) for a in container["args"]]
+    assert f"--artifacts-destination={env['MLFLOW_ARTIFACTS_DESTINATION']}" in args
+    mlflow_binary = str(Path(sys.executable).with_name(container["command"][0]))
+    log_path = tmp_path / "mlflow.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([mlflow_binary, *container["command"][1:], *args], stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, cwd=tmp_path, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log_path)
+
+        def status_with_host(path: str, host: str) -> int:
+            request = urllib.request.Request(url + path, headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert status_with_host("/health", "10.244.3.17:5000") == 200  # the kubelet's probe: Host is the pod IP
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert status_with_host(search, "mlflow.medssr.svc.cluster.local:5000") == 200
+        assert status_with_host(search, "mlflow:5000") == 200
+        assert status_with_host(search, "attacker.example.com") == 403
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=url)
+        run = client.create_run(client.create_experiment("manifest-check"))
+        client.log_text(run.info.run_id, "hello", "note.txt")
+        keys = s3_endpoint.keys(bucket, prefix)
+        assert any(key.endswith(f"{run.info.run_id}/artifacts/note.txt") for key in keys), keys
+    finally:
+        stop_process_group(process)
+
+
 def test_secret_has_placeholders_only(rendered):
     import base64
 
