@@ -230,12 +230,12 @@ def test_tiny_model_garbage_is_rejected(tmp_path, tiny_model):
 
     generator = build_generator(GeneratorConfig(model=str(tiny_model), device="cpu", batch_size=4))
     config = SynthesisConfig(
-        n=8, rare_ratio=0.5, seed=1, seed_questions=str(SEEDS), rewrite=True,
-        rewrite_sampling=SamplingParams(temperature=1.0, max_tokens=24),
+        n=6, rare_ratio=0.5, seed=1, seed_questions=str(SEEDS), rewrite=True, rewrite_batch_size=4,
+        rewrite_sampling=SamplingParams(temperature=1.0, max_tokens=16),
     )
     result = run_synthesis(config, tmp_path / "t.jsonl", generator=generator)
-    assert sum(result.stats["rewrite"].values()) == 4 and result.stats["rewrite"].get("accepted", 0) == 0
-    assert sum(result.stats["paraphrase"].values()) == 4 and result.stats["paraphrase"].get("accepted", 0) == 0
+    assert sum(result.stats["rewrite"].values()) == 3 and result.stats["rewrite"].get("accepted", 0) == 0
+    assert sum(result.stats["paraphrase"].values()) == 3 and result.stats["paraphrase"].get("accepted", 0) == 0
     items = read_jsonl(result.path).records
     assert all(i.metadata.get("seed_transform") != "paraphrased" for i in items)
 

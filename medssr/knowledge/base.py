@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from medssr.knowledge.ontology import INHERITANCE_ROOT, ONSET_ROOT, PHENOTYPIC_ABNORMALITY, Ontology, parse_obo
+from medssr.knowledge.ontology import INHERITANCE_ROOT, ONSET_ROOT, Ontology, parse_obo
 from medssr.storage import atomic_writer
 
 CACHE_FORMAT = 2

@@ -16,7 +16,23 @@ HELDOUT_FRACTION = 0.1
 
 @dataclass
 class SynthesisConfig:
-    """What to synthesize and in which proportions. Same config and seed -> byte-identical output."""
+    """What to synthesize and in which proportions. Same config and seed -> byte-identical output.
+
+    As YAML (``medssr synthesize --config synth.yaml --out data/synth.jsonl``)::
+
+        n: 2000
+        rare_ratio: 0.7
+        seed: 13
+        seed_questions: data/seed_questions.jsonl
+        category_weights: {nervous_system: 2, musculoskeletal_system: 1, eye: 1}
+        question_types: {diagnosis: 2, causal_gene: 1, inheritance: 1, not_expected: 1, distinguishing: 1}
+        difficulty: {easy: 1, medium: 2, hard: 2}
+        options_per_item: 4
+        decontaminate_against: [../shared/benchmarks/medssr-eval]
+        rewrite: true
+        generator: {backend: transformers, model: /models/qwen3-8b}
+        rewrite_sampling: {temperature: 0.7, max_tokens: 512}
+    """
 
     n: int = field(default=1000, metadata={"help": "Total number of items to write."})
     rare_ratio: float = field(
