@@ -211,3 +211,25 @@ def test_local_tiny_run_registers_a_champion_on_the_mlflow_server(mlflow_server,
     assert [m.step for m in history] == [1, 2]
     assert by_stage["synthesize"].inputs.dataset_inputs and by_stage["train-supervised"].inputs.dataset_inputs
     assert any(k.startswith("eval.stage2.medqa") for k in by_stage["evaluate"].data.metrics)
+
+
+@pytest.mark.slow
+def test_failed_stage_fails_the_run_with_its_reason_in_the_step_log_and_mlflow(tmp_path, mlflow_empty_db):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    (tmp_path / ".medssr").mkdir()
+    shutil.copyfile(mlflow_empty_db, tmp_path / ".medssr" / "mlflow.db")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=broken",
+                         "--param", "split_benchmark=no-such-benchmark"], tmp_path, env, timeout=300)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "medssr pipeline: error:" in result.stderr and "prepare" in result.stderr
+    assert "no benchmark file" in result.stdout  # the step's own log carries the reason
+    client = MlflowClient(f"sqlite:///{tmp_path / '.medssr' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("medssr").experiment_id], "tags.`medssr.pipeline_run_id` = 'broken'")
+    by_kind = {r.data.tags.get("medssr.stage", r.data.tags["medssr.kind"]): r for r in runs}
+    assert by_kind["pipeline"].info.status == "FAILED" and by_kind["prepare"].info.status == "FAILED"
+    assert "no benchmark file" in by_kind["prepare"].data.tags["medssr.error"]
+    assert "prepare: FileNotFoundError" in by_kind["pipeline"].data.tags["medssr.error"]

@@ -55,9 +55,12 @@ def _run(args) -> int:
     overrides.update(parse_overrides(args.param or [], pipeline_defaults()))
     params = resolved_params(overrides)
     print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
-    run = run_local(params, args.pipeline_root)
+    try:
+        run = run_local(params, args.pipeline_root)
+    except RuntimeError as exc:  # kfp.local: a task failed; its log above carries the traceback
+        raise CLIError(f"pipeline run {params['run_id']} failed: {exc}") from None
     print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}")
-    print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"])))
+    print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds))
     print(f"registered model: models:/{params['model_name']}@candidate (champion moves only when the gate passes)")
     return 0
 
