@@ -44,8 +44,31 @@ def tasks_by_display_name(spec: dict) -> dict[str, dict]:
 
 
 def test_committed_yaml_is_current(tmp_path):
-    fresh = compile_pipeline(tmp_path / "medssr.yaml")
-    assert fresh.read_text() == COMPILED.read_text(), "pipelines/compiled/medssr.yaml is stale: run `medssr pipeline compile`"
+    from medssr.cli import main
+
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "medssr.yaml")]) == 0
+    fresh = (tmp_path / "medssr.yaml").read_text()
+    assert fresh == COMPILED.read_text(), "pipelines/compiled/medssr.yaml is stale: run `medssr pipeline compile`"
+
+
+def test_cluster_settings_file_changes_the_kubernetes_wiring(tmp_path):
+    from medssr.cli import main
+
+    settings = tmp_path / "cluster.yaml"
+    settings.write_text(yaml.safe_dump({
+        "workspace_pvc": "team-scratch", "gpu_count": 2, "gpu_accelerator": "nvidia.com/gpu",
+        "gpu_node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}, "s3_secret": "team-s3",
+    }))
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--out", str(out), "--settings", str(settings)]) == 0
+    spec, platform = load_compiled(out)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-evaluate"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert executors["exec-train"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "team-scratch"
+    assert "team-s3" in {s["secretName"] for s in executors["exec-prepare"]["secretAsEnv"]}
+    settings.write_text("gpu_cuont: 2\n")
+    assert main(["pipeline", "compile", "--out", str(out), "--settings", str(settings)]) == 2
 
 
 def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeypatch):
