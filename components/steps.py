@@ -151,14 +151,21 @@ def split_config(benchmarks_dir: str, split_benchmark: str, stage2_size: int, st
 
 
 def resolve_base_model(base_model: str, folder: Path) -> str:
-    """``tiny`` builds the random test model, ``smollm2`` the packaged demo model; else any model reference."""
-    from medssr import models
+    """``tiny`` builds the random test model into the run folder, ``smollm2`` the packaged demo model
+    (local runs); ``models:/`` becomes its registry location. Hub ids and ``s3://`` URIs pass on unchanged,
+    so every later step, and a training job's own pods, resolve them where they run."""
+    from medssr import models, storage
+    from medssr.tracking import resolve_model_reference
 
     if base_model == "tiny":
         return str(models.build_tiny_model(folder / "tiny-base"))
     if base_model == "smollm2":
         return str(models.build_smollm2())
-    return models.resolve_model(base_model)
+    if base_model.startswith("models:/"):
+        return resolve_model_reference(base_model)
+    if not storage.is_s3(base_model):
+        models.resolve_model(base_model)  # a missing local folder fails here, not in the training job
+    return base_model
 
 
 # ---------------------------------------------------------------------------------------------- steps

@@ -256,3 +256,42 @@ def test_failed_stage_fails_the_run_with_its_reason_in_the_step_log_and_mlflow(t
     assert by_kind["pipeline"].info.status == "FAILED" and by_kind["prepare"].info.status == "FAILED"
     assert "no benchmark file" in by_kind["prepare"].data.tags["medssr.error"]
     assert "prepare: FileNotFoundError" in by_kind["pipeline"].data.tags["medssr.error"]
+
+
+def write_benchmark(folder: Path, name: str, count: int, prefix: str) -> Path:
+    rows = [
+        {"id": f"{prefix}-{i}", "question": f"Question {prefix} number {i} about findings?\nA. one\nB. two\nC. three\nD. four",
+         "gold": "ABCD"[i % 4], "name": name}
+        for i in range(count)
+    ]
+    path = folder / f"test_short_{name}.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_stage2_split_is_disjoint_from_the_evaluation_set(tmp_path):
+    from medssr.data import read_jsonl, read_reference_benchmark
+    from medssr.pipelines.data import SplitConfig, split_stage2_data
+
+    source = tmp_path / "bench"
+    source.mkdir()
+    write_benchmark(source, "medqa", 20, "mq")
+    write_benchmark(source, "nejm", 5, "nj")
+    split = split_stage2_data(SplitConfig(benchmarks_dir=str(source), split_benchmark="medqa", train_size=6, seed=3), tmp_path / "out")
+    train = read_jsonl(split.train_path).records
+    evaluated = read_reference_benchmark(split.eval_dir / "test_short_medqa.json").records
+    assert len(train) == 6 and len(evaluated) == 14 and all(item.answer for item in train)
+    assert not {i.id for i in train} & {i.id for i in evaluated}
+    assert (split.eval_dir / "test_short_nejm.json").read_text() == (source / "test_short_nejm.json").read_text()
+    again = split_stage2_data(SplitConfig(benchmarks_dir=str(source), split_benchmark="medqa", train_size=6, seed=3), tmp_path / "again")
+    assert again.train_path.read_text() == split.train_path.read_text()  # synthesis seeds use the same split
+
+    given = tmp_path / "given.jsonl"
+    given.write_text("\n".join(line for line in split.train_path.read_text().splitlines()[:2]) + "\n")
+    nejm_item = read_reference_benchmark(source / "test_short_nejm.json").records[0]
+    with given.open("a") as handle:  # same stem as a NEJM question under another id: still removed
+        handle.write(json.dumps({**nejm_item.model_dump(), "id": "renamed"}) + "\n")
+    result = split_stage2_data(SplitConfig(benchmarks_dir=str(source), stage2_data=str(given)), tmp_path / "given-out")
+    assert result.counts == {"removed_from_eval.medqa": 2, "removed_from_eval.nejm": 1, "stage2_items": 3}
+    with pytest.raises(ValueError, match="leaves no eval questions"):
+        split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=20), tmp_path / "all")
