@@ -37,7 +37,7 @@ def main() -> int:
     env.pop("MLFLOW_TRACKING_URI", None)  # the local default store under workdir
     for index in range(1, args.runs + 1):
         run_id = f"bench-{args.preset}-{int(time.time())}-{index}"
-        command = [sys.executable, "-m", "medssr.cli", "pipeline", "run", "--local", "--preset", args.preset, "--param", f"run_id={run_id}"]
+        command = [str(Path(sys.executable).with_name("medssr")), "pipeline", "run", "--local", "--preset", args.preset, "--param", f"run_id={run_id}"]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started

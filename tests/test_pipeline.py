@@ -199,7 +199,8 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
 
 
 def medssr_cli(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medssr.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    command = [str(Path(sys.executable).with_name("medssr")), *args]  # the console script users run
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 
@@ -58,7 +59,8 @@ def _run(args) -> int:
     try:
         run = run_local(params, args.pipeline_root)
     except RuntimeError as exc:  # kfp.local: a task failed; its log above carries the traceback
-        raise CLIError(f"pipeline run {params['run_id']} failed: {exc}") from None
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
+        raise CLIError(f"pipeline run {params['run_id']} failed: {reason}") from None
     print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}")
     print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds))
     print(f"registered model: models:/{params['model_name']}@candidate (champion moves only when the gate passes)")
