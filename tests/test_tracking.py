@@ -157,3 +157,30 @@ def test_unreachable_server_is_retried_not_lost(mlflow_server, monkeypatch):
                                    retry_initial_delay=0.1)).start_pipeline_run("never")
     finally:
         proxy.stopped.set()
+
+
+def test_retries_only_transient_failures():
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from medssr.tracking import with_retries
+
+    calls = []
+
+    def flaky(errors):
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    errors = [requests.exceptions.ConnectionError("refused"), MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)]
+    assert with_retries(flaky, errors, attempts=3, initial_delay=0.01) == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(MlflowException, match="bad value"):
+        with_retries(flaky, [MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE)], attempts=5, initial_delay=0.01)
+    assert len(calls) == 1  # a 4xx answer is final
+    calls.clear()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        with_retries(flaky, [requests.exceptions.ConnectionError("x")] * 3, attempts=2, initial_delay=0.01)
+    assert len(calls) == 2
