@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = 
     root = Path(pipeline_root or Path.cwd() / ".medssr" / "kfp").resolve()
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # kfp.local warns when an image name lacks "python"; the project image is Python, and locally unused.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
     pipeline = build_pipeline()
     timings = root / f"{params.get('run_id') or 'run'}.step-timings.jsonl"
     timings.unlink(missing_ok=True)
