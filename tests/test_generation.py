@@ -64,6 +64,16 @@ def test_batched_greedy_equals_one_at_a_time(tiny_model, generator):
     assert generator.generate(PROMPTS, sampling=GREEDY) == one_by_one.generate(PROMPTS, sampling=GREEDY)
 
 
+@pytest.mark.parametrize("batch_size", [16, 4, 2])  # all in one batch; one prompt per batch; samples split
+def test_shared_prefill_samples_match_greedy(tiny_model, batch_size):
+    """Sampling reuses one prefilled cache for a prompt's n samples; with top_k=1 every sample must be
+    exactly the greedy completion, which is computed without that cache."""
+    sampler = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=batch_size, progress=False))
+    argmax = SamplingParams(temperature=1.0, top_k=1, max_tokens=8, seed=0)
+    greedy = sampler.generate(PROMPTS, n=1, sampling=GREEDY)
+    assert sampler.generate(PROMPTS, n=3, sampling=argmax) == [samples * 3 for samples in greedy]
+
+
 def test_empty_prompt_list_and_bad_n(generator):
     assert generator.generate([], n=3) == []
     with pytest.raises(ValueError, match="n must be"):

@@ -1,10 +1,12 @@
 """Batched generation with Hugging Face transformers, on CPU or one GPU.
 
-All ``len(prompts) * n`` sequences of a call are flattened, sorted by prompt length (less padding),
-cut into batches of ``batch_size`` rows and generated with left padding; the results are put back in
-prompt order. Greedy decoding (temperature 0) generates each prompt once and repeats the completion,
-since the ``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same
-prompts, ``n`` and ``batch_size``.
+Prompts are sorted by length (less padding) and packed into batches of at most ``batch_size`` rows,
+each prompt with its ``n`` sample rows (a prompt with more samples than ``batch_size`` is split over
+several batches); results are put back in prompt order. A batch is left-padded, its distinct prompts
+are prefilled once, and the key/value cache is repeated for the ``n`` samples, which then decode
+together in the batch: the prompt is not recomputed per sample. Greedy decoding (temperature 0)
+generates each prompt once and repeats the completion, since the ``n`` samples would be identical.
+With ``seed`` set, a call is reproducible for the same prompts, ``n`` and ``batch_size``.
 """
 
 from __future__ import annotations
@@ -99,6 +101,33 @@ class TransformersGenerator:
         text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def _plan(self, encoded: list[list[int]], copies: int) -> list[tuple[list[int], int, int]]:
+        """Batches as (prompt indices, rows per prompt, index of the first sample), longest prompts first
+        so the largest batch is met (and would fail) early."""
+        order = sorted(range(len(encoded)), key=lambda p: -len(encoded[p]))
+        size = self.config.batch_size
+        if copies <= size:
+            per_batch = size // copies
+            return [(order[i : i + per_batch], copies, 0) for i in range(0, len(order), per_batch)]
+        return [([p], min(size, copies - first), first) for p in order for first in range(0, copies, size)]
+
+    def _prefill(self, input_ids, attention_mask, repeats: int):
+        """The key/value cache of all but the last prompt token, computed once per distinct prompt and
+        repeated for its samples; ``generate`` then starts from the last token. None when not worth it."""
+        if repeats == 1 or input_ids.shape[1] < 2:
+            return None
+        # Left padding: positions count real tokens only, as generate() computes them.
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+        )
+        cache = out.cache
+        cache.batch_repeat_interleave(repeats)
+        return cache
+
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -117,8 +146,6 @@ class TransformersGenerator:
         greedy = sampling.temperature == 0
         copies = 1 if greedy else n
         encoded = [self._encode(prompt) for prompt in prompts]
-        # One row per (prompt, sample); longest first so the largest batch is met (and fails) early.
-        rows = sorted(((p, s) for p in range(len(prompts)) for s in range(copies)), key=lambda r: -len(encoded[r[0]]))
 
         options: dict = {"max_new_tokens": sampling.max_tokens, "do_sample": not greedy}
         letters_by_id: dict[int, str] = {}
@@ -134,22 +161,27 @@ class TransformersGenerator:
             self._torch.manual_seed(sampling.seed)
 
         results: list[list[str]] = [[""] * copies for _ in prompts]
-        batches = [rows[i : i + self.config.batch_size] for i in range(0, len(rows), self.config.batch_size)]
-        for batch in tqdm(batches, desc="generate", unit="batch", disable=not self.config.progress):
-            padded = self.tokenizer.pad({"input_ids": [encoded[p] for p, _ in batch]}, return_tensors="pt")
-            padded = {key: value.to(self.device) for key, value in padded.items()}
+        for batch, repeats, first_sample in tqdm(
+            self._plan(encoded, copies), desc="generate", unit="batch", disable=not self.config.progress
+        ):
+            padded = self.tokenizer.pad({"input_ids": [encoded[p] for p in batch]}, return_tensors="pt")
+            input_ids = padded["input_ids"].to(self.device)
+            attention_mask = padded["attention_mask"].to(self.device)
             with self._torch.inference_mode():
+                cache = self._prefill(input_ids, attention_mask, repeats)
                 output = self.model.generate(
-                    **padded,
+                    input_ids=input_ids.repeat_interleave(repeats, dim=0),
+                    attention_mask=attention_mask.repeat_interleave(repeats, dim=0),
+                    **({"cache": cache} if cache is not None else {}),
                     **options,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.eos_token_ids,
                 )
-            new_tokens = output[:, padded["input_ids"].shape[1] :]
+            new_tokens = output[:, input_ids.shape[1] :]
             if letters_by_id:
                 texts = [letters_by_id[int(row[0])] for row in new_tokens]
             else:
                 texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for (prompt_index, sample_index), text in zip(batch, texts):
-                results[prompt_index][sample_index] = text
+            for row, text in enumerate(texts):
+                results[batch[row // repeats]][first_sample + row % repeats] = text
         return [completions * n if greedy else completions for completions in results]
