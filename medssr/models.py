@@ -205,8 +205,9 @@ def _download_cached(uri: str) -> Path:
 
     from medssr import storage
 
+    uri = uri.rstrip("/")
     key = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
-    target = cache_dir() / "downloads" / f"{Path(uri.rstrip('/')).name}-{key}"
+    target = cache_dir() / "downloads" / f"{Path(uri).name}-{key}"
     if (target / COMPLETE_MARKER).is_file():
         return target
     shutil.rmtree(target, ignore_errors=True)

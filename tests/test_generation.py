@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from medssr.generation import GeneratorConfig, SamplingParams, build_generator
@@ -196,3 +198,18 @@ def test_vllm_backend_missing_vllm_says_how_to_install():
         pytest.skip("vllm is installed here")
     with pytest.raises(ImportError, match=r"install `medssr\[gpu\]` on a machine with an NVIDIA GPU"):
         build_generator(GeneratorConfig(backend="vllm", model="m"))
+
+
+def test_resolve_model_downloads_an_s3_model_once(tiny_model, tmp_path, monkeypatch, s3_endpoint):
+    from medssr import storage
+
+    monkeypatch.setenv("MEDSSR_CACHE", str(tmp_path / "cache"))
+    bucket = s3_endpoint.create_bucket("resolve-model")
+    storage.upload_dir(tiny_model, f"s3://{bucket}/models/tiny")
+    local = Path(resolve_model(f"s3://{bucket}/models/tiny"))
+    assert local.is_relative_to(tmp_path / "cache") and (local / "model.safetensors").is_file()
+    (local / "model.safetensors").write_bytes(b"kept")  # a second resolve must not download again
+    assert resolve_model(f"s3://{bucket}/models/tiny/") == str(local)
+    assert (local / "model.safetensors").read_bytes() == b"kept"
+    with pytest.raises(FileNotFoundError, match="nothing stored under"):
+        resolve_model(f"s3://{bucket}/models/missing")
