@@ -38,6 +38,7 @@ class Outcome:
     latency_s: float
     tokens: int = 0
     finished_at: float = 0.0
+    server_cpu_s: float = 0.0
 
 
 @dataclass
@@ -69,20 +70,31 @@ class PhaseResult:
     def tokens_per_s(self) -> float:
         return sum(o.tokens for o in self.served()) / self.window_s
 
-    def steady_rate(self) -> tuple[float, float]:
-        """(completions/s, tokens/s) from the first completion to the last. The window rate above loses the
-        batch still running at the end (up to 16 completions when batching, 1 without); this one counts
-        whole batches only, so it compares the two at steady state. Completions that ended within a second
-        of the first belong to the first batch and only mark the start."""
+    def _steady(self) -> tuple[list[Outcome], Outcome, Outcome]:
         served = sorted(self.served(), key=lambda o: o.finished_at)
         if len(served) < 2:
+            return [], None, None
+        # Completions that ended within a second of the first belong to the first batch: they mark the start.
+        later = [o for o in served if o.finished_at > served[0].finished_at + 1.0]
+        return later, served[0], served[-1]
+
+    def steady_rate(self) -> tuple[float, float]:
+        """(completions/s, tokens/s) from the first completion to the last. The window rate loses the batch
+        still running at the end (up to 16 completions when batching, 1 without); this counts whole
+        batches only, so it compares the two at steady state."""
+        later, first, last = self._steady()
+        if not later or last.finished_at <= first.finished_at:
             return float("nan"), float("nan")
-        first = served[0].finished_at
-        later = [o for o in served if o.finished_at > first + 1.0]
-        span = served[-1].finished_at - first
-        if not later or span <= 0:
-            return float("nan"), float("nan")
+        span = last.finished_at - first.finished_at
         return len(later) / span, sum(o.tokens for o in later) / span
+
+    def completions_per_cpu_s(self) -> float:
+        """Steady-state completions per second of server CPU time: what the model computes per unit of
+        work, whatever share of a contended machine the server got meanwhile."""
+        later, first, last = self._steady()
+        if not later or last.server_cpu_s <= first.server_cpu_s:
+            return float("nan")
+        return len(later) / (last.server_cpu_s - first.server_cpu_s)
 
     def latency(self, quantile: float) -> float:
         values = sorted(o.latency_s for o in self.served())
@@ -100,7 +112,8 @@ class PhaseResult:
             "completions": len(self.served()), "completions_per_s": round(self.completions_per_s, 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "steady_completions_per_s": round(self.steady_rate()[0], 3),
-            "steady_tokens_per_s": round(self.steady_rate()[1], 2), "p50_s": round(self.latency(0.5), 2),
+            "steady_tokens_per_s": round(self.steady_rate()[1], 2),
+            "completions_per_server_cpu_s": round(self.completions_per_cpu_s(), 3), "p50_s": round(self.latency(0.5), 2),
             "p99_s": round(self.latency(0.99), 2), "mean_batch": round(self.mean_batch, 2),
             "status_200": self.count(200), "status_429_503": self.count(429, 503), "status_5xx": self.server_errors,
             "transport_errors": self.count(0), "cancelled_at_end": self.cancelled,
@@ -156,7 +169,7 @@ async def run_phase(server, label: str, clients: int, window_s: float, questions
                 if done > deadline:
                     return  # finished after the window: not counted
                 tokens = response.json()["usage"]["completion_tokens"] if response.status_code == 200 else 0
-                result.outcomes.append(Outcome(response.status_code, done - sent, tokens, done))
+                result.outcomes.append(Outcome(response.status_code, done - sent, tokens, done, server.cpu_seconds()))
                 if response.status_code in (429, 503):
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
 
@@ -177,8 +190,9 @@ async def run_phase(server, label: str, clients: int, window_s: float, questions
         # Cancelled clients disconnect; give the server a moment to drop their queued prompts.
         await asyncio.sleep(1.0)
         after = (await client.get("/metrics")).text
-    result.batches = metric_total(after, "medssr_serving_batch_size_count") - metric_total(before, "medssr_serving_batch_size_count")
-    result.batched_prompts = metric_total(after, "medssr_serving_batch_size_sum") - metric_total(before, "medssr_serving_batch_size_sum")
+    for name, attribute in (("count", "batches"), ("sum", "batched_prompts")):
+        metric = f"medssr_serving_batch_size_{name}"
+        setattr(result, attribute, metric_total(after, metric) - metric_total(before, metric))
     return result
 
 
@@ -194,7 +208,8 @@ def describe(result: PhaseResult) -> str:
     return (
         f"{result.label}: {result.clients} clients, {result.window_s:.0f} s: {len(result.served())} completions, "
         f"{result.completions_per_s:.3f} completions/s, {result.tokens_per_s:.1f} tokens/s "
-        f"(steady state {steady_completions:.3f} completions/s, {steady_tokens:.1f} tokens/s), "
+        f"(steady state {steady_completions:.3f} completions/s, {steady_tokens:.1f} tokens/s, "
+        f"{result.completions_per_cpu_s():.3f} completions per server CPU-second), "
         f"p50 {result.latency(0.5):.1f} s, p99 {result.latency(0.99):.1f} s, mean batch {result.mean_batch:.1f}, "
         f"5xx {result.server_errors}, 429/503 {result.count(429, 503)}, unfinished at end {result.cancelled}"
     )
@@ -263,13 +278,15 @@ def main() -> int:
     speedup = batched.completions_per_s / max(single.completions_per_s, 1e-9)
     token_speedup = batched.tokens_per_s / max(single.tokens_per_s, 1e-9)
     steady_speedup = batched.steady_rate()[0] / max(single.steady_rate()[0], 1e-9)
+    cpu_speedup = batched.completions_per_cpu_s() / max(single.completions_per_cpu_s(), 1e-9)
     print(f"speedup of dynamic batching over batch 1: {speedup:.2f}x completions/s, {token_speedup:.2f}x tokens/s "
-          f"over the window; {steady_speedup:.2f}x completions/s at steady state (target >= 3x)")
+          f"over the window; {steady_speedup:.2f}x completions/s at steady state; {cpu_speedup:.2f}x completions "
+          f"per server CPU-second (target >= 3x)")
     five_xx = sum(r.server_errors for r in results.values())
     print(f"5xx over all phases: {five_xx}; overload refusals (429/503): {results['overload'].count(429, 503)}")
     if args.json:
         summary = {k: v.summary() for k, v in results.items()}
-        summary |= {"speedup_window": speedup, "speedup_steady": steady_speedup}
+        summary |= {"speedup_window": speedup, "speedup_steady": steady_speedup, "speedup_per_cpu_s": cpu_speedup}
         args.json.write_text(json.dumps(summary, indent=2))
     return 1 if five_xx else 0
 

@@ -6,12 +6,18 @@ import sys
 
 
 def _deploy(args) -> int:
-    from medssr.serving.deploy import DeployConfig, DeployError, render_inference_service, resolve_storage_uri, run_deploy
+    from medssr.serving.deploy import (
+        DeployConfig,
+        DeployError,
+        render_inference_service,
+        resolve_storage_uri,
+        run_deploy,
+    )
 
     config = DeployConfig(
         model=args.model, namespace=args.namespace, name=args.name, storage_uri=args.storage_uri,
-        tracking_uri=args.tracking_uri, artifacts_destination=args.artifacts_destination, run_id=args.run_id, service_account=args.service_account,
-        runtime=args.runtime, backend=args.backend, gpus=args.gpus, cpu=args.cpu, memory=args.memory,
+        tracking_uri=args.tracking_uri, artifacts_destination=args.artifacts_destination, run_id=args.run_id,
+        service_account=args.service_account, runtime=args.runtime, backend=args.backend, gpus=args.gpus, cpu=args.cpu, memory=args.memory,
         max_model_len=args.max_model_len, kubeconfig=args.kubeconfig, context=args.context,
         wait=not args.no_wait, timeout_s=args.timeout,
     )

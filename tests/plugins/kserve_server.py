@@ -3,9 +3,9 @@
 Fixtures:
 - `answering_model` (session): the tiny model, briefly trained so that, decoding greedily, it answers
   any chat question with "The answer is C." (gives the answer-letter path a known outcome).
-- `kserve_server` (session): `python -m medssr.serving.server` on a free 127.0.0.1 port serving
-  `answering_model` as "medssr-tiny" with small limits (batch 8, queue 32, 256 prompt tokens); waits
-  for /v2/health/ready and stops the process at the end.
+- `kserve_server` (module): `medssr serve` on a free 127.0.0.1 port serving `answering_model` as
+  "medssr-tiny" with small limits (batch 8, queue 32, 256 prompt tokens, n <= 4); waits for
+  /v2/health/ready and stops the process when the module's tests are done.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def answering_model(tiny_model, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kserve_server(answering_model, tmp_path_factory):
     from medssr.serving.config import ServeConfig
     from medssr.serving.process import ServerProcess, free_port
