@@ -110,17 +110,45 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def build_once(target: Path, build) -> Path:
+    """Fill ``target`` by ``build(tmp_folder)`` unless a complete copy is there already.
+
+    Under a file lock, so concurrent callers build once; into a temp folder renamed into place with the
+    completion marker already inside, so a crash never leaves a folder that looks complete.
+    """
+    import fcntl
+    import shutil
+    import tempfile
+
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE_MARKER).is_file():  # built by another process while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / COMPLETE_MARKER).write_text("complete\n")
+            shutil.rmtree(target, ignore_errors=True)  # a half-built leftover
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def build_smollm2(out_dir: str | os.PathLike | None = None) -> Path:
     """SmolLM2-135M-Instruct as a safetensors model folder, built once from the packaged GGUF.
 
     ``save_pretrained`` refuses a GGUF-loaded model, so the dequantised weights are loaded into a
     model rebuilt from the same config and saved from there (about a minute once, 0.5 GB fp32).
     """
-    import shutil
-
     out = Path(out_dir) if out_dir is not None else cache_dir() / "models" / "smollm2-135m-instruct"
-    if (out / COMPLETE_MARKER).is_file():
-        return out
+    return build_once(out, _save_smollm2)
+
+
+def _save_smollm2(out: Path) -> None:
     from tqdm.auto import tqdm
 
     steps = tqdm(total=4, desc="build SmolLM2-135M-Instruct", unit="step")
@@ -163,17 +191,10 @@ def build_smollm2(out_dir: str | os.PathLike | None = None) -> Path:
     steps.update()
 
     steps.set_postfix_str("save")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    (out / COMPLETE_MARKER).write_text("built from " + gguf.name + "\n")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
     steps.update()
     steps.close()
-    return out
 
 
 def resolve_model(ref: str | os.PathLike) -> str:
@@ -201,16 +222,9 @@ def resolve_model(ref: str | os.PathLike) -> str:
 
 def _download_cached(uri: str) -> Path:
     import hashlib
-    import shutil
 
     from medssr import storage
 
     uri = uri.rstrip("/")
     key = hashlib.sha256(uri.encode("utf-8")).hexdigest()[:16]
-    target = cache_dir() / "downloads" / f"{Path(uri).name}-{key}"
-    if (target / COMPLETE_MARKER).is_file():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    storage.download_dir(uri, target)
-    (target / COMPLETE_MARKER).write_text(uri + "\n")
-    return target
+    return build_once(cache_dir() / "downloads" / f"{Path(uri).name}-{key}", lambda tmp: storage.download_dir(uri, tmp))

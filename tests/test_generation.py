@@ -213,3 +213,24 @@ def test_resolve_model_downloads_an_s3_model_once(tiny_model, tmp_path, monkeypa
     assert (local / "model.safetensors").read_bytes() == b"kept"
     with pytest.raises(FileNotFoundError, match="nothing stored under"):
         resolve_model(f"s3://{bucket}/models/missing")
+
+
+def test_build_once_leaves_nothing_half_built_and_builds_once(tmp_path):
+    from medssr.models import COMPLETE_MARKER, build_once
+
+    target = tmp_path / "models" / "m"
+    calls = []
+
+    def crash(folder):
+        (folder / "weights.bin").write_text("partial")
+        raise RuntimeError("killed mid-build")
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "weights.bin").write_text("full")
+
+    with pytest.raises(RuntimeError, match="mid-build"):
+        build_once(target, crash)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".m.lock"]
+    assert build_once(target, build) == target and build_once(target, build) == target
+    assert len(calls) == 1 and (target / "weights.bin").read_text() == "full" and (target / COMPLETE_MARKER).is_file()
