@@ -63,6 +63,14 @@ def test_chat_job_finds_the_options_of_the_last_user_message():
         chat_job({"messages": [{"role": "robot", "content": "x"}]})
 
 
+@pytest.mark.slow  # imports kserve and transformers
+def test_serve_refuses_a_missing_model_with_one_line(tmp_path, capsys):
+    from medssr.cli import main
+
+    assert main(["serve", "--local", str(tmp_path / "no-such-model"), "--port", "1"]) == 2
+    assert "no model folder at" in capsys.readouterr().err
+
+
 def test_batcher_gathers_compatible_requests_and_refuses_when_full():
     seen: list[tuple[int, str]] = []
 
