@@ -52,7 +52,9 @@ class DeployConfig:
         default="medssr-predictor", metadata={"help": "Service account bound to the S3 Secret."}
     )
     runtime: str = field(default="", metadata={"help": "ServingRuntime name; empty lets KServe pick by modelFormat."})
-    backend: str = field(default="vllm", metadata={"help": "Hugging Face runtime backend: vllm (GPU) or huggingface."})
+    backend: str = field(
+        default="", metadata={"help": "Hugging Face runtime backend: vllm (GPU) or huggingface; empty: vllm with GPUs."}
+    )
     gpus: int = field(default=1, metadata={"help": "nvidia.com/gpu per replica."})
     cpu: str = field(default="4", metadata={"help": "CPU request and limit."})
     memory: str = field(default="32Gi", metadata={"help": "Memory request and limit."})
@@ -75,6 +77,8 @@ class DeployConfig:
     def __post_init__(self):
         if not MODEL_REF.match(self.model or ""):
             raise ValueError(f"model: {self.model!r} is not NAME, NAME@ALIAS, NAME/VERSION or models:/NAME@ALIAS")
+        if not self.backend:
+            self.backend = "vllm" if self.gpus else "huggingface"
         if self.backend not in ("vllm", "huggingface"):
             raise ValueError(f"backend must be vllm or huggingface, not {self.backend!r}")
         if self.backend == "vllm" and self.gpus < 1:
@@ -109,7 +113,7 @@ class DeployConfig:
             memory=workload.memory,
             node_selector=dict(workload.node_selector),
             tolerations=list(workload.tolerations),
-            backend="vllm" if workload.gpus else "huggingface",
+            backend="",  # chosen again from the GPU count
         )
 
 

@@ -55,12 +55,13 @@ def test_deploy_config_refuses_what_kserve_cannot_load():
         with pytest.raises(ValueError, match="storage initializer"):
             DeployConfig(model="m", storage_uri=uri)
     with pytest.raises(ValueError, match="GPU"):
-        DeployConfig(model="m", gpus=0)
+        DeployConfig(model="m", gpus=0, backend="vllm")
+    assert DeployConfig(model="m", gpus=0).backend == "huggingface" and DeployConfig(model="m").backend == "vllm"
     with pytest.raises(ValueError, match="model"):
         DeployConfig(model="not a model ref")
     assert DeployConfig(model="m").registry_reference == "models:/m@champion"
     assert DeployConfig(model="models:/m/4").registry_reference == "models:/m/4"
-    cpu = DeployConfig(model="m", storage_uri=S3_MODEL, backend="huggingface", gpus=0)
+    cpu = DeployConfig(model="m", storage_uri=S3_MODEL, gpus=0)
     args = render_inference_service(cpu, S3_MODEL)["spec"]["predictor"]["model"]["args"]
     assert "--backend=huggingface" in args and not any(a.startswith("--gpu-memory") for a in args)
 

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     parser.add_argument("--run-id", default="manual", help="Pipeline run id for the medssr.io/run-id label.")
     parser.add_argument("--service-account", default="medssr-predictor", help="Service account holding the S3 Secret.")
     parser.add_argument("--runtime", default="", help="ServingRuntime name (default: KServe picks by model format).")
-    parser.add_argument("--backend", choices=("vllm", "huggingface"), default="vllm", help="Runtime backend.")
+    parser.add_argument("--backend", choices=("vllm", "huggingface"), default="",
+                        help="Runtime backend (default: vllm with GPUs, huggingface without).")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs per replica (default: 1).")
     parser.add_argument("--cpu", default="4", help="CPU request and limit (default: 4).")
     parser.add_argument("--memory", default="32Gi", help="Memory request and limit (default: 32Gi).")
