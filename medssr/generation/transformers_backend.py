@@ -68,7 +68,7 @@ class TransformersGenerator:
 
     def __init__(self, config: GeneratorConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         from medssr.models import resolve_model
 
@@ -90,6 +90,10 @@ class TransformersGenerator:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(self.tokenizer.eos_token_id)
         self.eos_token_ids = eos_ids
+        # Only SamplingParams decide how to sample: drop checkpoint defaults (repetition penalty, ...).
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=eos_ids, pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id
+        )
         self._torch = torch
 
     def _encode(self, prompt: Prompt) -> list[int]:
