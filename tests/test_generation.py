@@ -76,6 +76,27 @@ def test_shared_prefill_samples_match_greedy(tiny_model, batch_size):
     assert sampler.generate(PROMPTS, n=3, sampling=argmax) == [samples * 3 for samples in greedy]
 
 
+def test_finished_rows_leave_the_batch(tiny_model):
+    """A row that emits an end token stops costing compute: later forward passes carry only the rows
+    still running, and dropping it leaves the other rows' completions unchanged."""
+    import torch
+
+    generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=16, progress=False))
+    rows_per_forward = []
+    generator.model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    running = generator.generate(PROMPTS, sampling=GREEDY)
+    assert rows_per_forward == [len(PROMPTS)] * GREEDY.max_tokens  # prefill + one pass per further token
+    # Make the first token the first prompt emits an end token: that row must stop after it.
+    with torch.inference_mode():
+        first = generator.model(input_ids=torch.tensor([generator._encode(PROMPTS[0])])).logits[0, -1].argmax()
+    generator.eos_token_ids = [int(first)]
+    rows_per_forward.clear()
+    stopped = generator.generate(PROMPTS, sampling=GREEDY)
+    assert stopped[0] == [generator.tokenizer.decode([int(first)], skip_special_tokens=True)] != running[0]
+    assert stopped[1:] == running[1:]
+    assert rows_per_forward == [len(PROMPTS)] + [len(PROMPTS) - 1] * (GREEDY.max_tokens - 1)
+
+
 def test_empty_prompt_list_and_bad_n(generator):
     assert generator.generate([], n=3) == []
     with pytest.raises(ValueError, match="n must be"):

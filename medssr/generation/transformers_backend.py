@@ -4,9 +4,12 @@ Prompts are sorted by length (less padding) and packed into batches of at most `
 each prompt with its ``n`` sample rows (a prompt with more samples than ``batch_size`` is split over
 several batches); results are put back in prompt order. A batch is left-padded, its distinct prompts
 are prefilled once, and the key/value cache is repeated for the ``n`` samples, which then decode
-together in the batch: the prompt is not recomputed per sample. Greedy decoding (temperature 0)
-generates each prompt once and repeats the completion, since the ``n`` samples would be identical.
-With ``seed`` set, a call is reproducible for the same prompts, ``n`` and ``batch_size``.
+together: the prompt is not recomputed per sample. Decoding is our own loop over that cache, not
+``model.generate``: a row that ends (end-of-turn token) leaves the batch at once, so later steps
+only compute the rows still running instead of carrying finished ones to the longest completion.
+Greedy decoding (temperature 0) generates each prompt once and repeats the completion, since the
+``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same prompts,
+``n`` and ``batch_size``.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class TransformersGenerator:
 
     def __init__(self, config: GeneratorConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from medssr.models import resolve_model
 
@@ -89,11 +92,8 @@ class TransformersGenerator:
         eos_ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(self.tokenizer.eos_token_id)
+        # Only these end a completion; only SamplingParams decide how to sample (no checkpoint defaults).
         self.eos_token_ids = eos_ids
-        # Only SamplingParams decide how to sample: drop checkpoint defaults (repetition penalty, ...).
-        self.model.generation_config = GenerationConfig(
-            eos_token_id=eos_ids, pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id
-        )
         self._torch = torch
 
     def _encode(self, prompt: Prompt) -> list[int]:
@@ -115,22 +115,43 @@ class TransformersGenerator:
             return [(order[i : i + per_batch], copies, 0) for i in range(0, len(order), per_batch)]
         return [([p], min(size, copies - first), first) for p in order for first in range(0, copies, size)]
 
-    def _prefill(self, input_ids, attention_mask, repeats: int):
-        """The key/value cache of all but the last prompt token, computed once per distinct prompt and
-        repeated for its samples; ``generate`` then starts from the last token. None when not worth it."""
-        if repeats == 1 or input_ids.shape[1] < 2:
-            return None
-        # Left padding: positions count real tokens only, as generate() computes them.
+    def _decode(self, input_ids, attention_mask, repeats: int, max_new_tokens: int, min_new_tokens: int, processors, greedy: bool):
+        """New token ids of each row: every prompt of the batch ``repeats`` times, in order. The prompts
+        are prefilled once and their cache repeated; a row leaves the batch when it emits an end token."""
+        torch = self._torch
+        # Left padding: positions count real tokens only.
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids[:, :-1],
-            attention_mask=attention_mask[:, :-1],
-            position_ids=positions[:, :-1],
-            use_cache=True,
-        )
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache = out.cache
         cache.batch_repeat_interleave(repeats)
-        return cache
+        logits = out.logits[:, -1].float().repeat_interleave(repeats, dim=0)
+        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+        next_positions = positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
+        rows = torch.arange(logits.shape[0], device=logits.device)  # batch row of each running sequence
+        tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
+        eos = torch.tensor(self.eos_token_ids, device=logits.device, dtype=torch.long)
+        for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            scores = processors(None, logits)
+            next_tokens = scores.argmax(-1) if greedy else torch.multinomial(scores.softmax(-1), 1).squeeze(1)
+            for row, token in zip(rows.tolist(), next_tokens.tolist()):
+                tokens[row].append(token)
+            running = ~torch.isin(next_tokens, eos)
+            if step == max_new_tokens - 1 or not running.any():
+                break
+            if not running.all():
+                keep = running.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, next_tokens = rows[keep], next_tokens[keep]
+                attention_mask, next_positions = attention_mask[keep], next_positions[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+            out = self.model(
+                input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=next_positions, cache=cache, use_cache=True
+            )
+            cache, logits = out.cache, out.logits[:, -1].float()
+            next_positions = next_positions + 1
+        return tokens
 
     def generate(
         self,
@@ -141,7 +162,7 @@ class TransformersGenerator:
     ) -> list[list[str]]:
         """``n`` completions per prompt. ``min_new_tokens`` (benchmarks) forbids stopping earlier."""
         from tqdm.auto import tqdm
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         if n < 1:
             raise ValueError("n must be >= 1")
@@ -151,16 +172,20 @@ class TransformersGenerator:
         copies = 1 if greedy else n
         encoded = [self._encode(prompt) for prompt in prompts]
 
-        options: dict = {"max_new_tokens": sampling.max_tokens, "do_sample": not greedy}
+        max_new_tokens = sampling.max_tokens
+        processors = LogitsProcessorList()
         letters_by_id: dict[int, str] = {}
         if sampling.allowed_letters:
             letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
-            options["max_new_tokens"] = 1
-            options["logits_processor"] = LogitsProcessorList([AllowOnlyTokens(list(letters_by_id))])
-        if not greedy:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        if min_new_tokens:
-            options["min_new_tokens"] = min(min_new_tokens, options["max_new_tokens"])
+            max_new_tokens = 1
+            processors.append(AllowOnlyTokens(list(letters_by_id)))
+        # The warpers and their order of ``model.generate``'s sampling.
+        if not greedy and sampling.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(sampling.temperature))
+        if not greedy and sampling.top_k != 0:
+            processors.append(TopKLogitsWarper(sampling.top_k))
+        if not greedy and sampling.top_p < 1.0:
+            processors.append(TopPLogitsWarper(sampling.top_p))
         if sampling.seed is not None:
             self._torch.manual_seed(sampling.seed)
 
@@ -172,16 +197,9 @@ class TransformersGenerator:
             input_ids = padded["input_ids"].to(self.device)
             attention_mask = padded["attention_mask"].to(self.device)
             with self._torch.inference_mode():
-                cache = self._prefill(input_ids, attention_mask, repeats)
-                output = self.model.generate(
-                    input_ids=input_ids.repeat_interleave(repeats, dim=0),
-                    attention_mask=attention_mask.repeat_interleave(repeats, dim=0),
-                    **({"cache": cache} if cache is not None else {}),
-                    **options,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.eos_token_ids,
+                new_tokens = self._decode(
+                    input_ids, attention_mask, repeats, max_new_tokens, min(min_new_tokens or 0, max_new_tokens), processors, greedy
                 )
-            new_tokens = output[:, input_ids.shape[1] :]
             if letters_by_id:
                 texts = [letters_by_id[int(row[0])] for row in new_tokens]
             else:
