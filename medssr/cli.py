@@ -56,4 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so commands raising medssr.cli.CLIError match USER_ERRORS
+    # (under `python -m`, this file is also `__main__`, a second copy with its own CLIError class).
+    from medssr.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -71,7 +71,8 @@ def compile_pipeline(out: str | os.PathLike, settings: ClusterSettings | None = 
 
 
 def submit(host: str, params: dict[str, Any], experiment: str = "medssr", package: str | os.PathLike | None = None,
-           run_name: str | None = None, namespace: str | None = None):
+           run_name: str | None = None, namespace: str | None = None,
+           service_account: str | None = "medssr-pipeline"):
     """Upload-free submission of the compiled package as a run; returns kfp's RunPipelineResult."""
     import kfp
 
@@ -85,6 +86,8 @@ def submit(host: str, params: dict[str, Any], experiment: str = "medssr", packag
         run_name=run_name or params.get("run_id") or None,
         experiment_name=experiment,
         enable_caching=None,  # keep each task's own setting: synthesis cached, the rest not
+        # the least-privilege account of manifests/base (launching PyTorchJobs, reading pod logs)
+        service_account=service_account or None,
     )
 
 

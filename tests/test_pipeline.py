@@ -190,6 +190,7 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
     assert RecordingKfpApi.requests[2]["body"]["display_name"] == "rare-v2"
     run = RecordingKfpApi.requests[-1]["body"]
     assert run["experiment_id"] == "exp-1" and run["display_name"] == "run-test-1"
+    assert run["service_account"] == "medssr-pipeline"  # the least-privilege account of manifests/base
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "medssr"
     platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert platform["exec-train"]["pvcMount"][0]["mountPath"] == "/workspace"

@@ -40,7 +40,8 @@ def _submit(args) -> int:
     overrides = parse_overrides(args.param or [], pipeline_defaults())
     overrides.setdefault("experiment", args.experiment)
     params = resolved_params(overrides)
-    result = submit(args.host, params, experiment=args.experiment, package=args.package, namespace=args.namespace)
+    result = submit(args.host, params, experiment=args.experiment, package=args.package, namespace=args.namespace,
+                    service_account=args.service_account)
     print(f"submitted run {result.run_id} (medssr run id {params['run_id']}) to {args.host}, experiment {args.experiment}")
     return 0
 
@@ -86,6 +87,8 @@ def register(subparsers) -> None:
     submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
     submit.add_argument("--package", help="Compiled pipeline YAML; default: the committed pipelines/compiled/medssr.yaml.")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs).")
+    submit.add_argument("--service-account", default="medssr-pipeline",
+                        help="Kubernetes ServiceAccount the steps run as ('' for KFP's default).")
     submit.set_defaults(func=_submit)
 
     run = actions.add_parser("run", help="Run the pipeline here with kfp.local (each step a subprocess).")
