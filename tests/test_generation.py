@@ -66,6 +66,13 @@ def test_batched_greedy_equals_one_at_a_time(tiny_model, generator):
     assert generator.generate(PROMPTS, sampling=GREEDY) == one_by_one.generate(PROMPTS, sampling=GREEDY)
 
 
+def test_padded_batch_prefill_equals_stacked_prefill(tiny_model, generator):
+    """Models with sliding-window caches prefill one left-padded batch instead of stacking per-prompt caches."""
+    padded = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
+    padded._stackable_cache = False
+    assert padded.generate(PROMPTS, sampling=GREEDY) == generator.generate(PROMPTS, sampling=GREEDY)
+
+
 @pytest.mark.parametrize("batch_size", [16, 4, 2])  # all in one batch; one prompt per batch; samples split
 def test_shared_prefill_samples_match_greedy(tiny_model, batch_size):
     """Sampling reuses one prefilled cache for a prompt's n samples; with top_k=1 every sample must be
@@ -85,7 +92,8 @@ def test_finished_rows_leave_the_batch(tiny_model):
     rows_per_forward = []
     generator.model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     running = generator.generate(PROMPTS, sampling=GREEDY)
-    assert rows_per_forward == [len(PROMPTS)] * GREEDY.max_tokens  # prefill + one pass per further token
+    prefill = [1] * len(PROMPTS)  # each prompt prefilled alone (no padding), then stacked
+    assert rows_per_forward == prefill + [len(PROMPTS)] * (GREEDY.max_tokens - 1)  # one pass per further token
     # Make the first token the first prompt emits an end token: that row must stop after it.
     with torch.inference_mode():
         first = generator.model(input_ids=torch.tensor([generator._encode(PROMPTS[0])])).logits[0, -1].argmax()
@@ -94,7 +102,7 @@ def test_finished_rows_leave_the_batch(tiny_model):
     stopped = generator.generate(PROMPTS, sampling=GREEDY)
     assert stopped[0] == [generator.tokenizer.decode([int(first)], skip_special_tokens=True)] != running[0]
     assert stopped[1:] == running[1:]
-    assert rows_per_forward == [len(PROMPTS)] + [len(PROMPTS) - 1] * (GREEDY.max_tokens - 1)
+    assert rows_per_forward == prefill + [len(PROMPTS) - 1] * (GREEDY.max_tokens - 1)
 
 
 def test_empty_prompt_list_and_bad_n(generator):

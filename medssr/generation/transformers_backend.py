@@ -71,7 +71,8 @@ class TransformersGenerator:
 
     def __init__(self, config: GeneratorConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         from medssr.models import resolve_model
 
@@ -94,6 +95,8 @@ class TransformersGenerator:
             eos_ids.append(self.tokenizer.eos_token_id)
         # Only these end a completion; only SamplingParams decide how to sample (no checkpoint defaults).
         self.eos_token_ids = eos_ids
+        # Plain (non-sliding-window) cache layers hold every position: per-prompt caches can be stacked.
+        self._stackable_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
         self._torch = torch
 
     def _encode(self, prompt: Prompt) -> list[int]:
@@ -115,18 +118,37 @@ class TransformersGenerator:
             return [(order[i : i + per_batch], copies, 0) for i in range(0, len(order), per_batch)]
         return [([p], min(size, copies - first), first) for p in order for first in range(0, copies, size)]
 
-    def _decode(self, input_ids, attention_mask, repeats: int, max_new_tokens: int, min_new_tokens: int, processors, greedy: bool):
-        """New token ids of each row: every prompt of the batch ``repeats`` times, in order. The prompts
-        are prefilled once and their cache repeated; a row leaves the batch when it emits an end token."""
+    def _prefill(self, prompts: list[list[int]]):
+        """Key/value cache of the prompts as one left-padded batch, attention mask, next position of each
+        row, last-token logits. Each prompt is computed alone and the caches stacked: prefill is
+        compute-bound, so batching it gains nothing and padding to the longest prompt only adds work.
+        (Sliding-window caches cannot be stacked that way; those models prefill the padded batch.)"""
         torch = self._torch
-        # Left padding: positions count real tokens only.
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        width = max(map(len, prompts))
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
+        if not self._stackable_cache:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            input_ids = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in prompts], device=self.device)
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+            return out.cache, mask, positions[:, -1:] + 1, out.logits[:, -1].float()
+        outputs = [self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1) for ids in prompts]
+        cache = outputs[0].cache
+        for index, layer in enumerate(cache.layers):
+            for name in ("keys", "values"):
+                parts = [getattr(out.cache.layers[index], name) for out in outputs]
+                setattr(layer, name, torch.cat([torch.nn.functional.pad(part, (0, 0, width - part.shape[2], 0)) for part in parts]))
+        positions = torch.tensor([[len(ids)] for ids in prompts], device=self.device)
+        return cache, mask, positions, torch.cat([out.logits[:, -1].float() for out in outputs])
+
+    def _decode(self, prompts: list[list[int]], repeats: int, max_new_tokens: int, min_new_tokens: int, processors, greedy: bool):
+        """New token ids of each row: every prompt ``repeats`` times, in order. The prompts are prefilled
+        once and their cache repeated; a row leaves the batch when it emits an end token."""
+        torch = self._torch
+        cache, attention_mask, next_positions, logits = self._prefill(prompts)
         cache.batch_repeat_interleave(repeats)
-        logits = out.logits[:, -1].float().repeat_interleave(repeats, dim=0)
+        logits = logits.repeat_interleave(repeats, dim=0)
         attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        next_positions = positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
+        next_positions = next_positions.repeat_interleave(repeats, dim=0)
         rows = torch.arange(logits.shape[0], device=logits.device)  # batch row of each running sequence
         tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
         eos = torch.tensor(self.eos_token_ids, device=logits.device, dtype=torch.long)
@@ -193,12 +215,9 @@ class TransformersGenerator:
         for batch, repeats, first_sample in tqdm(
             self._plan(encoded, copies), desc="generate", unit="batch", disable=not self.config.progress
         ):
-            padded = self.tokenizer.pad({"input_ids": [encoded[p] for p in batch]}, return_tensors="pt")
-            input_ids = padded["input_ids"].to(self.device)
-            attention_mask = padded["attention_mask"].to(self.device)
             with self._torch.inference_mode():
                 new_tokens = self._decode(
-                    input_ids, attention_mask, repeats, max_new_tokens, min(min_new_tokens or 0, max_new_tokens), processors, greedy
+                    [encoded[p] for p in batch], repeats, max_new_tokens, min(min_new_tokens or 0, max_new_tokens), processors, greedy
                 )
             if letters_by_id:
                 texts = [letters_by_id[int(row[0])] for row in new_tokens]
