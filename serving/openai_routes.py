@@ -28,7 +28,7 @@ from medssr.serving.protocol import (
 OPENAI_PREFIX = "/openai/v1"
 # Not sent to anyone (the client is gone); recorded in the request metrics, as nginx does.
 CLIENT_CLOSED_REQUEST = 499
-DISCONNECT_POLL_S = 0.5
+DISCONNECT_POLL_S = 0.1  # how soon a gone client's queued prompts are dropped; one cheap receive check
 
 
 class ClientDisconnected(Exception):
