@@ -1,15 +1,15 @@
 """Batched generation with Hugging Face transformers, on CPU or one GPU.
 
-Prompts are sorted by length (less padding) and packed into batches of at most ``batch_size`` rows,
-each prompt with its ``n`` sample rows (a prompt with more samples than ``batch_size`` is split over
-several batches); results are put back in prompt order. A batch is left-padded, its distinct prompts
-are prefilled once, and the key/value cache is repeated for the ``n`` samples, which then decode
-together: the prompt is not recomputed per sample. Decoding is our own loop over that cache, not
-``model.generate``: a row that ends (end-of-turn token) leaves the batch at once, so later steps
-only compute the rows still running instead of carrying finished ones to the longest completion.
-Greedy decoding (temperature 0) generates each prompt once and repeats the completion, since the
-``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same prompts,
-``n`` and ``batch_size``.
+Prompts are sorted by length and packed into batches of at most ``batch_size`` rows, each prompt
+with its ``n`` sample rows (a prompt with more samples than ``batch_size`` is split over several
+batches); results are put back in prompt order. Each distinct prompt of a batch is prefilled once,
+alone (no padding work); the key/value caches are stacked left-padded and repeated for the ``n``
+samples, which then decode together: the prompt is not recomputed per sample. Decoding is our own
+loop over that cache, not ``model.generate``: a row that ends (end-of-turn token) leaves the batch
+at once, so later steps only compute the rows still running instead of carrying finished ones to
+the longest completion. Greedy decoding (temperature 0) generates each prompt once and repeats the
+completion, since the ``n`` samples would be identical. With ``seed`` set, a call is reproducible
+for the same prompts, ``n`` and ``batch_size``.
 """
 
 from __future__ import annotations
