@@ -137,3 +137,10 @@ class Decontaminator:
                 if self._hash(tokens[i: i + size]) in self._grams:
                     return True
         return False
+
+
+def rejection_reason(item: MCQItem, dedup: Deduplicator, decontaminator: Decontaminator | None) -> str | None:
+    """Why a new item must not be kept: "contaminated" or the kind of duplicate. None: kept (and remembered)."""
+    if decontaminator is not None and decontaminator.contaminated(item):
+        return "contaminated"
+    return dedup.check(item)

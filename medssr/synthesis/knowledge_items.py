@@ -10,7 +10,7 @@ from tqdm import tqdm
 from medssr.data import LETTERS, MCQItem
 from medssr.knowledge.base import KnowledgeBase
 from medssr.synthesis.config import QUESTION_TYPES
-from medssr.synthesis.dedup import Decontaminator, Deduplicator
+from medssr.synthesis.dedup import Decontaminator, Deduplicator, rejection_reason
 from medssr.synthesis.quota import Cell, derive_seed
 from medssr.synthesis.vignettes import Unbuildable, VignetteBuilder, check_draft
 
@@ -89,12 +89,9 @@ def build_knowledge_items(
                     "rewrite": "template",
                 },
             )
-            if decontaminator is not None and decontaminator.contaminated(item):
-                rejected["contaminated"] += 1
-                continue
-            duplicate = dedup.check(item)
-            if duplicate:
-                rejected[duplicate] += 1
+            reason = rejection_reason(item, dedup, decontaminator)
+            if reason:
+                rejected[reason] += 1
                 continue
             built = (item, draft.forbidden)
             used[(disease_id, cell.question_type)] += 1

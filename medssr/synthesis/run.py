@@ -15,7 +15,7 @@ from medssr.generation.base import Generator
 from medssr.knowledge.base import default_knowledge_base, load_knowledge_base
 from medssr.storage import atomic_writer
 from medssr.synthesis.config import SynthesisConfig
-from medssr.synthesis.dedup import Decontaminator, Deduplicator
+from medssr.synthesis.dedup import Decontaminator, Deduplicator, rejection_reason
 from medssr.synthesis.heldout import split_pool
 from medssr.synthesis.knowledge_items import build_knowledge_items, diseases_by_cell
 from medssr.synthesis.quota import derive_seed, largest_remainder, plan_cells
@@ -90,12 +90,9 @@ def _seed_items(config: SynthesisConfig, count: int, dedup: Deduplicator, decont
                 "seed_transform": "shuffled" if shuffled else "kept_order",
             },
         )
-        if decontaminator is not None and decontaminator.contaminated(item):
-            rejected["contaminated"] += 1
-            continue
-        duplicate = dedup.check(item)
-        if duplicate:
-            rejected[duplicate] += 1
+        reason = rejection_reason(item, dedup, decontaminator)
+        if reason:
+            rejected[reason] += 1
             continue
         made.append(item)
     counters["seed_rejections"] = dict(sorted(rejected.items()))
