@@ -59,37 +59,6 @@ def write_task(path: Path, count: int, answer: str | None, seed: int) -> Path:
     return path
 
 
-def teach_answer_format(model_dir: Path, data: Path, out_dir: Path, steps: int = 60) -> Path:
-    """A few supervised steps on "The answer is X." with X uniformly random, for the task's prompts."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medssr.data import MCQItem, read_jsonl
-    from medssr.prompts import build_messages
-
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    items = read_jsonl(data, MCQItem).records
-    prompts = [tokenizer.apply_chat_template(build_messages(i), add_generation_prompt=True, tokenize=True, return_dict=False) for i in items]
-    for _ in range(steps):
-        prompt = rng.choice(prompts)
-        batch, labels = [], []
-        for _ in range(8):
-            answer = tokenizer(f"The answer is {rng.choice(LETTERS)}.", add_special_tokens=False)["input_ids"]
-            answer.append(tokenizer.eos_token_id)
-            batch.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        model(input_ids=torch.tensor(batch), labels=torch.tensor(labels)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
 def step_timer():
     from transformers import TrainerCallback
 
@@ -277,14 +246,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from medssr.models import build_tiny_model
+    from medssr.data import MCQItem, read_jsonl
+    from medssr.models import build_tiny_model, teach_answer_format
 
     torch.set_num_threads(args.threads)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     random_task = write_task(work / "task-random.jsonl", 32, answer=None, seed=1)
     fixed_task = write_task(work / "task-fixed-C.jsonl", 32, answer="C", seed=2)
-    model = teach_answer_format(build_tiny_model(work / "tiny"), random_task, work / "tiny-answer-format")
+    model = teach_answer_format(
+        build_tiny_model(work / "tiny"), read_jsonl(random_task, MCQItem).records, work / "tiny-answer-format",
+        steps=60, rows_per_step=8, letters=LETTERS,
+    )
 
     print(f"(a) step time, run_training vs plain TRL GRPOTrainer: {args.rounds} alternating rounds x {args.steps} steps "
           f"(first {args.warmup} of each left out), torch threads {args.threads}", flush=True)

@@ -91,6 +91,52 @@ COMPLETE_MARKER = ".medssr-complete"
 """Written last into a cached model folder: a folder without it is a half-built cache and is rebuilt."""
 
 
+def teach_answer_format(
+    model_dir: str | os.PathLike,
+    items,
+    out_dir: str | os.PathLike,
+    steps: int = 40,
+    rows_per_step: int = 4,
+    letters: str = "ABCD",
+) -> Path:
+    """A few supervised steps on "The answer is X." (X uniformly random) after the items' prompts.
+
+    A random tiny model never writes a final-answer statement, so every GRPO reward would be 0 and no
+    gradient would flow; after this it answers in the right format with a random letter, like a base model.
+    """
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medssr.prompts import build_messages
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    prompts = [
+        tokenizer.apply_chat_template(build_messages(item), add_generation_prompt=True, tokenize=True, return_dict=False)
+        for item in items
+    ]
+    for _ in range(steps):
+        prompt = rng.choice(prompts)
+        batch, labels = [], []
+        for _ in range(rows_per_step):
+            answer = tokenizer(f"The answer is {rng.choice(letters)}.", add_special_tokens=False)["input_ids"]
+            answer.append(tokenizer.eos_token_id)
+            batch.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        model(input_ids=torch.tensor(batch), labels=torch.tensor(labels)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def cache_dir() -> Path:
     """Where built and downloaded models are cached: ``$MEDSSR_CACHE`` or ``~/.cache/medssr``."""
     return Path(os.environ.get("MEDSSR_CACHE") or Path.home() / ".cache" / "medssr").expanduser()

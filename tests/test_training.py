@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -38,38 +37,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def answer_format_model(tiny_model, tmp_path_factory, one_thread) -> Path:
-    """The tiny model after a few supervised steps on "The answer is X." (X random) for our prompts.
-
-    A random model never writes a final-answer statement, so every GRPO reward would be 0 and no
-    gradient would flow; this one answers in the right format with a random letter, like a base model.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The tiny model taught to end with "The answer is X." (X random), so GRPO rewards vary."""
     from medssr.data import LabeledItem, read_jsonl
-    from medssr.prompts import build_messages
+    from medssr.models import teach_answer_format
 
-    out = tmp_path_factory.mktemp("format-model")
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     items = read_jsonl(SELF_DATA, LabeledItem, on_error="skip").records
-    prompts = [tokenizer.apply_chat_template(build_messages(i), add_generation_prompt=True, tokenize=True, return_dict=False) for i in items]
-    for _ in range(40):
-        prompt = rng.choice(prompts)
-        batch, labels = [], []
-        for _ in range(4):
-            answer = tokenizer(f"The answer is {rng.choice('ABCD')}.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            batch.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        model(input_ids=torch.tensor(batch), labels=torch.tensor(labels)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return teach_answer_format(tiny_model, items, tmp_path_factory.mktemp("format-model"), steps=40, rows_per_step=4)
 
 
 def tiny_config(model: Path, out: Path, stage: str = "self", **overrides) -> TrainingConfig:
