@@ -25,3 +25,8 @@ def build_messages(item: MCQItem, system_prompt: str = SYSTEM_PROMPT) -> list[Ch
 def build_prompt_text(item: MCQItem, system_prompt: str = SYSTEM_PROMPT) -> str:
     """Plain-text input for base models without a chat template."""
     return f"{system_prompt}\n\nQuestion: {item.render()}\n\nAnswer: Let's think step by step."
+
+
+def build_prompt(item: MCQItem, style: str):
+    """``style`` "chat": messages (instruction-tuned models); anything else: plain text (base models)."""
+    return build_messages(item) if style == "chat" else build_prompt_text(item)

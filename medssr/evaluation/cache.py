@@ -106,6 +106,17 @@ def prompt_key(prompt: Prompt) -> str:
     return digest(prompt)
 
 
+def keyed_prompts(prompts) -> tuple[dict[str, Prompt], list[str]]:
+    """The distinct prompts by cache key, and the key of each given prompt, in order."""
+    by_key: dict[str, Prompt] = {}
+    keys = []
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        by_key[key] = prompt
+        keys.append(key)
+    return by_key, keys
+
+
 class CompletionCache:
     """Completions (and second-pass recoveries) per prompt for one run key, in an append-only JSONL."""
 

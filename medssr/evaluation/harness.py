@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from medssr.data import EvalResult, MCQItem, write_jsonl
-from medssr.evaluation.cache import CompletionCache, default_cache_root, digest, model_identity, prompt_key, run_key
+from medssr.evaluation.cache import CompletionCache, default_cache_root, digest, keyed_prompts, model_identity, run_key
 from medssr.evaluation.filters import PIPELINES
 from medssr.evaluation.registry import BENCHMARKS, BenchmarkUnavailable, load_benchmark, resolve_names
 from medssr.evaluation.report import macro_average, write_report
 from medssr.evaluation.scoring import score
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
-from medssr.prompts import build_messages, build_prompt_text
+from medssr.prompts import build_messages, build_prompt, build_prompt_text
 
 RECOVERY_INSTRUCTION = "Respond with one option only. The answer is"
 
@@ -82,10 +82,6 @@ class EvaluationResult:
             for metric, value in macro_average(scores).items():
                 flat[f"eval/{label}/average/{metric}"] = value
         return {k: float(v) for k, v in flat.items()}
-
-
-def build_prompt(item: MCQItem, style: str):
-    return build_messages(item) if style == "chat" else build_prompt_text(item)
 
 
 def recovery_prompt(item: MCQItem, completion: str, style: str):
@@ -157,13 +153,7 @@ def evaluate_benchmark(
     config: EvaluationConfig,
     sampling: SamplingParams,
 ) -> tuple[dict, list[EvalResult]]:
-    prompts: dict[str, object] = {}
-    keys = []
-    for item in items:
-        prompt = build_prompt(item, config.prompt_style)
-        key = prompt_key(prompt)
-        prompts[key] = prompt
-        keys.append(key)
+    prompts, keys = keyed_prompts(build_prompt(item, config.prompt_style) for item in items)
     missing = sum(cache.get(key) is None for key in set(keys))
     started = time.perf_counter()
     completions = cache.fill(generator, prompts, config.n, sampling, config.chunk_size, desc=f"{label} {benchmark}")

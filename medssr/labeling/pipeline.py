@@ -17,11 +17,11 @@ from typing import Literal
 
 from medssr.answers import Mode, extract_answer, majority_vote
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
-from medssr.evaluation.cache import CompletionCache, default_cache_root, model_identity, prompt_key, run_key
+from medssr.evaluation.cache import CompletionCache, default_cache_root, keyed_prompts, model_identity, run_key
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
 from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
 from medssr.labeling.selection import DROP_REASONS, SelectionRule
-from medssr.prompts import build_messages, build_prompt_text
+from medssr.prompts import build_prompt
 
 # Labelling samples like GRPO rollouts do (TRL's defaults: temperature 1, no top-p/top-k cut): the
 # agreement then estimates how often the policy's own rollouts hit the label, which is what decides
@@ -99,10 +99,6 @@ class LabelingResult:
         return {key: float(value) for key, value in metrics.items()}
 
 
-def build_prompt(item: MCQItem, style: str):
-    return build_messages(item) if style == "chat" else build_prompt_text(item)
-
-
 def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> LabelingResult:
     """Sample, vote, filter, write the labelled JSONL and the audit. ``generator`` defaults to the one
     ``config.generator`` describes (which also identifies the model in the cache key)."""
@@ -112,13 +108,7 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
     items: list[MCQItem] = read.records
     rule = SelectionRule(config.min_agreement, config.max_agreement, config.min_parsed)
 
-    prompts = {}
-    item_keys = []
-    for item in items:
-        prompt = build_prompt(item, config.prompt_style)
-        key = prompt_key(prompt)
-        prompts[key] = prompt
-        item_keys.append(key)
+    prompts, item_keys = keyed_prompts(build_prompt(item, config.prompt_style) for item in items)
 
     cache = CompletionCache(
         config.cache_dir or default_cache_root(),
