@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -100,7 +101,7 @@ def true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in conditions if str(c.get("status")) == "True"}
 
 
-class CustomJobLauncher:
+class CustomJobLauncher(ABC):
     """create / wait / logs / delete of one namespaced custom resource kind. Subclasses set the kind and
     implement `build_object`, `state_of` and `master_pod_selector`."""
 
@@ -116,14 +117,17 @@ class CustomJobLauncher:
         self.core = client.CoreV1Api(self.api)
 
     # --- what a backend provides ---------------------------------------------------------------------------
+    @abstractmethod
     def build_object(self, spec: JobSpec) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def state_of(self, obj: dict[str, Any]) -> JobStatus:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def master_pod_selector(self, name: str) -> str:
-        raise NotImplementedError
+        ...
 
     # --- the contract -------------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
