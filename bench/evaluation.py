@@ -1,26 +1,26 @@
 """Evaluation harness benchmark: questions per second, batched generation vs a per-question loop.
 
-Every run goes through ``medssr.evaluation.run_evaluation`` on the same real questions (the reference
-benchmark files), with the same loaded model (SmolLM2-135M-Instruct, transformers backend), the same
-settings and a fresh completions cache, so only the batching differs:
+Every run goes through ``medssr.evaluation.run_evaluation`` on the same real questions (the first
+``--per-benchmark`` questions of every benchmark in the reference files), with the same loaded model
+(SmolLM2-135M-Instruct, transformers backend), the same settings and a fresh completions cache, so
+only the batching differs:
 
-- batched: all questions in one generation call, up to ``--batch-size`` sequences per forward pass
-  (a sequence that ends leaves the batch; the constrained second pass is batched the same way);
+- batched: the questions of all benchmarks in one generation call, continuously batched, up to
+  ``--batch-size`` sequences per forward pass (a finished sequence's slot goes to a waiting question);
 - per-question loop: the same harness with one question per generation call (its ``n`` samples
-  still decode together, sharing one prompt prefill), second pass one question at a time too.
+  still decode together, sharing one prompt prefill).
 
-Two regimes: the paper protocol's sampling (n=4, temperature 0.6, top_p 0.95, top_k 20), where the
-two modes draw different random samples (so slightly different completion lengths), and greedy n=1,
-where both produce the same completions and do identical work. ``--max-tokens`` caps completions (the
-paper uses 2048; most of SmolLM2's answers end far earlier, but a few run to the cap, and that tail
-is where batching pays). The model is loaded once before any clock starts; the modes alternate for
-``--repeats`` rounds and the best round of each counts. Besides the whole harness, the harness's own
-first-pass figure is shown (sampling only, wall time): the second pass reads one letter after the
-question plus the unreadable completion, so it is prompt prefill, which costs the same in both modes.
-Wall time and this process's CPU time are both reported: on a shared machine the CPU-time ratio is
-the steadier one.
+Both include the constrained second pass for unreadable answers, which in both modes continues the
+finished sample's own key/value cache. Two regimes: the paper protocol's sampling (n=4, temperature
+0.6, top_p 0.95, top_k 20), where the two modes draw different random samples (so slightly different
+completion lengths), and greedy n=1, where both produce the same completions and do identical work.
+``--max-tokens`` caps completions (the paper uses 2048; most of SmolLM2's answers end far earlier,
+but a few run to the cap). The model is loaded once before any clock starts; the modes alternate for
+``--repeats`` rounds and the best round of each counts. Wall time and this process's CPU time are
+both reported: on a shared machine the CPU-time ratio is the steadier one. The target applies to
+the paper's protocol.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/evaluation.py [--questions 24] [--max-tokens 256] [--out DIR]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/evaluation.py [--per-benchmark 6] [--max-tokens 256] [--out DIR]
 """
 
 from __future__ import annotations
@@ -54,45 +54,47 @@ def measure(model: Path, generator, regime: str, mode: str, args, cache_root: Pa
     from medssr.evaluation import EvaluationConfig, run_evaluation
 
     n, sampling = regimes(args.max_tokens, args.seed)[regime]
+    label = f"{regime}-{mode}"
     config = EvaluationConfig(
         models=[str(model)],
-        model_names=[f"{regime}-{mode}"],
+        model_names=[label],
         benchmarks_dir=str(args.benchmarks),
-        benchmarks=[args.benchmark],
-        limit=args.questions,
+        benchmarks=["all"],
+        limit=args.per_benchmark,
         n=n,
         sampling=sampling,
         generator=generator.config,
-        chunk_size=args.questions if mode == "batched" else 1,
-        cache_dir=str(cache_root / f"{regime}-{mode}"),
-        out_dir=str(cache_root / f"{regime}-{mode}-report"),
+        chunk_size=10_000 if mode == "batched" else 1,
+        cache_dir=str(cache_root / label),
+        out_dir=str(cache_root / f"{label}-report"),
         bootstrap_samples=100,
         use_hub=False,
     )
     started, cpu_started = time.perf_counter(), time.process_time()
     result = run_evaluation(config, generators={str(model): generator})
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    scores = result.summary[f"{regime}-{mode}"][args.benchmark]
+    scores = result.summary[label]
+    questions = sum(s["items"] for s in scores.values())
+    cells = sum(s["items"] * s["n"] for s in scores.values())
     return {
         "regime": regime,
         "mode": mode,
-        "questions": scores["items"],
+        "benchmarks": len(scores),
+        "questions": questions,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "questions_per_s": scores["items"] / seconds,
-        "questions_per_cpu_s": scores["items"] / cpu_seconds,
-        "generation_questions_per_s": scores["questions_per_s"],
-        "strict_acc": scores["strict"]["mean"],
-        "recovery_rate": scores["recovery_rate"],
+        "questions_per_s": questions / seconds,
+        "questions_per_cpu_s": questions / cpu_seconds,
+        "strict_acc": sum(s["strict"]["mean"] * s["items"] for s in scores.values()) / questions,
+        "recovery_rate": sum(s["recovery_rate"] * s["items"] * s["n"] for s in scores.values()) / cells,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=24)
+    parser.add_argument("--per-benchmark", type=int, default=6, help="Questions from each benchmark file.")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=96, help="Sequences per forward pass (batched mode: 24 questions x 4 samples).")
-    parser.add_argument("--benchmark", default="medmcqa")
+    parser.add_argument("--batch-size", type=int, default=96, help="Sequences per forward pass.")
     parser.add_argument("--benchmarks", type=Path, default=DEFAULT_BENCHMARKS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -111,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     # One loaded model for every run: the modes differ only in questions per generation call.
     generator = build_generator(GeneratorConfig(model=str(model), batch_size=args.batch_size, progress=False))
     generator.generate(["warm-up"], n=1, sampling=SamplingParams(max_tokens=2))
-    print(f"model SmolLM2-135M-Instruct (transformers, CPU), {args.questions} {args.benchmark} questions through run_evaluation, "
-          f"max_tokens {args.max_tokens}, {args.threads} torch threads, {args.repeats} alternating round(s), "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"  batched = all {args.questions} questions in one generate call, <= {args.batch_size} sequences per forward pass, "
-          f"finished sequences leave the batch; loop = one question per generate call (its n samples decode together)")
+    print(f"model SmolLM2-135M-Instruct (transformers, CPU), first {args.per_benchmark} questions of every benchmark in "
+          f"{args.benchmarks} through run_evaluation, max_tokens {args.max_tokens}, {args.threads} torch threads, "
+          f"{args.repeats} alternating round(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"  batched = all questions in one generate call, <= {args.batch_size} sequences per forward pass, continuous batching; "
+          f"loop = one question per generate call (its n samples decode together); both with the constrained second pass")
     rounds = []
     with tempfile.TemporaryDirectory(prefix="medssr-bench-eval-") as tmp:
         for regime in regimes(args.max_tokens, args.seed):
@@ -127,23 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     for regime, (n, sampling) in regimes(args.max_tokens, args.seed).items():
         runs = [r for r in rounds if r["regime"] == regime]
         for run in runs:
-            print(f"{regime:>7} {run['mode']:>7}: {run['questions']} questions in {run['seconds']:.1f} s wall / "
+            print(f"{regime:>7} {run['mode']:>7}: {run['questions']} questions ({run['benchmarks']} benchmarks) in {run['seconds']:.1f} s wall / "
                   f"{run['cpu_seconds']:.1f} s CPU = {run['questions_per_s']:.3f} questions/s ({run['questions_per_cpu_s']:.3f} per CPU-s); "
-                  f"first pass alone {run['generation_questions_per_s']:.3f} questions/s; "
                   f"strict acc {run['strict_acc']:.2f}, recovery rate {run['recovery_rate']:.2f}")
-        best = {mode: {key: max(r[key] for r in runs if r["mode"] == mode)
-                       for key in ("questions_per_s", "questions_per_cpu_s", "generation_questions_per_s")}
+        best = {mode: {key: max(r[key] for r in runs if r["mode"] == mode) for key in ("questions_per_s", "questions_per_cpu_s")}
                 for mode in ("batched", "loop")}
         wall = best["batched"]["questions_per_s"] / best["loop"]["questions_per_s"]
         cpu = best["batched"]["questions_per_cpu_s"] / best["loop"]["questions_per_cpu_s"]
-        first_pass = best["batched"]["generation_questions_per_s"] / best["loop"]["generation_questions_per_s"]
         settings = f"n={n}, temperature {sampling.temperature}" + (f", top_p {sampling.top_p}, top_k {sampling.top_k}" if n > 1 else "")
         ok = max(wall, cpu) >= TARGET_SPEEDUP
         passed = passed or (regime == "sampled" and ok)
         print(f"{regime:>7} ({settings}): speed-up batched / per-question loop, whole harness: wall {wall:.2f}x, "
-              f"CPU time {cpu:.2f}x (target >= {TARGET_SPEEDUP:.0f}x) {'PASS' if ok else 'BELOW TARGET'}; "
-              f"first pass alone (wall): {first_pass:.2f}x")
-        results[regime] = {"speedup_wall": wall, "speedup_cpu": cpu, "speedup_first_pass_wall": first_pass}
+              f"CPU time {cpu:.2f}x (target >= {TARGET_SPEEDUP:.0f}x{'' if regime == 'sampled' else ', paper protocol only'}) "
+              f"{'PASS' if ok else 'BELOW TARGET'}")
+        results[regime] = {"speedup_wall": wall, "speedup_cpu": cpu}
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -263,3 +263,97 @@ def test_build_once_leaves_nothing_half_built_and_builds_once(tmp_path):
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".m.lock"]
     assert build_once(target, build) == target and build_once(target, build) == target
     assert len(calls) == 1 and (target / "weights.bin").read_text() == "full" and (target / COMPLETE_MARKER).is_file()
+
+
+def _greedy_reference(generator, prompt, max_tokens, eos_ids):
+    """Greedy completion ids by full forward passes (no cache), and whether an end token stopped it."""
+    import torch
+
+    ids = generator._encode(prompt)
+    new = []
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            token = int(generator.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token in eos_ids:
+                return new, True
+            new.append(token)
+    return new, False
+
+
+def test_rows_admitted_into_a_running_batch_match_one_at_a_time(tiny_model):
+    """With more prompts than rows, a waiting prompt takes the slot of a finished row mid-decode (its
+    cache joined, left-padded, to the running batch); completions equal one-prompt-at-a-time decoding."""
+    import torch
+
+    small = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
+    alone = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=1, progress=False))
+    with torch.inference_mode():
+        first = int(small.model(input_ids=torch.tensor([small._encode(PROMPTS[2])])).logits[0, -1].argmax())
+    small.eos_token_ids = alone.eos_token_ids = small.eos_token_ids + [first]
+    rows_per_forward = []
+    small.model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    joined = small.generate(PROMPTS, sampling=GREEDY)
+    assert joined == alone.generate(PROMPTS, sampling=GREEDY)
+    assert joined[2] == [small.tokenizer.decode([first])]  # its first token ended it
+    # Four prompts prefilled, one decode step, then the fifth prompt prefilled and decoded beside three.
+    assert rows_per_forward[:7] == [(1, len(small._encode(p))) for p in sorted(PROMPTS, key=lambda p: -len(small._encode(p)))[:4]] + [(4, 1)] + [rows_per_forward[5]] + [(4, 1)]
+
+
+@pytest.mark.parametrize("style", ["chat", "text"])
+@pytest.mark.parametrize("max_tokens", [3, 40])  # every row cut off by max_tokens; rows ending on an end token
+def test_follow_up_continues_the_finished_rows_cache(tiny_model, style, max_tokens):
+    """The follow-up letter read on a finished row's own cache equals the greedy letter of a full
+    forward pass over prompt + completion + follow-up turn; rows not picked get None."""
+    import torch
+
+    from medssr.generation.follow_up import FollowUp
+    from medssr.generation.transformers_backend import letter_token_ids
+
+    generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=3, progress=False))
+    prompts = [p for p in PROMPTS if isinstance(p, str) == (style == "text")]
+    if style == "chat":
+        prompts = prompts + [[{"role": "user", "content": "Name the most likely diagnosis for this child."}]]
+    with torch.inference_mode():  # make some rows end on an end token after a few tokens
+        third = [int(generator.model(input_ids=torch.tensor([generator._encode(p)])).logits[0, -1].argmax()) for p in prompts]
+    generator.eos_token_ids = generator.eos_token_ids + third[:1]
+    letters = [("A", "B", "C", "D"), ("A", "B", "C"), ("A", "B", "C", "D", "E")]
+    instruction = "Respond with one option only. The answer is"
+    follow_up = FollowUp(instruction, letters, needed=lambda p, s, text: p != 1)
+    sampling = SamplingParams(temperature=0, max_tokens=max_tokens)
+    completions, replies = generator.generate_with_follow_up(prompts, n=2, sampling=sampling, follow_up=follow_up)
+    assert completions == generator.generate(prompts, n=2, sampling=sampling)
+    for p, prompt in enumerate(prompts):
+        if p == 1:
+            assert replies[p] == [None, None]
+            continue
+        new, by_eos = _greedy_reference(generator, prompt, max_tokens, generator.eos_token_ids)
+        ids = generator._encode(prompt) + new + generator._follow_up_suffix(prompt, instruction)
+        with torch.inference_mode():
+            logits = generator.model(input_ids=torch.tensor([ids])).logits[0, -1]
+        by_id = letter_token_ids(generator.tokenizer, letters[p])
+        expected = by_id[max(by_id, key=lambda token: float(logits[token]))]
+        assert replies[p] == [expected, expected], (p, by_eos)
+
+
+def test_follow_up_suffix_closes_the_turn_like_the_chat_template(generator):
+    instruction = "Respond with one option only. The answer is"
+    suffix = generator.tokenizer.decode(generator._follow_up_suffix(CHAT, instruction))
+    assert suffix == f"<|im_end|>\n<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    assert generator.tokenizer.decode(generator._follow_up_suffix("Question?", instruction)) == f"\n{instruction}"
+
+
+def test_generic_follow_up_asks_the_continued_conversation(openai_server, tiny_model):
+    """Backends without their own follow-up (here the OpenAI-compatible one) get a second call with the
+    conversation continued: prompt, completion, instruction."""
+    from medssr.generation.follow_up import FollowUp, continuation, generate_with_follow_up
+
+    remote = build_generator(openai_config(openai_server, tokenizer=str(tiny_model)))
+    follow_up = FollowUp("The answer is", [("A", "B"), ("A", "B", "C")], needed=lambda p, s, text: p == 0)
+    completions, replies = generate_with_follow_up(remote, [CHAT, "Question?"], 2, GREEDY, follow_up)
+    assert replies[1] == [None, None] and set(replies[0]) <= {"A", "B"} and None not in replies[0]
+    asked = [request["body"] for request in openai_server.requests[2:]]
+    assert [body["messages"][-2:] for body in asked] == [
+        [{"role": "assistant", "content": completions[0][s]}, {"role": "user", "content": "The answer is"}] for s in range(2)
+    ]
+    assert continuation(CHAT, "x", "go")[-2:] == [{"role": "assistant", "content": "x"}, {"role": "user", "content": "go"}]
+    assert continuation("Q:", " x", "go") == "Q: x\ngo"

@@ -16,9 +16,10 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from medssr.generation.base import GeneratorConfig, Prompt, SamplingParams
+from medssr.generation.follow_up import FollowUp, generate_with_follow_up
 
 SMALL_FILE_BYTES = 4 << 20  # config, tokenizer and template files are hashed by content
 _OUTPUT_SHAPING = ("backend", "dtype", "trust_remote_code", "base_url")
@@ -180,9 +181,11 @@ class CompletionCache:
         sampling: SamplingParams,
         chunk_size: int,
         desc: str = "generate",
+        follow_up: Callable[[list[str]], FollowUp] | None = None,
     ) -> dict[str, list[str]]:
         """Completions for every prompt (key -> prompt): cached ones as stored, the rest generated in
-        chunks of ``chunk_size`` prompts and saved after each chunk."""
+        chunks of ``chunk_size`` prompts and saved after each chunk. ``follow_up(keys)``, if given, is the
+        second turn for a chunk's prompts; its letters are stored as recoveries with the completions."""
         from tqdm.auto import tqdm
 
         if chunk_size < 1:
@@ -190,8 +193,16 @@ class CompletionCache:
         missing = [key for key in prompts if key not in self.completions]
         chunks = [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
         for keys in tqdm(chunks, desc=desc, unit="chunk", disable=not chunks):
-            outputs = generator.generate([prompts[key] for key in keys], n=n, sampling=sampling)
+            chunk_prompts = [prompts[key] for key in keys]
+            if follow_up is None:
+                outputs, replies = generator.generate(chunk_prompts, n=n, sampling=sampling), None
+            else:
+                outputs, replies = generate_with_follow_up(generator, chunk_prompts, n, sampling, follow_up(keys))
             if len(outputs) != len(keys) or any(len(completions) != n for completions in outputs):
                 raise RuntimeError(f"generator returned {len(outputs)} results for {len(keys)} prompts (n={n})")
             self.put_many(dict(zip(keys, (list(map(str, c)) for c in outputs))))
+            if replies is not None:
+                self.put_recovered(
+                    [(key, s, letter) for key, letters in zip(keys, replies) for s, letter in enumerate(letters) if letter is not None]
+                )
         return {key: self.completions[key] for key in prompts}

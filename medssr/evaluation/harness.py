@@ -1,10 +1,11 @@
 """The evaluation harness: models x benchmarks under the paper's protocol, cached, reported.
 
-For each model and benchmark: sample ``n`` completions per question (batched; cached by model
-identity, settings and prompt), read each with the strict and lenient filter pipelines, send the
-samples strict extraction cannot read to a second pass constrained to the question's own letters
-(one greedy token), and score. Accuracy never includes that second pass; its share (recovery
-rate) and the reference protocol's number that does count it are reported beside.
+For each model, the questions of every benchmark are sampled ``n`` times in one batched generation
+(cached by model identity, settings and prompt); each completion is read with the strict and lenient
+filter pipelines, and the samples strict extraction cannot read get a second turn constrained to the
+question's own letters (one greedy token; the transformers backend asks it on the finished sample's
+own key/value cache). Accuracy never includes that second pass; its share (recovery rate) and the
+reference protocol's number that does count it are reported beside.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from medssr.evaluation.filters import PIPELINES
 from medssr.evaluation.registry import BENCHMARKS, BenchmarkUnavailable, load_benchmark, resolve_names
 from medssr.evaluation.report import macro_average, write_report
 from medssr.evaluation.scoring import score
-from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
-from medssr.prompts import build_messages, build_prompt, build_prompt_text
+from medssr.generation.base import Generator, GeneratorConfig, Prompt, SamplingParams
+from medssr.generation.follow_up import FollowUp, ask_follow_up, generate_with_follow_up
+from medssr.prompts import build_prompt
 
 RECOVERY_INSTRUCTION = "Respond with one option only. The answer is"
 
@@ -84,16 +86,6 @@ class EvaluationResult:
         return {k: float(v) for k, v in flat.items()}
 
 
-def recovery_prompt(item: MCQItem, completion: str, style: str):
-    """The question, the model's own unreadable answer, and a request for one letter."""
-    if style == "chat":
-        return build_messages(item) + [
-            {"role": "assistant", "content": completion},
-            {"role": "user", "content": RECOVERY_INSTRUCTION},
-        ]
-    return f"{build_prompt_text(item)} {completion.rstrip()}\n{RECOVERY_INSTRUCTION} "
-
-
 def model_labels(config: EvaluationConfig) -> list[str]:
     if config.model_names:
         labels = list(config.model_names)
@@ -123,80 +115,92 @@ class _LazyGenerator:
     def generate(self, prompts, n=1, sampling=SamplingParams()):
         return self.get().generate(prompts, n=n, sampling=sampling)
 
-
-def _recover(cache: CompletionCache, generator: _LazyGenerator, pending, style: str, chunk_size: int) -> None:
-    """Constrained second pass for (item, key, sample, completion) tuples, grouped by letter set."""
-    from tqdm.auto import tqdm
-
-    groups: dict[tuple[str, ...], list] = {}
-    for entry in pending:
-        groups.setdefault(entry[0].letters, []).append(entry)
-    for letters, entries in groups.items():
-        sampling = SamplingParams(temperature=0.0, max_tokens=1, allowed_letters=letters)
-        chunks = [entries[i : i + chunk_size] for i in range(0, len(entries), chunk_size)]
-        for chunk in tqdm(chunks, desc=f"recover {''.join(letters)}", unit="chunk"):
-            prompts = [recovery_prompt(item, completion, style) for item, _, _, completion in chunk]
-            outputs = generator.generate(prompts, n=1, sampling=sampling)
-            found = []
-            for (item, key, sample, _), output in zip(chunk, outputs):
-                letter = output[0].strip().upper()
-                found.append((key, sample, letter if letter in item.options else ""))
-            cache.put_recovered(found)
+    def generate_with_follow_up(self, prompts, n, sampling, follow_up):
+        return generate_with_follow_up(self.get(), prompts, n, sampling, follow_up)
 
 
-def evaluate_benchmark(
-    items: list[MCQItem],
-    benchmark: str,
+def recovery(items_by_key: Mapping[str, MCQItem], keys: list[str]) -> FollowUp:
+    """The constrained second pass for the prompts ``keys``: asked where strict extraction reads nothing."""
+    items = [items_by_key[key] for key in keys]
+    return FollowUp(
+        instruction=RECOVERY_INSTRUCTION,
+        letters=[item.letters for item in items],
+        needed=lambda index, _, text: PIPELINES["strict"](text, items[index]) is None,
+    )
+
+
+def evaluate_model(
+    loaded: Mapping[str, list[MCQItem]],
     label: str,
     cache: CompletionCache,
     generator: _LazyGenerator,
     config: EvaluationConfig,
     sampling: SamplingParams,
-) -> tuple[dict, list[EvalResult]]:
-    prompts, keys = keyed_prompts(build_prompt(item, config.prompt_style) for item in items)
-    missing = sum(cache.get(key) is None for key in set(keys))
+) -> tuple[dict[str, tuple[dict, list[EvalResult]]], dict]:
+    """Scores and per-sample records of one model on every loaded benchmark, and its generation timing.
+
+    The questions of all benchmarks go to the generator together (one continuous batch; the
+    constrained second pass rides along), so a slow benchmark tail is paid once per model, not once
+    per benchmark."""
+    prompts_of = {name: keyed_prompts(build_prompt(item, config.prompt_style) for item in items) for name, items in loaded.items()}
+    prompts: dict[str, Prompt] = {}
+    items_by_key: dict[str, MCQItem] = {}
+    for name, items in loaded.items():
+        prompts.update(prompts_of[name][0])
+        items_by_key.update(zip(prompts_of[name][1], items))
+    missing = {key for key in prompts if cache.get(key) is None}
     started = time.perf_counter()
-    completions = cache.fill(generator, prompts, config.n, sampling, config.chunk_size, desc=f"{label} {benchmark}")
+    follow_up = (lambda keys: recovery(items_by_key, keys)) if config.recovery else None
+    completions = cache.fill(generator, prompts, config.n, sampling, config.chunk_size, desc=f"{label}", follow_up=follow_up)
     generation_s = time.perf_counter() - started
 
-    strict = [[PIPELINES["strict"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
-    lenient = [[PIPELINES["lenient"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
+    strict = {key: [PIPELINES["strict"](text, items_by_key[key]) for text in completions[key]] for key in prompts}
     if config.recovery:
-        pending = [
-            (item, key, sample, completions[key][sample])
-            for item, key, answers in zip(items, keys, strict)
-            for sample, answer in enumerate(answers)
-            if answer is None and cache.get_recovered(key, sample) is None
-        ]
+        # Completions cached by a run without the second pass get it now, as a separate call.
+        pending = [key for key in prompts if any(a is None and cache.get_recovered(key, s) is None for s, a in enumerate(strict[key]))]
         if pending:
-            _recover(cache, generator, pending, config.prompt_style, config.chunk_size)
-    recovered = [
-        [(cache.get_recovered(key, s) or None) if config.recovery and answers[s] is None else None for s in range(config.n)]
-        for key, answers in zip(keys, strict)
-    ]
-    scores = score([item.answer for item in items], strict, lenient, recovered, config.bootstrap_samples, config.seed)
-    scores["content_sha256"] = digest([item.model_dump(mode="json") for item in items])
-    scores["generated_questions"] = missing
-    scores["generation_s"] = round(generation_s, 3)
-    scores["questions_per_s"] = round(missing / generation_s, 4) if missing and generation_s > 0 else None
-    records = [
-        EvalResult(
-            model=label,
-            benchmark=benchmark,
-            item_id=item.id,
-            sample=s,
-            completion=completions[key][s],
-            answer=item.answer,
-            strict=strict[i][s],
-            lenient=lenient[i][s],
-            recovered=recovered[i][s],
-            correct_strict=strict[i][s] == item.answer,
-            correct_lenient=lenient[i][s] == item.answer,
-        )
-        for i, (item, key) in enumerate(zip(items, keys))
-        for s in range(config.n)
-    ]
-    return scores, records
+            follow_up = FollowUp(
+                instruction=RECOVERY_INSTRUCTION,
+                letters=[items_by_key[key].letters for key in pending],
+                needed=lambda index, sample, _: strict[pending[index]][sample] is None and cache.get_recovered(pending[index], sample) is None,
+            )
+            replies = ask_follow_up(generator, [prompts[key] for key in pending], [completions[key] for key in pending], follow_up)
+            cache.put_recovered([(key, s, letter) for key, letters in zip(pending, replies) for s, letter in enumerate(letters) if letter is not None])
+    timing = {
+        "generated_questions": len(missing),
+        "generation_s": round(generation_s, 3),
+        "questions_per_s": round(len(missing) / generation_s, 4) if missing and generation_s > 0 else None,
+    }
+    results = {}
+    for name, items in loaded.items():
+        keys = prompts_of[name][1]
+        lenient = [[PIPELINES["lenient"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
+        recovered = [
+            [(cache.get_recovered(key, s) or None) if config.recovery and strict[key][s] is None else None for s in range(config.n)]
+            for key in keys
+        ]
+        scores = score([item.answer for item in items], [strict[key] for key in keys], lenient, recovered, config.bootstrap_samples, config.seed)
+        scores["content_sha256"] = digest([item.model_dump(mode="json") for item in items])
+        scores["generated_questions"] = len(missing & set(keys))
+        records = [
+            EvalResult(
+                model=label,
+                benchmark=name,
+                item_id=item.id,
+                sample=s,
+                completion=completions[key][s],
+                answer=item.answer,
+                strict=strict[key][s],
+                lenient=lenient[i][s],
+                recovered=recovered[i][s],
+                correct_strict=strict[key][s] == item.answer,
+                correct_lenient=lenient[i][s] == item.answer,
+            )
+            for i, (item, key) in enumerate(zip(items, keys))
+            for s in range(config.n)
+        ]
+        results[name] = (scores, records)
+    return results, timing
 
 
 def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator] | None = None) -> EvaluationResult:
@@ -229,6 +233,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
     out = Path(config.out_dir)
     summary: dict[str, dict[str, dict]] = {}
     identities = {}
+    timings: dict[str, dict] = {}
     for ref, label in zip(config.models, model_labels(config)):
         generator_config = dataclasses.replace(config.generator, model=ref)
         identity = model_identity(generator_config)
@@ -239,8 +244,8 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
         )
         generator = _LazyGenerator(generator_config, (generators or {}).get(ref))
         summary[label] = {}
-        for name, items in loaded.items():
-            scores, records = evaluate_benchmark(items, name, label, cache, generator, config, sampling)
+        results, timings[label] = evaluate_model(loaded, label, cache, generator, config, sampling)
+        for name, (scores, records) in results.items():
             scores.update(origins[name])
             summary[label][name] = scores
             write_jsonl(out / "samples" / label / f"{name}.jsonl", records)
@@ -251,6 +256,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
         "summary": summary,
         "skipped": skipped,
         "models": identities,
+        "timing": timings,
         "settings": {
             "n": config.n,
             "sampling": dataclasses.asdict(sampling),

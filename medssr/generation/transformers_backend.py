@@ -1,22 +1,39 @@
-"""Batched generation with Hugging Face transformers, on CPU or one GPU.
+"""Batched generation with Hugging Face transformers, on CPU or one GPU, with continuous batching.
 
-Prompts are sorted by length and packed into batches of at most ``batch_size`` rows, each prompt
-with its ``n`` sample rows (a prompt with more samples than ``batch_size`` is split over several
-batches); results are put back in prompt order. Each distinct prompt of a batch is prefilled once,
-alone (no padding work); the key/value caches are stacked left-padded and repeated for the ``n``
-samples, which then decode together: the prompt is not recomputed per sample. Decoding is our own
-loop over that cache, not ``model.generate``: a row that ends (end-of-turn token) leaves the batch
-at once, so later steps only compute the rows still running instead of carrying finished ones to
-the longest completion. Greedy decoding (temperature 0) generates each prompt once and repeats the
-completion, since the ``n`` samples would be identical. With ``seed`` set, a call is reproducible
-for the same prompts, ``n`` and ``batch_size``.
+Decoding is our own loop over one running batch of at most ``batch_size`` rows (a row is one sample
+of one prompt), not ``model.generate``:
+
+- Prompts are admitted longest first, a prompt with its ``n`` sample rows (a prompt with more samples
+  than ``batch_size`` is split over several admissions). Each admitted prompt is prefilled once,
+  alone (no padding work), and its key/value cache is repeated for its samples and joined to the
+  running batch, left-padded: the prompt is not recomputed per sample.
+- A row that ends (end token or ``max_tokens``) stops at once. Finished rows are dropped from the
+  batch once they are an eighth of it, and their slots go to waiting prompts at the same moment, so
+  the batch stays full instead of running a long tail of a few rows per prompt group.
+- The cache is a :class:`~medssr.generation.kv_cache.GrowingLayer` per layer: a step writes its
+  position in place.
+- Sampling applies temperature, top-k, then top-p, as ``model.generate`` does, but reads top-p on the
+  top-k survivors only instead of sorting the whole vocabulary for every row and step.
+- :meth:`TransformersGenerator.generate_with_follow_up` continues a finished row's own cache with the
+  follow-up turn's tokens, so a second question about a completion costs those few tokens instead of
+  a new prefill of the prompt and completion.
+
+Greedy decoding (temperature 0) generates each prompt once and repeats the completion, since the
+``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same prompts,
+``n`` and ``batch_size``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from medssr.generation.base import GeneratorConfig, Prompt, SamplingParams
+from medssr.generation.follow_up import FollowUp, ask_follow_up
+
+FOLLOW_UP_BATCH = 16
+"""Finished rows waiting for their follow-up turn are run together once this many wait (or at the end)."""
+_SENTINEL = "\u2063medssr-completion\u2063"
 
 
 def resolve_device(device: str) -> str:
@@ -52,18 +69,51 @@ def letter_token_ids(tokenizer, letters: Sequence[str]) -> dict[int, str]:
     return ids
 
 
-class AllowOnlyTokens:
-    """Logits processor: every token outside ``token_ids`` gets -inf, so only those can be picked."""
+def sample_tokens(logits, sampling: SamplingParams):
+    """One token per row: argmax at temperature 0; else temperature, top-k, top-p (the order of
+    ``model.generate``), then a draw. Top-p keeps the most likely tokens until the mass of those
+    before a token reaches ``top_p`` (at least one), computed among the top-k when top-k is set."""
+    import torch
 
-    def __init__(self, token_ids: Sequence[int]):
-        self.token_ids = list(token_ids)
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    scaled = logits / sampling.temperature
+    if sampling.top_k:
+        values, indices = scaled.topk(min(sampling.top_k, scaled.shape[-1]), dim=-1)
+    else:
+        values, indices = scaled.sort(dim=-1, descending=True)
+    probs = values.softmax(-1)
+    if sampling.top_p < 1.0:
+        mass_before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(mass_before >= sampling.top_p, 0.0)
+    choice = torch.multinomial(probs, 1)
+    return indices.gather(-1, choice).squeeze(-1)
 
-    def __call__(self, input_ids, scores):
-        import torch
 
-        mask = torch.full_like(scores, float("-inf"))
-        mask[:, self.token_ids] = 0.0
-        return scores + mask
+class _Running:
+    """The rows being decoded: cache, attention mask, next position and next-token logits of each row,
+    which (prompt, sample) it is, and how many tokens it has made."""
+
+    def __init__(self, cache, mask, positions, logits, owners, made):
+        self.cache, self.mask, self.positions, self.logits = cache, mask, positions, logits
+        self.owners: list[tuple[int, int]] = owners
+        self.made = made
+        self.alive = made.new_ones(len(owners)).bool()
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def keep(self, rows) -> None:
+        """Only ``rows`` go on; the left padding they all share is cut off."""
+        self.cache.batch_select_indices(rows)
+        self.mask, self.positions, self.logits = self.mask[rows], self.positions[rows], self.logits[rows]
+        self.made, self.alive = self.made[rows], self.alive[rows]
+        self.owners = [self.owners[r] for r in rows.tolist()]
+        shared_padding = int((self.mask.cumsum(-1) == 0).sum(-1).min()) if len(self.owners) else 0
+        if shared_padding and all(hasattr(layer, "drop_front") for layer in self.cache.layers):
+            for layer in self.cache.layers:
+                layer.drop_front(shared_padding)
+            self.mask = self.mask[:, shared_padding:]
 
 
 class TransformersGenerator:
@@ -95,7 +145,8 @@ class TransformersGenerator:
             eos_ids.append(self.tokenizer.eos_token_id)
         # Only these end a completion; only SamplingParams decide how to sample (no checkpoint defaults).
         self.eos_token_ids = eos_ids
-        # Plain (non-sliding-window) cache layers hold every position: per-prompt caches can be stacked.
+        # Plain (non-sliding-window) cache layers hold every position: per-prompt caches can be stacked,
+        # rows admitted into a running batch and continued by a follow-up turn.
         self._stackable_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
         self._torch = torch
 
@@ -108,15 +159,23 @@ class TransformersGenerator:
         text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _plan(self, encoded: list[list[int]], copies: int) -> list[tuple[list[int], int, int]]:
-        """Batches as (prompt indices, rows per prompt, index of the first sample), longest prompts first
-        so the largest batch is met (and would fail) early."""
-        order = sorted(range(len(encoded)), key=lambda p: -len(encoded[p]))
-        size = self.config.batch_size
-        if copies <= size:
-            per_batch = size // copies
-            return [(order[i : i + per_batch], copies, 0) for i in range(0, len(order), per_batch)]
-        return [([p], min(size, copies - first), first) for p in order for first in range(0, copies, size)]
+    def _follow_up_suffix(self, prompt: Prompt, instruction: str) -> list[int] | None:
+        """Tokens that take a conversation from the end of a completion to the follow-up reply: for chat
+        prompts, the chat template's own end of the assistant turn, user turn and reply header. None
+        when the template does not render the conversation so far as prompt + completion (then the
+        follow-up cannot continue the cache)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(f"\n{instruction}", add_special_tokens=False)
+        before = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        after = self.tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": _SENTINEL}, {"role": "user", "content": instruction}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        head, found, tail = after.partition(_SENTINEL)
+        if not found or head != before:
+            return None
+        return self.tokenizer.encode(tail, add_special_tokens=False)
 
     def _prefill(self, prompts: list[list[int]]):
         """Key/value cache of the prompts as one left-padded batch, attention mask, next position of each
@@ -131,49 +190,209 @@ class TransformersGenerator:
             input_ids = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in prompts], device=self.device)
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
             return out.cache, mask, positions[:, -1:] + 1, out.logits[:, -1].float()
+        from medssr.generation.kv_cache import GrowingLayer
+
         outputs = [self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1) for ids in prompts]
         cache = outputs[0].cache
-        for index, layer in enumerate(cache.layers):
-            for name in ("keys", "values"):
-                parts = [getattr(out.cache.layers[index], name) for out in outputs]
-                setattr(layer, name, torch.cat([torch.nn.functional.pad(part, (0, 0, width - part.shape[2], 0)) for part in parts]))
+        for index in range(len(cache.layers)):
+            keys, values = (
+                torch.cat([torch.nn.functional.pad(part, (0, 0, width - part.shape[2], 0)) for part in parts])
+                for parts in zip(*((out.cache.layers[index].keys, out.cache.layers[index].values) for out in outputs))
+            )
+            cache.layers[index] = GrowingLayer(keys, values)
         positions = torch.tensor([[len(ids)] for ids in prompts], device=self.device)
         return cache, mask, positions, torch.cat([out.logits[:, -1].float() for out in outputs])
 
-    def _decode(self, prompts: list[list[int]], repeats: int, max_new_tokens: int, min_new_tokens: int, processors, greedy: bool):
-        """New token ids of each row: every prompt ``repeats`` times, in order. The prompts are prefilled
-        once and their cache repeated; a row leaves the batch when it emits an end token."""
+    def _admit(self, running: _Running | None, units: list[tuple[int, int, int]], encoded: list[list[int]]) -> _Running:
+        """Prefill the prompts of ``units`` (prompt, first sample, rows) and join their rows to ``running``."""
         torch = self._torch
-        cache, attention_mask, next_positions, logits = self._prefill(prompts)
-        cache.batch_repeat_interleave(repeats)
-        logits = logits.repeat_interleave(repeats, dim=0)
-        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        next_positions = next_positions.repeat_interleave(repeats, dim=0)
-        rows = torch.arange(logits.shape[0], device=logits.device)  # batch row of each running sequence
-        tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
-        eos = torch.tensor(self.eos_token_ids, device=logits.device, dtype=torch.long)
-        for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits[:, eos] = float("-inf")
-            scores = processors(None, logits)
-            next_tokens = scores.argmax(-1) if greedy else torch.multinomial(scores.softmax(-1), 1).squeeze(1)
-            for row, token in zip(rows.tolist(), next_tokens.tolist()):
-                tokens[row].append(token)
-            running = ~torch.isin(next_tokens, eos)
-            if step == max_new_tokens - 1 or not running.any():
-                break
-            if not running.all():
-                keep = running.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                rows, next_tokens = rows[keep], next_tokens[keep]
-                attention_mask, next_positions = attention_mask[keep], next_positions[keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-            out = self.model(
-                input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=next_positions, cache=cache, use_cache=True
-            )
-            cache, logits = out.cache, out.logits[:, -1].float()
-            next_positions = next_positions + 1
-        return tokens
+        cache, mask, positions, logits = self._prefill([encoded[p] for p, _, _ in units])
+        repeats = torch.tensor([rows for _, _, rows in units], device=self.device)
+        for layer in cache.layers:
+            layer.batch_select_indices(torch.arange(len(units), device=self.device).repeat_interleave(repeats))
+        mask, positions, logits = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, logits))
+        owners = [(p, first + s) for p, first, rows in units for s in range(rows)]
+        made = torch.zeros(len(owners), dtype=torch.long, device=self.device)
+        if running is None or not len(running):
+            return _Running(cache, mask, positions, logits, owners, made)
+        width = max(running.mask.shape[1], mask.shape[1])
+        for old, new in zip(running.cache.layers, cache.layers):
+            old.join(new, width)
+        pad = lambda m: torch.nn.functional.pad(m, (width - m.shape[1], 0))  # noqa: E731
+        running.mask = torch.cat([pad(running.mask), pad(mask)])
+        running.positions = torch.cat([running.positions, positions])
+        running.logits = torch.cat([running.logits, logits])
+        running.owners += owners
+        running.made = torch.cat([running.made, made])
+        running.alive = torch.cat([running.alive, torch.ones_like(made, dtype=torch.bool)])
+        return running
+
+    def _answer_follow_ups(self, waiting: list[dict], suffixes, letter_ids) -> dict[tuple[int, int], str]:
+        """Run the follow-up turn of finished rows on their own caches; the reply letter of each."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        from medssr.generation.kv_cache import GrowingLayer
+
+        width = max(group["mask"].shape[1] for group in waiting)
+        layers = [
+            GrowingLayer.joined([group["layers"][i] for group in waiting], width) for i in range(len(waiting[0]["layers"]))
+        ]
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = layers
+        rows = [(owner, lead, group) for group in waiting for owner, lead in zip(group["owners"], group["leads"])]
+        inputs = [([lead] if lead is not None else []) + suffixes[owner[0]] for owner, lead, _ in rows]
+        length = max(map(len, inputs))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in inputs], device=self.device)
+        input_mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in inputs], device=self.device)
+        mask = torch.cat([torch.nn.functional.pad(group["mask"], (width - group["mask"].shape[1], 0)) for group in waiting])
+        starts = torch.cat([group["positions"] for group in waiting])
+        # Padding slots (masked, attended by nothing) take the first real token's position.
+        offsets = (input_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=torch.cat([mask, input_mask], dim=1),
+            position_ids=starts + offsets,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1].float()
+        answers = {}
+        for row, (owner, _, _) in enumerate(rows):
+            ids = letter_ids[owner[0]]
+            allowed = list(ids)
+            answers[owner] = ids[allowed[int(logits[row, allowed].argmax())]]
+        return answers
+
+    def _run(self, prompts, n, sampling, min_new_tokens=None, follow_up: FollowUp | None = None, suffixes=None):
+        """Completions (and follow-up letters) of every prompt; see the module docstring."""
+        from tqdm.auto import tqdm
+
+        torch = self._torch
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if not prompts:
+            return [], []
+        greedy = sampling.temperature == 0
+        copies = 1 if greedy else n
+        encoded = [self._encode(prompt) for prompt in prompts]
+        max_new_tokens = 1 if sampling.allowed_letters else sampling.max_tokens
+        min_new = min(min_new_tokens or 0, max_new_tokens)
+        allowed = None
+        letters_by_id: dict[int, str] = {}
+        if sampling.allowed_letters:
+            letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
+            allowed = torch.full((len(self.tokenizer),), float("-inf"), device=self.device)
+            allowed[list(letters_by_id)] = 0.0
+        letter_ids = {}
+        if follow_up is not None:
+            by_letters = {}
+            for p in range(len(prompts)):
+                letters = tuple(follow_up.letters[p])
+                letter_ids[p] = by_letters.get(letters) or by_letters.setdefault(letters, letter_token_ids(self.tokenizer, letters))
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+
+        size = self.config.batch_size
+        order = sorted(range(len(encoded)), key=lambda p: -len(encoded[p]))
+        queue = deque((p, first, min(size, copies - first)) for p in order for first in range(0, copies, size))
+        tokens: dict[tuple[int, int], list[int]] = {}
+        answers: dict[tuple[int, int], str] = {}
+        waiting: list[dict] = []
+        eos = torch.tensor(self.eos_token_ids, device=self.device, dtype=torch.long)
+        running: _Running | None = None
+        progress = tqdm(total=len(prompts) * copies, desc="generate", unit="sample", disable=not self.config.progress)
+        with torch.inference_mode():
+            while queue or (running is not None and running.alive.any()):
+                units = []
+                free = size - (len(running) if running is not None else 0)
+                # A sliding-window cache cannot take rows into a running batch: it waits to empty.
+                if running is None or not len(running) or self._stackable_cache:
+                    while queue and queue[0][2] <= free:
+                        units.append(queue.popleft())
+                        free -= units[-1][2]
+                if units:
+                    running = self._admit(running, units, encoded)
+                logits = running.logits
+                if min_new:
+                    logits = logits.clone()
+                    logits[(running.made < min_new).nonzero().squeeze(1)[:, None], eos] = float("-inf")
+                if allowed is not None:
+                    logits = logits + allowed
+                next_tokens = sample_tokens(logits, sampling)
+                alive = running.alive.nonzero().squeeze(1)
+                for row, token in zip(alive.tolist(), next_tokens[alive].tolist()):
+                    tokens.setdefault(running.owners[row], []).append(token)
+                running.made[alive] += 1
+                ended = running.alive & (torch.isin(next_tokens, eos) | (running.made >= max_new_tokens))
+                if ended.any():
+                    done = ended.nonzero().squeeze(1)
+                    running.alive[done] = False
+                    progress.update(len(done))
+                    if follow_up is not None:
+                        waiting += self._park(running, done, next_tokens, tokens, follow_up, eos)
+                # Dropping rows copies the cache: wait until an eighth of the batch is finished, or
+                # until the finished rows free room for a waiting prompt (then one copy admits it).
+                finished = len(running) - int(running.alive.sum())
+                room = size - len(running) + finished
+                if finished and (
+                    finished * 8 >= len(running) or finished == len(running) or (queue and room >= queue[0][2] and room * 8 >= size)
+                ):
+                    kept = running.alive.nonzero().squeeze(1)
+                    running.keep(kept)
+                    next_tokens = next_tokens[kept]
+                if waiting and (sum(len(group["owners"]) for group in waiting) >= FOLLOW_UP_BATCH or not (queue or running.alive.any())):
+                    answers.update(self._answer_follow_ups(waiting, suffixes, letter_ids))
+                    waiting = []
+                if not running.alive.any():
+                    continue
+                running.mask = torch.cat([running.mask, running.mask.new_ones(len(running), 1)], dim=1)
+                out = self.model(
+                    input_ids=next_tokens[:, None],
+                    attention_mask=running.mask,
+                    position_ids=running.positions,
+                    cache=running.cache,
+                    use_cache=True,
+                )
+                running.cache, running.logits = out.cache, out.logits[:, -1].float()
+                running.positions = running.positions + 1
+        progress.close()
+
+        completions: list[list[str]] = [[""] * copies for _ in prompts]
+        replies: list[list[str | None]] = [[None] * copies for _ in prompts]
+        for (p, s), ids in tokens.items():
+            if letters_by_id:
+                completions[p][s] = letters_by_id[ids[0]]
+            else:
+                completions[p][s] = self.tokenizer.decode(ids, skip_special_tokens=True)
+            replies[p][s] = answers.get((p, s))
+        if greedy:
+            return [c * n for c in completions], [r * n for r in replies]
+        return completions, replies
+
+    def _park(self, running: _Running, done, next_tokens, tokens, follow_up: FollowUp, eos) -> list[dict]:
+        """Copy out the caches of just-finished rows whose completion needs the follow-up turn. A row cut
+        off by ``max_tokens`` (not by an end token) first feeds the token it has not fed yet."""
+        chosen = [
+            row
+            for row in done.tolist()
+            if follow_up.needed(*running.owners[row], self.tokenizer.decode(tokens[running.owners[row]], skip_special_tokens=True))
+        ]
+        if not chosen:
+            return []
+        rows = self._torch.tensor(chosen, device=self.device)
+        ended_by_eos = self._torch.isin(next_tokens[rows], eos).tolist()
+        return [
+            {
+                "layers": [layer.selected(rows) for layer in running.cache.layers],
+                "mask": running.mask[rows],
+                "positions": running.positions[rows],
+                "owners": [running.owners[row] for row in chosen],
+                "leads": [None if by_eos else int(next_tokens[row]) for row, by_eos in zip(chosen, ended_by_eos)],
+            }
+        ]
 
     def generate(
         self,
@@ -183,46 +402,15 @@ class TransformersGenerator:
         min_new_tokens: int | None = None,
     ) -> list[list[str]]:
         """``n`` completions per prompt. ``min_new_tokens`` (benchmarks) forbids stopping earlier."""
-        from tqdm.auto import tqdm
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        return self._run(prompts, n, sampling, min_new_tokens)[0]
 
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        if not prompts:
-            return []
-        greedy = sampling.temperature == 0
-        copies = 1 if greedy else n
-        encoded = [self._encode(prompt) for prompt in prompts]
-
-        max_new_tokens = sampling.max_tokens
-        processors = LogitsProcessorList()
-        letters_by_id: dict[int, str] = {}
-        if sampling.allowed_letters:
-            letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
-            max_new_tokens = 1
-            processors.append(AllowOnlyTokens(list(letters_by_id)))
-        # The warpers and their order of ``model.generate``'s sampling.
-        if not greedy and sampling.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(sampling.temperature))
-        if not greedy and sampling.top_k != 0:
-            processors.append(TopKLogitsWarper(sampling.top_k))
-        if not greedy and sampling.top_p < 1.0:
-            processors.append(TopPLogitsWarper(sampling.top_p))
-        if sampling.seed is not None:
-            self._torch.manual_seed(sampling.seed)
-
-        results: list[list[str]] = [[""] * copies for _ in prompts]
-        for batch, repeats, first_sample in tqdm(
-            self._plan(encoded, copies), desc="generate", unit="batch", disable=not self.config.progress
-        ):
-            with self._torch.inference_mode():
-                new_tokens = self._decode(
-                    [encoded[p] for p in batch], repeats, max_new_tokens, min(min_new_tokens or 0, max_new_tokens), processors, greedy
-                )
-            if letters_by_id:
-                texts = [letters_by_id[int(row[0])] for row in new_tokens]
-            else:
-                texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for row, text in enumerate(texts):
-                results[batch[row // repeats]][first_sample + row % repeats] = text
-        return [completions * n if greedy else completions for completions in results]
+    def generate_with_follow_up(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams, follow_up: FollowUp
+    ) -> tuple[list[list[str]], list[list[str | None]]]:
+        """Completions, and the follow-up letter of those ``follow_up.needed`` picks (see :mod:`follow_up`),
+        read by continuing each finished row's cache."""
+        suffixes = [self._follow_up_suffix(prompt, follow_up.instruction) for prompt in prompts] if prompts else []
+        if not self._stackable_cache or any(suffix is None for suffix in suffixes):
+            completions = self.generate(prompts, n=n, sampling=sampling)
+            return completions, ask_follow_up(self, prompts, completions, follow_up)
+        return self._run(prompts, n, sampling, None, follow_up, suffixes)
