@@ -295,8 +295,10 @@ def test_rows_admitted_into_a_running_batch_match_one_at_a_time(tiny_model):
     joined = small.generate(PROMPTS, sampling=GREEDY)
     assert joined == alone.generate(PROMPTS, sampling=GREEDY)
     assert joined[2] == [small.tokenizer.decode([first])]  # its first token ended it
-    # Four prompts prefilled, one decode step, then the fifth prompt prefilled and decoded beside three.
-    assert rows_per_forward[:7] == [(1, len(small._encode(p))) for p in sorted(PROMPTS, key=lambda p: -len(small._encode(p)))[:4]] + [(4, 1)] + [rows_per_forward[5]] + [(4, 1)]
+    # Four prompts prefilled (shortest first); the shortest ends on its first token, so three rows
+    # decode; then the fifth prompt is prefilled and decodes beside those three.
+    lengths = sorted(len(small._encode(p)) for p in PROMPTS)
+    assert rows_per_forward[:7] == [(1, length) for length in lengths[:4]] + [(3, 1), (1, lengths[4]), (4, 1)]
 
 
 @pytest.mark.parametrize("style", ["chat", "text"])
@@ -357,3 +359,20 @@ def test_generic_follow_up_asks_the_continued_conversation(openai_server, tiny_m
     ]
     assert continuation(CHAT, "x", "go")[-2:] == [{"role": "assistant", "content": "x"}, {"role": "user", "content": "go"}]
     assert continuation("Q:", " x", "go") == "Q: x\ngo"
+
+
+def test_prefix_shared_by_a_calls_prompts_is_computed_once(generator):
+    """Chat prompts with one system prompt share their opening tokens: a call computes them once and
+    each prompt's prefill covers only the rest; completions match one call per prompt."""
+    system = {"role": "system", "content": "You are a medical expert. Answer with one option letter."}
+    prompts = [[system, {"role": "user", "content": question}] for question in ("Which gene?", "Which enzyme is deficient here?")]
+    encoded = [generator._encode(prompt) for prompt in prompts]
+    shared = next(i for i, (a, b) in enumerate(zip(*encoded)) if a != b)
+    shapes = []
+    hook = generator.model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        together = generator.generate(prompts, sampling=GREEDY)
+    finally:
+        hook.remove()
+    assert shapes[:3] == [(1, shared)] + sorted((1, len(ids) - shared) for ids in encoded)
+    assert together == [generator.generate([prompt], sampling=GREEDY)[0] for prompt in prompts]

@@ -16,24 +16,19 @@ from transformers.cache_utils import DynamicLayer
 class GrowingLayer(DynamicLayer):
     """One layer's cache, ``[batch, kv_heads, positions, head_dim]``, with ``spare`` free positions."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare: int = 128):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], width: int | None = None, spare: int = 128):
+        """Rows from parts of key/value states ``[rows, kv_heads, positions, head_dim]``, each part
+        left-padded with zeros to ``width`` positions (default: the longest part)."""
         super().__init__()
         if spare < 1:
             raise ValueError("spare must be >= 1")
         self.spare = spare
-        self.device = keys.device
+        self.device = keys[0].device
         self.is_initialized = True
-        self._length = keys.shape[-2]
-        self._key_buffer = self._with_room(keys, spare)
-        self._value_buffer = self._with_room(values, spare)
+        self._length = width if width is not None else max(part.shape[-2] for part in keys)
+        self._key_buffer = self._padded(keys, self._length, spare)
+        self._value_buffer = self._padded(values, self._length, spare)
         self._expose()
-
-    @staticmethod
-    def _with_room(states: torch.Tensor, room: int) -> torch.Tensor:
-        batch, heads, length, dim = states.shape
-        buffer = states.new_empty(batch, heads, length + room, dim)
-        buffer[:, :, :length] = states
-        return buffer
 
     def _expose(self) -> None:
         self.keys = self._key_buffer[:, :, : self._length]
@@ -43,8 +38,8 @@ class GrowingLayer(DynamicLayer):
         new = key_states.shape[-2]
         if self._length + new > self._key_buffer.shape[-2]:
             room = max(self.spare, new)
-            self._key_buffer = self._with_room(self.keys, room)
-            self._value_buffer = self._with_room(self.values, room)
+            self._key_buffer = self._padded([self.keys], self._length, room)
+            self._value_buffer = self._padded([self.values], self._length, room)
         self._key_buffer[:, :, self._length : self._length + new] = key_states
         self._value_buffer[:, :, self._length : self._length + new] = value_states
         self._length += new
@@ -79,7 +74,7 @@ class GrowingLayer(DynamicLayer):
 
     def selected(self, indices: torch.Tensor) -> "GrowingLayer":
         """A new layer with only the rows ``indices`` (their filled positions), leaving this one as is."""
-        return GrowingLayer(self.keys[indices], self.values[indices], self.spare)
+        return GrowingLayer([self.keys[indices]], [self.values[indices]], spare=self.spare)
 
     def join(self, other: "GrowingLayer", width: int) -> None:
         """Append ``other``'s rows after this layer's, both left-padded to ``width`` positions."""
@@ -88,9 +83,18 @@ class GrowingLayer(DynamicLayer):
         self._expose()
 
     @staticmethod
-    def joined(layers: list["GrowingLayer"], width: int) -> "GrowingLayer":
-        """The rows of ``layers`` in one layer, each left-padded to ``width`` positions."""
-        pad = lambda states: torch.nn.functional.pad(states, (0, 0, width - states.shape[-2], 0))  # noqa: E731
-        return GrowingLayer(
-            torch.cat([pad(layer.keys) for layer in layers]), torch.cat([pad(layer.values) for layer in layers]), layers[0].spare
-        )
+    def joined(layers: list, width: int, spare: int = 128) -> "GrowingLayer":
+        """The rows of ``layers`` (any cache layers) in one layer, each left-padded to ``width`` positions."""
+        return GrowingLayer([layer.keys for layer in layers], [layer.values for layer in layers], width, spare)
+
+    @staticmethod
+    def _padded(parts: list[torch.Tensor], width: int, spare: int) -> torch.Tensor:
+        _, heads, _, dim = parts[0].shape
+        buffer = parts[0].new_empty(sum(part.shape[0] for part in parts), heads, width + spare, dim)
+        start = 0
+        for part in parts:
+            stop, pad = start + part.shape[0], width - part.shape[-2]
+            buffer[start:stop, :, :pad] = 0  # masked positions, but never uninitialised memory (NaN * 0 is NaN)
+            buffer[start:stop, :, pad:width] = part
+            start = stop
+        return buffer

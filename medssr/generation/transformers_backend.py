@@ -3,15 +3,18 @@
 Decoding is our own loop over one running batch of at most ``batch_size`` rows (a row is one sample
 of one prompt), not ``model.generate``:
 
-- Prompts are admitted longest first, a prompt with its ``n`` sample rows (a prompt with more samples
-  than ``batch_size`` is split over several admissions). Each admitted prompt is prefilled once,
-  alone (no padding work), and its key/value cache is repeated for its samples and joined to the
-  running batch, left-padded: the prompt is not recomputed per sample.
+- Prompts are admitted shortest first (rows decoding together then have similar lengths, so little
+  left padding), a prompt with its ``n`` sample rows (a prompt with more samples than
+  ``batch_size`` is split over several admissions). Each admitted prompt is prefilled once, alone
+  (no padding work), and its key/value cache is repeated for its samples and joined to the running
+  batch, left-padded: the prompt is not recomputed per sample. The cache holds at most
+  ``batch_size`` x (longest prompt + ``max_tokens``) positions.
 - A row that ends (end token or ``max_tokens``) stops at once. Finished rows are dropped from the
   batch once they are an eighth of it, and their slots go to waiting prompts at the same moment, so
   the batch stays full instead of running a long tail of a few rows per prompt group.
 - The cache is a :class:`~medssr.generation.kv_cache.GrowingLayer` per layer: a step writes its
   position in place.
+- The prefix all prompts of a call share (system prompt, chat template opening) is computed once.
 - Sampling applies temperature, top-k, then top-p, as ``model.generate`` does, but reads top-p on the
   top-k survivors only instead of sorting the whole vocabulary for every row and step.
 - :meth:`TransformersGenerator.generate_with_follow_up` continues a finished row's own cache with the
@@ -31,6 +34,8 @@ from collections.abc import Sequence
 from medssr.generation.base import GeneratorConfig, Prompt, SamplingParams
 from medssr.generation.follow_up import FollowUp, ask_follow_up
 
+MIN_SHARED_PREFIX = 8
+"""Tokens all prompts of a call must share before their common prefix is computed once for all."""
 FOLLOW_UP_BATCH = 16
 """Finished rows waiting for their follow-up turn are run together once this many wait (or at the end)."""
 _SENTINEL = "\u2063medssr-completion\u2063"
@@ -177,11 +182,45 @@ class TransformersGenerator:
             return None
         return self.tokenizer.encode(tail, add_special_tokens=False)
 
-    def _prefill(self, prompts: list[list[int]]):
+    def _shared_prefix(self, encoded: list[list[int]]):
+        """Key/value states of the prefix every prompt of a call starts with (a system prompt, the chat
+        template's opening), computed once; None when there is no such prefix worth sharing."""
+        if len(encoded) < 2 or not self._stackable_cache:
+            return None
+        length = 0
+        shortest = min(map(len, encoded))
+        while length < shortest - 1 and all(ids[length] == encoded[0][length] for ids in encoded):
+            length += 1
+        if length < MIN_SHARED_PREFIX:
+            return None
+        out = self.model(input_ids=self._torch.tensor([encoded[0][:length]], device=self.device), use_cache=True, logits_to_keep=1)
+        return length, [(layer.keys, layer.values) for layer in out.cache.layers]
+
+    def _prefill_one(self, ids: list[int], prefix):
+        """One prompt's forward pass, continuing the shared prefix's cache when there is one."""
+        torch = self._torch
+        if prefix is None:
+            return self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
+        from transformers import DynamicCache
+
+        length, states = prefix
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(states):
+            cache.update(keys, values, index)  # copies: the shared states stay as they are
+        return self.model(
+            input_ids=torch.tensor([ids[length:]], device=self.device),
+            position_ids=torch.arange(length, len(ids), device=self.device)[None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
+    def _prefill(self, prompts: list[list[int]], prefix=None):
         """Key/value cache of the prompts as one left-padded batch, attention mask, next position of each
-        row, last-token logits. Each prompt is computed alone and the caches stacked: prefill is
-        compute-bound, so batching it gains nothing and padding to the longest prompt only adds work.
-        (Sliding-window caches cannot be stacked that way; those models prefill the padded batch.)"""
+        row, last-token logits. Each prompt is computed alone (after the ``prefix`` shared by the call's
+        prompts) and the caches stacked: prefill is compute-bound, so batching it gains nothing and
+        padding to the longest prompt only adds work. (Sliding-window caches cannot be stacked that
+        way; those models prefill the padded batch.)"""
         torch = self._torch
         width = max(map(len, prompts))
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
@@ -192,21 +231,17 @@ class TransformersGenerator:
             return out.cache, mask, positions[:, -1:] + 1, out.logits[:, -1].float()
         from medssr.generation.kv_cache import GrowingLayer
 
-        outputs = [self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1) for ids in prompts]
+        outputs = [self._prefill_one(ids, prefix) for ids in prompts]
         cache = outputs[0].cache
         for index in range(len(cache.layers)):
-            keys, values = (
-                torch.cat([torch.nn.functional.pad(part, (0, 0, width - part.shape[2], 0)) for part in parts])
-                for parts in zip(*((out.cache.layers[index].keys, out.cache.layers[index].values) for out in outputs))
-            )
-            cache.layers[index] = GrowingLayer(keys, values)
+            cache.layers[index] = GrowingLayer.joined([out.cache.layers[index] for out in outputs], width)
         positions = torch.tensor([[len(ids)] for ids in prompts], device=self.device)
         return cache, mask, positions, torch.cat([out.logits[:, -1].float() for out in outputs])
 
-    def _admit(self, running: _Running | None, units: list[tuple[int, int, int]], encoded: list[list[int]]) -> _Running:
+    def _admit(self, running: _Running | None, units: list[tuple[int, int, int]], encoded: list[list[int]], prefix) -> _Running:
         """Prefill the prompts of ``units`` (prompt, first sample, rows) and join their rows to ``running``."""
         torch = self._torch
-        cache, mask, positions, logits = self._prefill([encoded[p] for p, _, _ in units])
+        cache, mask, positions, logits = self._prefill([encoded[p] for p, _, _ in units], prefix)
         repeats = torch.tensor([rows for _, _, rows in units], device=self.device)
         for layer in cache.layers:
             layer.batch_select_indices(torch.arange(len(units), device=self.device).repeat_interleave(repeats))
@@ -280,12 +315,10 @@ class TransformersGenerator:
         encoded = [self._encode(prompt) for prompt in prompts]
         max_new_tokens = 1 if sampling.allowed_letters else sampling.max_tokens
         min_new = min(min_new_tokens or 0, max_new_tokens)
-        allowed = None
         letters_by_id: dict[int, str] = {}
         if sampling.allowed_letters:
             letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
-            allowed = torch.full((len(self.tokenizer),), float("-inf"), device=self.device)
-            allowed[list(letters_by_id)] = 0.0
+            allowed = torch.tensor(list(letters_by_id), device=self.device)
         letter_ids = {}
         if follow_up is not None:
             by_letters = {}
@@ -296,7 +329,7 @@ class TransformersGenerator:
             torch.manual_seed(sampling.seed)
 
         size = self.config.batch_size
-        order = sorted(range(len(encoded)), key=lambda p: -len(encoded[p]))
+        order = sorted(range(len(encoded)), key=lambda p: len(encoded[p]))
         queue = deque((p, first, min(size, copies - first)) for p in order for first in range(0, copies, size))
         tokens: dict[tuple[int, int], list[int]] = {}
         answers: dict[tuple[int, int], str] = {}
@@ -305,6 +338,7 @@ class TransformersGenerator:
         running: _Running | None = None
         progress = tqdm(total=len(prompts) * copies, desc="generate", unit="sample", disable=not self.config.progress)
         with torch.inference_mode():
+            prefix = self._shared_prefix(encoded)
             while queue or (running is not None and running.alive.any()):
                 units = []
                 free = size - (len(running) if running is not None else 0)
@@ -314,13 +348,13 @@ class TransformersGenerator:
                         units.append(queue.popleft())
                         free -= units[-1][2]
                 if units:
-                    running = self._admit(running, units, encoded)
+                    running = self._admit(running, units, encoded, prefix)
                 logits = running.logits
                 if min_new:
                     logits = logits.clone()
                     logits[(running.made < min_new).nonzero().squeeze(1)[:, None], eos] = float("-inf")
-                if allowed is not None:
-                    logits = logits + allowed
+                if letters_by_id:
+                    logits = torch.full_like(logits, float("-inf")).index_copy_(1, allowed, logits.index_select(1, allowed))
                 next_tokens = sample_tokens(logits, sampling)
                 alive = running.alive.nonzero().squeeze(1)
                 for row, token in zip(alive.tolist(), next_tokens[alive].tolist()):
