@@ -5,8 +5,9 @@ Every run goes through ``medssr.evaluation.run_evaluation`` on the same real que
 (SmolLM2-135M-Instruct, transformers backend), the same settings and a fresh completions cache, so
 only the batching differs:
 
-- batched: the questions of all benchmarks in one generation call, continuously batched, up to
-  ``--batch-size`` sequences per forward pass (a finished sequence's slot goes to a waiting question);
+- batched: the harness's default, the questions of all benchmarks together in generation calls of
+  ``chunk_size`` (256) questions, continuously batched, up to ``--batch-size`` sequences per forward
+  pass (a finished sequence's slot goes to a waiting question);
 - per-question loop: the same harness with one question per generation call (its ``n`` samples
   still decode together, sharing one prompt prefill).
 
@@ -64,7 +65,7 @@ def measure(model: Path, generator, regime: str, mode: str, args, cache_root: Pa
         n=n,
         sampling=sampling,
         generator=generator.config,
-        chunk_size=10_000 if mode == "batched" else 1,
+        chunk_size=EvaluationConfig.chunk_size if mode == "batched" else 1,
         cache_dir=str(cache_root / label),
         out_dir=str(cache_root / f"{label}-report"),
         bootstrap_samples=100,

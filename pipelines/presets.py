@@ -83,7 +83,7 @@ PRESETS: dict[str, dict] = {
         "max_agreement": 1.0,
         "min_parsed": 2,
         "label_max_tokens": 96,
-        "generation_batch_size": 16,
+        "generation_batch_size": 64,
         "stage1_max_steps": 2,
         "stage2_max_steps": 2,
         "num_generations": 4,

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt-style", choices=["chat", "text"], default="chat", help="Chat messages or plain text.")
     parser.add_argument("--backend", choices=["transformers", "vllm", "openai"], default="transformers")
     parser.add_argument("--base-url", default="", help="OpenAI-compatible base URL (--backend openai).")
-    parser.add_argument("--batch-size", type=int, default=16, help="Sequences per forward batch.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Sequences per forward pass (continuous batching).")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N].")
     parser.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="Bad input records: stop or skip.")
     parser.add_argument("--cache-dir", default="", help="Completions cache (default ~/.cache/medssr/completions).")

@@ -43,7 +43,7 @@ class EvaluationConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams, metadata={"help": "Paper protocol: T 0.6, top_p 0.95, top_k 20, 2048 tokens."})
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages (instruct/chat-template models) or plain text (base models)."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "Backend settings (its model is set per model)."})
-    chunk_size: int = field(default=64, metadata={"help": "Questions per generation call (batched across them; cache checkpoint)."})
+    chunk_size: int = field(default=256, metadata={"help": "Questions per generation call, all benchmarks together (continuously batched; cache checkpoint)."})
     recovery: bool = field(default=True, metadata={"help": "Second, letter-constrained pass for unreadable samples."})
     cache_dir: str = field(default="", metadata={"help": "Completions cache; default ~/.cache/medssr/completions."})
     out_dir: str = field(default="eval-out", metadata={"help": "Report folder: results.{json,md,png} and samples/."})

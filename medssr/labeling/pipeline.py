@@ -45,7 +45,7 @@ class LabelingConfig:
     extraction: Mode = field(default="lenient", metadata={"help": "lenient = strict statement first, lenient fallback; or strict only."})
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad input records: stop, or skip and count."})
-    chunk_size: int = field(default=32, metadata={"help": "Questions per generation call (progress and resume granularity)."})
+    chunk_size: int = field(default=128, metadata={"help": "Questions per generation call (continuously batched; progress and resume granularity)."})
     cache_dir: str = field(default="", metadata={"help": "Completions cache; default ~/.cache/medssr/completions."})
     audit_prefix: str = field(default="", metadata={"help": "Audit files PREFIX.{json,md,png}; default OUT without .jsonl + '.audit'."})
     bucket_edges: tuple[float, ...] = field(default=DEFAULT_BUCKET_EDGES, metadata={"help": "Agreement bucket edges for the audit."})
