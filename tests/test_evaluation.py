@@ -214,3 +214,19 @@ def test_heldout_rare_disease_set_is_built_by_synthesis_code():
     assert len(full.items) == 12 and full.origin == BENCHMARKS["raredis_heldout"].builder
     assert [item.id for item in first.items] == [item.id for item in full.items[:3]]  # a limit is a prefix
     assert all(item.answer in item.options for item in full.items)
+
+
+@pytest.mark.slow
+def test_second_pass_rides_along_and_catches_up_on_cached_answers(tiny_answerer, tmp_path):  # noqa: F811
+    """With recovery on, the second pass is asked during generation (stored beside the completions);
+    completions cached by a run without it get it afterwards, in a separate call, without being
+    generated again. Both ways give every unreadable sample a letter."""
+    fresh = run_evaluation(_config(tiny_answerer, tmp_path, benchmarks=["medqa"], cache_dir=str(tmp_path / "a")))
+    skipped = run_evaluation(_config(tiny_answerer, tmp_path, benchmarks=["medqa"], recovery=False, cache_dir=str(tmp_path / "b")))
+    assert skipped.summary["tiny-answerer"]["medqa"]["recovered"] == 0
+    caught_up = run_evaluation(_config(tiny_answerer, tmp_path, benchmarks=["medqa"], cache_dir=str(tmp_path / "b")))
+    for result in (fresh, caught_up):
+        scores = result.summary["tiny-answerer"]["medqa"]
+        assert scores["recovered"] == round(scores["recovery_rate"] * scores["items"] * scores["n"]) > 0
+    assert caught_up.summary["tiny-answerer"]["medqa"]["generated_questions"] == 0
+    assert fresh.report["timing"]["tiny-answerer"]["generated_questions"] == 4
