@@ -108,6 +108,21 @@ class _Running:
     def __len__(self) -> int:
         return len(self.owners)
 
+    def extend(self, other: "_Running") -> None:
+        """Append ``other``'s rows; both sides are left-padded to the wider one."""
+        import torch
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.join(theirs, width)
+        pad = lambda mask: torch.nn.functional.pad(mask, (width - mask.shape[1], 0))  # noqa: E731
+        self.mask = torch.cat([pad(self.mask), pad(other.mask)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.owners = self.owners + other.owners
+        self.made = torch.cat([self.made, other.made])
+        self.alive = torch.cat([self.alive, other.alive])
+
     def keep(self, rows) -> None:
         """Only ``rows`` go on; the left padding they all share is cut off."""
         self.cache.batch_select_indices(rows)
@@ -247,19 +262,10 @@ class TransformersGenerator:
             layer.batch_select_indices(torch.arange(len(units), device=self.device).repeat_interleave(repeats))
         mask, positions, logits = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, logits))
         owners = [(p, first + s) for p, first, rows in units for s in range(rows)]
-        made = torch.zeros(len(owners), dtype=torch.long, device=self.device)
+        admitted = _Running(cache, mask, positions, logits, owners, torch.zeros(len(owners), dtype=torch.long, device=self.device))
         if running is None or not len(running):
-            return _Running(cache, mask, positions, logits, owners, made)
-        width = max(running.mask.shape[1], mask.shape[1])
-        for old, new in zip(running.cache.layers, cache.layers):
-            old.join(new, width)
-        pad = lambda m: torch.nn.functional.pad(m, (width - m.shape[1], 0))  # noqa: E731
-        running.mask = torch.cat([pad(running.mask), pad(mask)])
-        running.positions = torch.cat([running.positions, positions])
-        running.logits = torch.cat([running.logits, logits])
-        running.owners += owners
-        running.made = torch.cat([running.made, made])
-        running.alive = torch.cat([running.alive, torch.ones_like(made, dtype=torch.bool)])
+            return admitted
+        running.extend(admitted)
         return running
 
     def _answer_follow_ups(self, waiting: list[dict], suffixes, letter_ids) -> dict[tuple[int, int], str]:
@@ -275,8 +281,8 @@ class TransformersGenerator:
         ]
         cache = DynamicCache(config=self.model.config)
         cache.layers = layers
-        rows = [(owner, lead, group) for group in waiting for owner, lead in zip(group["owners"], group["leads"])]
-        inputs = [([lead] if lead is not None else []) + suffixes[owner[0]] for owner, lead, _ in rows]
+        rows = [(owner, lead) for group in waiting for owner, lead in zip(group["owners"], group["leads"])]
+        inputs = [([lead] if lead is not None else []) + suffixes[owner[0]] for owner, lead in rows]
         length = max(map(len, inputs))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in inputs], device=self.device)
@@ -295,7 +301,7 @@ class TransformersGenerator:
         )
         logits = out.logits[:, -1].float()
         answers = {}
-        for row, (owner, _, _) in enumerate(rows):
+        for row, (owner, _) in enumerate(rows):
             ids = letter_ids[owner[0]]
             allowed = list(ids)
             answers[owner] = ids[allowed[int(logits[row, allowed].argmax())]]
@@ -319,12 +325,13 @@ class TransformersGenerator:
         if sampling.allowed_letters:
             letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters)
             allowed = torch.tensor(list(letters_by_id), device=self.device)
-        letter_ids = {}
-        if follow_up is not None:
-            by_letters = {}
-            for p in range(len(prompts)):
-                letters = tuple(follow_up.letters[p])
-                letter_ids[p] = by_letters.get(letters) or by_letters.setdefault(letters, letter_token_ids(self.tokenizer, letters))
+        letter_ids: dict[int, dict[int, str]] = {}  # prompt -> its follow-up's letter tokens
+        by_letters: dict[tuple[str, ...], dict[int, str]] = {}
+        for p, letters in enumerate(follow_up.letters if follow_up is not None else []):
+            letters = tuple(letters)
+            if letters not in by_letters:
+                by_letters[letters] = letter_token_ids(self.tokenizer, letters)
+            letter_ids[p] = by_letters[letters]
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
 
@@ -371,9 +378,7 @@ class TransformersGenerator:
                 # until the finished rows free room for a waiting prompt (then one copy admits it).
                 finished = len(running) - int(running.alive.sum())
                 room = size - len(running) + finished
-                if finished and (
-                    finished * 8 >= len(running) or finished == len(running) or (queue and room >= queue[0][2] and room * 8 >= size)
-                ):
+                if finished and (finished * 8 >= len(running) or (queue and room >= queue[0][2] and room * 8 >= size)):
                     kept = running.alive.nonzero().squeeze(1)
                     running.keep(kept)
                     next_tokens = next_tokens[kept]
