@@ -119,14 +119,17 @@ class _LazyGenerator:
         return generate_with_follow_up(self.get(), prompts, n, sampling, follow_up)
 
 
-def recovery(items_by_key: Mapping[str, MCQItem], keys: list[str]) -> FollowUp:
-    """The constrained second pass for the prompts ``keys``: asked where strict extraction reads nothing."""
+def recovery(items_by_key: Mapping[str, MCQItem], keys: list[str], cache: CompletionCache | None = None) -> FollowUp:
+    """The constrained second pass for the prompts ``keys``: asked where strict extraction reads nothing
+    (and, given a ``cache``, no recovery is stored yet)."""
     items = [items_by_key[key] for key in keys]
-    return FollowUp(
-        instruction=RECOVERY_INSTRUCTION,
-        letters=[item.letters for item in items],
-        needed=lambda index, _, text: PIPELINES["strict"](text, items[index]) is None,
-    )
+
+    def needed(index: int, sample: int, text: str) -> bool:
+        if cache is not None and cache.get_recovered(keys[index], sample) is not None:
+            return False
+        return PIPELINES["strict"](text, items[index]) is None
+
+    return FollowUp(instruction=RECOVERY_INSTRUCTION, letters=[item.letters for item in items], needed=needed)
 
 
 def evaluate_model(
@@ -159,12 +162,9 @@ def evaluate_model(
         # Completions cached by a run without the second pass get it now, as a separate call.
         pending = [key for key in prompts if any(a is None and cache.get_recovered(key, s) is None for s, a in enumerate(strict[key]))]
         if pending:
-            follow_up = FollowUp(
-                instruction=RECOVERY_INSTRUCTION,
-                letters=[items_by_key[key].letters for key in pending],
-                needed=lambda index, sample, _: strict[pending[index]][sample] is None and cache.get_recovered(pending[index], sample) is None,
+            replies = ask_follow_up(
+                generator, [prompts[key] for key in pending], [completions[key] for key in pending], recovery(items_by_key, pending, cache)
             )
-            replies = ask_follow_up(generator, [prompts[key] for key in pending], [completions[key] for key in pending], follow_up)
             cache.put_recovered([(key, s, letter) for key, letters in zip(pending, replies) for s, letter in enumerate(letters) if letter is not None])
     timing = {
         "generated_questions": len(missing),
