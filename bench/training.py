@@ -95,14 +95,14 @@ def run_ours(config, timer) -> None:
 
 
 def run_plain_trl(config, timer) -> None:
-    """The same run written with TRL alone: hand-built dataset, GRPOConfig and GRPOTrainer."""
-    import torch
+    """The same run written with TRL alone: hand-built dataset and GRPOTrainer, without our data
+    loading, checkpoint markers, mirror or metrics files."""
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from medssr.answers import correctness_reward, format_reward
     from medssr.prompts import SYSTEM_PROMPT
+    from medssr.training.grpo import build_grpo_config, build_reward_functions
 
     shutil.rmtree(config.output_dir, ignore_errors=True)
     rows = []
@@ -114,33 +114,12 @@ def run_plain_trl(config, timer) -> None:
             "target": item["answer"],
             "letters": "".join(item["options"]),
         })
-    args = GRPOConfig(
-        output_dir=str(Path(config.output_dir) / "checkpoints"),
-        learning_rate=config.learning_rate,
-        num_generations=config.num_generations,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        beta=config.beta,
-        loss_type=config.loss_type,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_steps=config.max_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        reward_weights=[1.0, config.format_reward_weight],
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        model_init_kwargs={"dtype": torch.float32},
-    )
+    # The same GRPOConfig as ours; only the Trainer's own checkpoint rotation replaces our callback.
+    args = build_grpo_config(config, Path(config.output_dir) / "checkpoints")
+    args.save_total_limit = config.save_total_limit
     trainer = GRPOTrainer(
         model=config.model,
-        reward_funcs=[correctness_reward, format_reward],
+        reward_funcs=build_reward_functions(),
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(config.model, padding_side="left"),
