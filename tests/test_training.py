@@ -210,6 +210,28 @@ def test_sigkill_then_restart_resumes_from_the_last_complete_checkpoint(answer_f
 
 
 @pytest.mark.slow
+def test_a_finished_run_is_not_resumed_under_another_config(answer_format_model, tmp_path, capsys):
+    from medssr.cli import main
+
+    out = tmp_path / "run"
+    common = ["--model", str(answer_format_model), "--out", str(out), "--max-steps", "1", "--save-steps", "1",
+              "--num-generations", "4", "--per-device-train-batch-size", "4", "--max-completion-length", "8"]
+    assert main(["train", "--stage", "supervised", "--data", str(SUPERVISED_DATA), "--learning-rate", "1e-3", *common]) == 0
+    weights, metrics = load_weights(out), (out / "metrics.json").read_text()
+    capsys.readouterr()
+
+    status = main(["train", "--stage", "self", "--data", str(SELF_DATA), "--learning-rate", "0.1", *common])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and len(error.splitlines()) == 1, error
+    assert "other settings" in error
+    for difference in ("stage: 'supervised' in the checkpoint, 'self' now", "learning_rate: 0.001 in the checkpoint, 0.1 now", "data_sha256"):
+        assert difference in error
+    assert "beta" not in error and "max_steps" not in error
+    assert (out / "metrics.json").read_text() == metrics, "metrics.json claims settings it was not trained with"
+    assert all(weights[name].equal(tensor) for name, tensor in load_weights(out).items())
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_train_data_parallel(answer_format_model, tmp_path):
     out = tmp_path / "ddp"
     command = [

@@ -5,10 +5,15 @@ like a checkpoint but is not one. A checkpoint counts only once :class:`Complete
 has written the marker file into it, after every rank finished writing and after the mirror copy
 (local folder or s3://) is uploaded with its own marker last. Restarts pick the newest marked
 checkpoint, here or in the mirror, and delete unmarked local ones.
+
+The marker also records the run's provenance (:func:`provenance`): a resume under a different config
+is refused with the differences, so a folder never mixes two runs' weights and settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -25,6 +30,12 @@ log = logging.getLogger(__name__)
 
 MARKER = "medssr-checkpoint-complete.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# Settings a resume may change: where the run writes, how often it saves and logs, how long it trains
+# (the step budget) and how it fits in memory. Every other setting shapes the weights.
+RESUMABLE_SETTINGS = frozenset({
+    "output_dir", "checkpoint_dir", "max_steps", "num_train_epochs", "save_steps", "save_total_limit",
+    "logging_steps", "vllm_gpu_memory_utilization", "gradient_checkpointing",
+})
 
 
 def checkpoint_step(name: str) -> int | None:
@@ -60,9 +71,31 @@ def remove_incomplete(local_dir: Path) -> list[str]:
     return removed
 
 
-def write_marker(location: str, step: int) -> None:
-    payload = json.dumps({"global_step": step, "completed_at": time.time()})
+def provenance(config, data_path: str | Path) -> dict:
+    """The settings a checkpoint was trained with and must be resumed with; the data by content, not path."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_SETTINGS and k != "data"}
+    settings["data_sha256"] = hashlib.sha256(Path(data_path).read_bytes()).hexdigest()
+    return json.loads(json.dumps(settings))  # as the marker's JSON will give it back
+
+
+def write_marker(location: str, step: int, run: dict) -> None:
+    payload = json.dumps({"global_step": step, "completed_at": time.time(), "run": run})
     storage.write_text(_join(location, MARKER), payload)
+
+
+def check_provenance(checkpoint: Path, run: dict) -> None:
+    """Refuse to resume ``checkpoint`` under settings other than those that wrote it, naming each difference."""
+    recorded = json.loads((checkpoint / MARKER).read_text(encoding="utf-8")).get("run")
+    remedy = f"give another output folder, or delete {checkpoint.parent} to start over"
+    if recorded is None:
+        raise ValueError(f"{checkpoint}: no record of the config that wrote it, so it cannot be resumed; {remedy}")
+    differences = [
+        f"{key}: {recorded.get(key)!r} in the checkpoint, {run.get(key)!r} now"
+        for key in sorted(set(recorded) | set(run))
+        if recorded.get(key) != run.get(key)
+    ]
+    if differences:
+        raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}); {remedy}")
 
 
 def latest_checkpoint(local_dir: Path, mirror: str | None) -> Path | None:
@@ -78,24 +111,27 @@ def latest_checkpoint(local_dir: Path, mirror: str | None) -> Path | None:
         staging = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=local_dir))
         try:
             storage.download_dir(location, staging)
-            (staging / MARKER).unlink(missing_ok=True)
+            marker = (staging / MARKER).read_text(encoding="utf-8")
+            (staging / MARKER).unlink()  # written again last, once the folder is in place
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        write_marker(str(target), step)
+        storage.write_text(target / MARKER, marker)
         log.info("downloaded checkpoint-%d from %s", step, location)
         return target
     return Path(best_local[1]) if best_local else None
 
 
 class CompleteCheckpointCallback(TrainerCallback):
-    """After each save: wait for all ranks, mirror the checkpoint, then mark it complete; prune old ones."""
+    """After each save: wait for all ranks, mirror the checkpoint, then mark it complete (with the run's
+    provenance); prune old ones."""
 
-    def __init__(self, local_dir: Path, mirror: str | None, keep: int):
+    def __init__(self, local_dir: Path, mirror: str | None, keep: int, run: dict):
         self.local_dir = Path(local_dir)
         self.mirror = mirror
         self.keep = keep
+        self.run = run
 
     def on_save(self, args, state, control, **kwargs):
         _barrier()  # every rank has written its part (rng_state_<rank>.pth) before the marker says "complete"
@@ -105,8 +141,8 @@ class CompleteCheckpointCallback(TrainerCallback):
             if self.mirror:
                 remote = _join(self.mirror, folder.name)
                 storage.upload_dir(folder, remote)
-                write_marker(remote, step)
-            write_marker(str(folder), step)
+                write_marker(remote, step, self.run)
+            write_marker(str(folder), step, self.run)
             for _, old in complete_checkpoints(self.local_dir)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()

@@ -134,6 +134,9 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
             log.info("use_vllm requested but no CUDA device: plain transformers generation instead")
 
     resume_from = _choose_checkpoint(state, checkpoints_dir, config.checkpoint_dir)
+    run = checkpoints.provenance(config, data_path)
+    if resume_from:
+        checkpoints.check_provenance(Path(resume_from), run)
     # A run killed after its last checkpoint but before the end: the Trainer, resumed at max_steps,
     # would train one step too many, so the last checkpoint's weights are the result as they are.
     finished = resume_from is not None and _reached_the_end(Path(resume_from), config)
@@ -147,7 +150,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         train_dataset=Dataset.from_list(data.rows),
         processing_class=load_tokenizer(model_path, config.trust_remote_code),
         callbacks=[
-            checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit),
+            checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run),
             *callbacks,
         ],
     )
