@@ -76,6 +76,10 @@ class LabeledItem(MCQItem):
     label: str
     agreement: float
     votes: dict[str, int] = {}
+    """Free-form answers per letter (read from the completions)."""
+    recovered_votes: dict[str, int] = {}
+    """Letters of the constrained second turn, for samples that stated no answer; the label is the
+    majority over both kinds."""
     n_samples: int = 0
 
     @model_validator(mode="after")
@@ -188,25 +192,38 @@ def write_jsonl(path: str | os.PathLike, records) -> int:
     return count
 
 
-_OPTION_LINE = re.compile(r"^\s*([A-J])[.)]\s+(.*\S)\s*$")
+_OPTION_LINE = re.compile(r"^\s*([A-J])[.)](?:\s+(.*?))?\s*$")
+
+
+def _options_from(lines: list[str], start: int) -> dict[str, str]:
+    """The options A, B, ... from ``lines[start]`` (an "A." line) to the end: each option's text runs
+    until the next letter's line, so it may span several lines (a Markdown table in MedXpertQA)."""
+    texts: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        match = _OPTION_LINE.match(line)
+        if match and match.group(1) == LETTERS[len(texts)] and len(texts) < len(LETTERS):
+            texts[match.group(1)] = [match.group(2) or ""]
+        else:
+            texts[LETTERS[len(texts) - 1]].append(line.rstrip())
+    return {letter: "\n".join(text).strip() for letter, text in texts.items()}
 
 
 def parse_question_text(text: str) -> tuple[str, dict[str, str]]:
-    """Split a reference-format question into its stem and the trailing ``A. ...`` option lines."""
+    """Split a reference-format question into its stem and the ``A. ...`` options that end it.
+
+    The options start at the last "A." line that is followed by a "B." line, so a stem line that only
+    looks like an option ("A. fumigatus was isolated ...") stays in the stem.
+    """
     lines = text.rstrip().splitlines()
     while lines and not lines[-1].strip(" \t\"'\u201c\u201d"):
         lines.pop()  # a stray closing quote after the options (38 MedQA questions of the reference set)
+    starts = [index for index, line in enumerate(lines) if (match := _OPTION_LINE.match(line)) and match.group(1) == "A"]
     options: dict[str, str] = {}
     cut = len(lines)
-    for index in range(len(lines) - 1, -1, -1):
-        match = _OPTION_LINE.match(lines[index])
-        if not match:
+    for start in reversed(starts):
+        options, cut = _options_from(lines, start), start
+        if len(options) >= MIN_OPTIONS:
             break
-        options[match.group(1)] = match.group(2)
-        cut = index
-    options = dict(sorted(options.items()))
-    if list(options) != list(LETTERS[: len(options)]):
-        raise ValueError(f"options are not consecutive letters from A: {''.join(options)}")
     return "\n".join(lines[:cut]).strip(), options
 
 

@@ -6,6 +6,7 @@ import pytest
 from medssr.data import LabeledItem, MCQItem, RecordError, parse_record, read_jsonl, read_reference_benchmark, write_jsonl
 
 DATA = Path(__file__).parent / "data"
+SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval"
 GOOD = {"id": "q1", "stem": "Which gene causes Rett syndrome?", "options": {"A": "MECP2", "B": "FMR1", "C": "CFTR"}, "answer": "A"}
 
 
@@ -68,6 +69,42 @@ def test_reference_format_reader_parses_options_and_gold():
     # "A)" option markers, a blank line in the stem, and a stray closing quote after the options.
     assert dmd.letters == ("A", "B", "C", "D", "E") and dmd.options["C"] == "X-linked recessive" and dmd.answer == "C"
     assert dmd.stem.endswith("What is the mode of inheritance?")
+
+
+def test_reference_format_reader_takes_multi_line_options_and_keeps_an_option_like_stem_line(tmp_path):
+    question = "\n".join([
+        "Sputum culture grows a mould.",
+        "A. fumigatus was isolated from a sample last year.",
+        "Which growth chart fits this patient?",
+        "A. | **Motor** | **Language** |",
+        "| --- | --- |  ",
+        "| Walks | 3 words |",
+        "B. | **Motor** | **Language** |",
+        "| --- | --- |",
+        "",
+        "| Runs | 50 words |",
+        "C. Neither",
+    ])
+    path = tmp_path / "test_short_tables.json"
+    path.write_text(json.dumps([{"id": "t1", "question": question, "gold": "b"}]))
+    result = read_reference_benchmark(path)
+    assert result.rejected == 0
+    item = result.records[0]
+    assert item.stem == "Sputum culture grows a mould.\nA. fumigatus was isolated from a sample last year.\nWhich growth chart fits this patient?"
+    assert item.options == {
+        "A": "| **Motor** | **Language** |\n| --- | --- |\n| Walks | 3 words |",
+        "B": "| **Motor** | **Language** |\n| --- | --- |\n\n| Runs | 50 words |",
+        "C": "Neither",
+    }
+    assert item.answer == "B"
+
+
+@pytest.mark.skipif(not SHARED_BENCHMARKS.is_dir(), reason="no ../shared benchmark files here")
+def test_medxpertqa_reference_file_reads_whole_with_ten_options_each():
+    result = read_reference_benchmark(SHARED_BENCHMARKS / "test_short_medxpertqa.json", on_error="skip")
+    assert result.errors == []
+    assert len(result.records) == 1449 and {len(item.options) for item in result.records} == {10}
+    assert sum("\n" in text for item in result.records for text in item.options.values()) >= 8
 
 
 def test_reference_format_reader_names_bad_rows_and_skips_them():
