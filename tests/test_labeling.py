@@ -166,9 +166,10 @@ def test_run_labeling_end_to_end(tiny_answerer, tmp_path):
     kept = read_jsonl(config.out, LabeledItem).records
     assert [item.id for item in kept] == [item.id for item in result.kept] and kept
     for item in kept:
-        top = max(item.votes.values())
-        assert item.votes[item.label] == top and list(item.votes.values()).count(top) == 1
-        assert item.agreement == pytest.approx(top / sum(item.votes.values()))
+        votes = {letter: item.votes.get(letter, 0) + item.recovered_votes.get(letter, 0) for letter in item.options}
+        top = max(votes.values())
+        assert votes[item.label] == top and list(votes.values()).count(top) == 1
+        assert item.agreement == pytest.approx(top / sum(votes.values()))
         assert 0.5 <= item.agreement <= 0.9 and item.n_samples == 8
     assert {item.label for item in kept} <= {"B", "C"}
     keys = {item.id: kb_key(item) for item in items}
@@ -193,6 +194,48 @@ def test_run_labeling_end_to_end(tiny_answerer, tmp_path):
     # Another sampling setting is another cache entry, never the old answers.
     run_labeling(LabelingConfig(**{**config.__dict__, "n_samples": 4}))
     assert len(list((tmp_path / "cache").rglob("completions.jsonl"))) == 2
+
+
+@pytest.mark.slow
+def test_recovery_keeps_items_free_form_parsing_drops(tiny_answerer, tmp_path):
+    """Completions cut off before "The answer is B." state no answer: free-form votes alone keep nothing,
+    the constrained second turn's votes label every question, and the audit reports both kinds apart."""
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, make_items(8))
+    config = LabelingConfig(
+        data=str(data),
+        out=str(tmp_path / "labeled.jsonl"),
+        generator=GeneratorConfig(model=str(tiny_answerer), batch_size=64),
+        n_samples=4,
+        sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=3, seed=0),
+        min_agreement=0.0,
+        max_agreement=1.0,
+        min_parsed=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    free_only = run_labeling(LabelingConfig(**{**config.__dict__, "recovery": False}))
+    assert free_only.kept == [] and free_only.audit["dropped"] == {"too_few_parsed": 8}
+    assert free_only.parse_rate == 0.0 and free_only.recovered_rate == 0.0
+    assert "by_source" in free_only.audit and free_only.audit["by_source"] == {}
+
+    result = run_labeling(config)
+    assert result.parse_rate == 0.0 and result.recovered_rate == 1.0
+    assert len(result.kept) == 8 - result.audit["dropped"].get("tie", 0) > 0
+    for item in result.kept:
+        assert item.votes == {} and sum(item.recovered_votes.values()) == 4
+        assert item.recovered_votes[item.label] == max(item.recovered_votes.values())
+    by_source = result.audit["by_source"]
+    assert by_source["free"]["voted"] == 0 and by_source["free"]["yield"] == 0.0
+    assert by_source["free"]["dropped"] == {"too_few_parsed": 8} and by_source["free"]["parsed_answers"] == 0
+    assert by_source["recovered"]["parsed_answers"] == by_source["both"]["parsed_answers"] == 32
+    assert by_source["recovered"]["kept"] == by_source["both"]["kept"] == result.audit["kept"] == len(result.kept)
+    keys = {item.id: kb_key(item) for item in make_items(8)}
+    correct = sum(item.label == keys[item.id] for item in result.kept)
+    assert by_source["recovered"]["precision_kept"]["correct"] == correct
+    markdown = Path(result.paths["markdown"]).read_text()
+    assert "| free-form votes | 0 | 0 | 0 | 0.0% |" in markdown and "| recovered votes | 32 |" in markdown
+    metrics = result.metrics()
+    assert metrics["labeling/recovered_rate"] == 1.0 and metrics["labeling/free/yield"] == 0.0
 
 
 @pytest.mark.slow

@@ -23,11 +23,9 @@ from medssr.evaluation.filters import PIPELINES
 from medssr.evaluation.registry import BENCHMARKS, BenchmarkUnavailable, load_benchmark, resolve_names
 from medssr.evaluation.report import macro_average, write_report
 from medssr.evaluation.scoring import score
+from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, Prompt, SamplingParams
-from medssr.generation.follow_up import FollowUp, ask_follow_up, generate_with_follow_up
 from medssr.prompts import build_prompt
-
-RECOVERY_INSTRUCTION = "Respond with one option only. The answer is"
 
 
 @dataclass
@@ -99,44 +97,11 @@ def model_labels(config: EvaluationConfig) -> list[str]:
     return unique
 
 
-class _LazyGenerator:
-    """Builds the backend only when something is not cached (a fully cached run loads no model)."""
-
-    def __init__(self, config: GeneratorConfig, given: Generator | None):
-        self.config, self.instance = config, given
-
-    def get(self) -> Generator:
-        if self.instance is None:
-            from medssr.generation import build_generator
-
-            self.instance = build_generator(self.config)
-        return self.instance
-
-    def generate(self, prompts, n=1, sampling=SamplingParams()):
-        return self.get().generate(prompts, n=n, sampling=sampling)
-
-    def generate_with_follow_up(self, prompts, n, sampling, follow_up):
-        return generate_with_follow_up(self.get(), prompts, n, sampling, follow_up)
-
-
-def recovery(items_by_key: Mapping[str, MCQItem], keys: list[str], cache: CompletionCache | None = None) -> FollowUp:
-    """The constrained second pass for the prompts ``keys``: asked where strict extraction reads nothing
-    (and, given a ``cache``, no recovery is stored yet)."""
-    items = [items_by_key[key] for key in keys]
-
-    def needed(index: int, sample: int, text: str) -> bool:
-        if cache is not None and cache.get_recovered(keys[index], sample) is not None:
-            return False
-        return PIPELINES["strict"](text, items[index]) is None
-
-    return FollowUp(instruction=RECOVERY_INSTRUCTION, letters=[item.letters for item in items], needed=needed)
-
-
 def evaluate_model(
     loaded: Mapping[str, list[MCQItem]],
     label: str,
     cache: CompletionCache,
-    generator: _LazyGenerator,
+    generator: LazyGenerator,
     config: EvaluationConfig,
     sampling: SamplingParams,
 ) -> tuple[dict[str, tuple[dict, list[EvalResult]]], dict]:
@@ -151,21 +116,12 @@ def evaluate_model(
     for name, items in loaded.items():
         prompts.update(prompts_of[name][0])
         items_by_key.update(zip(prompts_of[name][1], items))
-    missing = {key for key in prompts if cache.get(key) is None}
     started = time.perf_counter()
-    follow_up = (lambda keys: recovery(items_by_key, keys)) if config.recovery else None
-    completions = cache.fill(generator, prompts, config.n, sampling, config.chunk_size, desc=f"{label}", follow_up=follow_up)
+    sampled = sample_answers(
+        cache, generator, prompts, items_by_key, config.n, sampling, config.chunk_size, PIPELINES["strict"], config.recovery, desc=label
+    )
     generation_s = time.perf_counter() - started
-
-    strict = {key: [PIPELINES["strict"](text, items_by_key[key]) for text in completions[key]] for key in prompts}
-    if config.recovery:
-        # Completions cached by a run without the second pass get it now, as a separate call.
-        pending = [key for key in prompts if any(a is None and cache.get_recovered(key, s) is None for s, a in enumerate(strict[key]))]
-        if pending:
-            replies = ask_follow_up(
-                generator, [prompts[key] for key in pending], [completions[key] for key in pending], recovery(items_by_key, pending, cache)
-            )
-            cache.put_recovered([(key, s, letter) for key, letters in zip(pending, replies) for s, letter in enumerate(letters) if letter is not None])
+    completions, strict, missing = sampled.completions, sampled.read, sampled.generated
     timing = {
         "generated_questions": len(missing),
         "generation_s": round(generation_s, 3),
@@ -175,10 +131,7 @@ def evaluate_model(
     for name, items in loaded.items():
         keys = prompts_of[name][1]
         lenient = [[PIPELINES["lenient"](text, item) for text in completions[key]] for item, key in zip(items, keys)]
-        recovered = [
-            [(cache.get_recovered(key, s) or None) if config.recovery and strict[key][s] is None else None for s in range(config.n)]
-            for key in keys
-        ]
+        recovered = [sampled.recovered[key] for key in keys]
         scores = score([item.answer for item in items], [strict[key] for key in keys], lenient, recovered, config.bootstrap_samples, config.seed)
         scores["content_sha256"] = digest([item.model_dump(mode="json") for item in items])
         scores["generated_questions"] = len(missing & set(keys))
@@ -242,7 +195,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
             config.cache_dir or default_cache_root(),
             run_key(identity, generator_config, sampling, config.n, "evaluate:" + config.prompt_style),
         )
-        generator = _LazyGenerator(generator_config, (generators or {}).get(ref))
+        generator = LazyGenerator(generator_config, (generators or {}).get(ref))
         summary[label] = {}
         results, timings[label] = evaluate_model(loaded, label, cache, generator, config, sampling)
         for name, (scores, records) in results.items():

@@ -4,18 +4,27 @@ The paper calls its self-consistency labels high-quality; where synthesis kept t
 answer (``metadata["kb_answer"]``, or the item's ``answer``), we measure it: precision of the
 majority label overall, among kept items, and per agreement bucket (kept or not, so the bounds can
 be chosen from data), plus the yield of the filter.
+
+With recovery on, a question's samples vote in two ways: free-form answers (read from the
+completion) and recovered ones (the letter-constrained second turn for samples that stated none).
+The label is the majority over both; the audit also reports each kind alone, as if it had been the
+only vote (same selection rule), so the value of the second pass is measured, not assumed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr.answers import Vote
 from medssr.data import MCQItem
+from medssr.labeling.selection import SelectionRule
 from medssr.storage import write_text
 
 DEFAULT_BUCKET_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+VOTE_SOURCES = {"free": "free-form votes", "recovered": "recovered votes", "both": "both together"}
 
 
 def kb_key(item: MCQItem) -> str | None:
@@ -37,6 +46,8 @@ class Outcome:
     parsed: int
     kept: bool
     reason: str | None
+    sources: Mapping[str, Vote] = field(default_factory=dict)
+    """The vote of each kind of answer alone and together (keys of VOTE_SOURCES), when recovery ran."""
 
 
 def _bucket_names(edges: tuple[float, ...]) -> list[tuple[str, float, float]]:
@@ -53,8 +64,8 @@ def _precision(outcomes: list[Outcome]) -> dict:
     return {"n": len(keyed), "correct": correct, "precision": (correct / len(keyed)) if keyed else None}
 
 
-def audit(outcomes: list[Outcome], min_agreement: float, max_agreement: float, edges=DEFAULT_BUCKET_EDGES) -> dict:
-    """Yield and, where keys exist, precision overall / kept / per agreement bucket."""
+def _section(outcomes: list[Outcome], edges: tuple[float, ...]) -> dict:
+    """Yield and precision of one set of outcomes: overall, kept, per agreement bucket."""
     total = len(outcomes)
     kept = [o for o in outcomes if o.kept]
     voted = [o for o in outcomes if o.label is not None]
@@ -63,23 +74,47 @@ def audit(outcomes: list[Outcome], min_agreement: float, max_agreement: float, e
         if outcome.reason:
             reasons[outcome.reason] = reasons.get(outcome.reason, 0) + 1
     buckets = []
-    for name, lo, hi in _bucket_names(tuple(edges)):
+    for name, lo, hi in _bucket_names(edges):
         inside = [o for o in voted if lo <= o.agreement < hi]
         buckets.append({"bucket": name, "lo": lo, "hi": min(hi, 1.0), "items": len(inside),
                         "kept": sum(o.kept for o in inside), **_precision(inside)})
     return {
-        "items": total,
         "voted": len(voted),
         "kept": len(kept),
         "yield": (len(kept) / total) if total else 0.0,
         "dropped": reasons,
-        "keyed_items": sum(o.key is not None for o in outcomes),
-        "min_agreement": min_agreement,
-        "max_agreement": max_agreement,
+        "parsed_answers": sum(o.parsed for o in outcomes),
         "precision_voted": _precision(voted),
         "precision_kept": _precision(kept),
         "buckets": buckets,
     }
+
+
+def _as_if_alone(outcome: Outcome, vote: Vote, rule: SelectionRule) -> Outcome:
+    reason = rule.drop_reason(vote)
+    return Outcome(outcome.item_id, outcome.key, vote.label, vote.agreement, vote.parsed, reason is None, reason)
+
+
+def audit(
+    outcomes: list[Outcome], min_agreement: float, max_agreement: float, edges=DEFAULT_BUCKET_EDGES, min_parsed: int = 1
+) -> dict:
+    """Yield and, where keys exist, precision overall / kept / per agreement bucket, for the deciding
+    vote and (``by_source``) for each kind of vote alone under the same selection rule."""
+    edges = tuple(edges)
+    rule = SelectionRule(min_agreement, max_agreement, min_parsed)
+    report = {
+        "items": len(outcomes),
+        **_section(outcomes, edges),
+        "keyed_items": sum(o.key is not None for o in outcomes),
+        "min_agreement": min_agreement,
+        "max_agreement": max_agreement,
+        "min_parsed": min_parsed,
+    }
+    sources = [name for name in VOTE_SOURCES if outcomes and all(name in o.sources for o in outcomes)]
+    report["by_source"] = {
+        name: _section([_as_if_alone(o, o.sources[name], rule) for o in outcomes], edges) for name in sources
+    }
+    return report
 
 
 def _fmt(value: float | None) -> str:
@@ -104,6 +139,31 @@ def to_markdown(report: dict) -> str:
     lines += ["", "| agreement | items | kept | keyed | correct | precision |", "|---|---:|---:|---:|---:|---:|"]
     for b in report["buckets"]:
         lines.append(f"| {b['bucket']} | {b['items']} | {b['kept']} | {b['n']} | {b['correct']} | {_fmt(b['precision'])} |")
+    by_source = report.get("by_source") or {}
+    if by_source:
+        lines += [
+            "",
+            "## Free-form and recovered votes",
+            "",
+            "Each kind of vote alone, as if it were the only one (same selection rule), and both together (the labels used).",
+            "",
+            "| votes | answers | voted | kept | yield | precision (voted) | precision (kept) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, section in by_source.items():
+            lines.append(
+                f"| {VOTE_SOURCES[name]} | {section['parsed_answers']} | {section['voted']} | {section['kept']} | {_fmt(section['yield'])} "
+                f"| {_fmt(section['precision_voted']['precision'])} ({section['precision_voted']['n']}) "
+                f"| {_fmt(section['precision_kept']['precision'])} ({section['precision_kept']['n']}) |"
+            )
+        lines += ["", "| agreement | " + " | ".join(f"{VOTE_SOURCES[n]}: items, precision" for n in by_source) + " |",
+                  "|---|" + "---:|" * len(by_source)]
+        for index, bucket in enumerate(report["buckets"]):
+            cells = []
+            for section in by_source.values():
+                b = section["buckets"][index]
+                cells.append(f"{b['items']}, {_fmt(b['precision'])}")
+            lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,10 @@ For each question the policy samples ``n_samples`` answers (batched, through any
 backend); each answer is read in lenient mode, which is strict extraction with lenient fallback
 (a strict "The answer is X" statement always decides; boxed letters, "Answer: X", option text etc.
 count only where there is no statement), so a sample that answered in another format still votes.
-The majority vote gives the label and its agreement; ties and votes with too few parsed answers are
+A sample that states no answer at all gets the evaluation harness's second, letter-constrained turn
+(``recovery``, :mod:`medssr.evaluation.recovery`): small models reason but seldom conclude, and
+without it most of their votes would be lost. Free-form and recovered votes are recorded apart; the
+majority over both gives the label and its agreement; ties and votes with too few answers are
 dropped, and only ``min_agreement <= agreement <= max_agreement`` is kept. Completions are cached by
 model, settings and prompt, so an interrupted run resumes and a rerun with other bounds is free.
 """
@@ -15,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from medssr.answers import Mode, extract_answer, majority_vote
+from medssr.answers import Mode, majority_vote
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
 from medssr.evaluation.cache import CompletionCache, default_cache_root, keyed_prompts, model_identity, run_key
+from medssr.evaluation.filters import PIPELINES
+from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
 from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
 from medssr.labeling.selection import DROP_REASONS, SelectionRule
@@ -43,6 +48,7 @@ class LabelingConfig:
     max_agreement: float = field(default=0.9, metadata={"help": "... and at most this share (0.9 drops unanimous votes for n <= 9)."})
     min_parsed: int = field(default=4, metadata={"help": "Drop questions with fewer parsed answers than this."})
     extraction: Mode = field(default="lenient", metadata={"help": "lenient = strict statement first, lenient fallback; or strict only."})
+    recovery: bool = field(default=True, metadata={"help": "Ask samples that state no answer once more, constrained to the question's letters (the evaluation harness's second pass); their letters vote beside the free-form answers."})
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad input records: stop, or skip and count."})
     chunk_size: int = field(default=128, metadata={"help": "Questions per generation call (continuously batched; progress and resume granularity)."})
@@ -71,6 +77,9 @@ class LabelingResult:
     audit: dict
     rejected_records: int
     parse_rate: float
+    """Share of samples whose free-form answer was read."""
+    recovered_rate: float
+    """Share of samples answered by the constrained second turn instead (0 without recovery)."""
     paths: dict[str, str]
 
     def metrics(self) -> dict[str, float]:
@@ -83,6 +92,7 @@ class LabelingResult:
             "labeling/kept": report["kept"],
             "labeling/yield": report["yield"],
             "labeling/parse_rate": self.parse_rate,
+            "labeling/recovered_rate": self.recovered_rate,
             "labeling/keyed_items": report["keyed_items"],
         }
         for reason in DROP_REASONS:
@@ -96,6 +106,12 @@ class LabelingResult:
         for bucket in report["buckets"]:
             if bucket["precision"] is not None:
                 metrics[f"labeling/precision_agreement_{bucket['lo']:.2f}_{bucket['hi']:.2f}"] = bucket["precision"]
+        for source, section in report.get("by_source", {}).items():
+            metrics[f"labeling/{source}/yield"] = section["yield"]
+            for name in ("voted", "kept"):
+                precision = section[f"precision_{name}"]["precision"]
+                if precision is not None:
+                    metrics[f"labeling/{source}/precision_{name}"] = precision
         return {key: float(value) for key, value in metrics.items()}
 
 
@@ -109,47 +125,56 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
     rule = SelectionRule(config.min_agreement, config.max_agreement, config.min_parsed)
 
     prompts, item_keys = keyed_prompts(build_prompt(item, config.prompt_style) for item in items)
+    items_by_key = dict(zip(item_keys, items))
 
     cache = CompletionCache(
         config.cache_dir or default_cache_root(),
         run_key(model_identity(config.generator), config.generator, config.sampling, config.n_samples, "label"),
     )
-    if generator is None and any(cache.get(key) is None for key in prompts):
-        from medssr.generation import build_generator
-
-        generator = build_generator(config.generator)
-    completions = cache.fill(generator, prompts, config.n_samples, config.sampling, config.chunk_size, desc="label")
+    # A constrained sampling (answer letters given) has nothing to recover: every sample is a letter.
+    recover = config.recovery and not config.sampling.allowed_letters
+    sampled = sample_answers(
+        cache, LazyGenerator(config.generator, generator), prompts, items_by_key, config.n_samples, config.sampling,
+        config.chunk_size, PIPELINES[config.extraction], recover, desc="label",
+    )
 
     kept, outcomes = [], []
-    parsed_total = 0
+    free_total = recovered_total = 0
     for item, key in zip(items, item_keys):
-        answers = [extract_answer(text, item.letters, config.extraction, item.options) for text in completions[key]]
-        vote = majority_vote(answers)
-        parsed_total += vote.parsed
+        free = majority_vote(sampled.read[key])
+        recovered = majority_vote(sampled.recovered[key])
+        vote = majority_vote(sampled.answers(key))
+        free_total += free.parsed
+        recovered_total += recovered.parsed
         reason = rule.drop_reason(vote)
-        outcomes.append(Outcome(item.id, kb_key(item), vote.label, vote.agreement, vote.parsed, reason is None, reason))
+        sources = {"free": free, "recovered": recovered, "both": vote} if recover else {}
+        outcomes.append(Outcome(item.id, kb_key(item), vote.label, vote.agreement, vote.parsed, reason is None, reason, sources))
         if reason is None:
             kept.append(
                 LabeledItem(
                     **item.model_dump(),
                     label=vote.label,
                     agreement=vote.agreement,
-                    votes=vote.votes,
+                    votes=free.votes,
+                    recovered_votes=recovered.votes,
                     n_samples=config.n_samples,
                 )
             )
 
     write_jsonl(config.out, kept)
-    report = audit(outcomes, config.min_agreement, config.max_agreement, config.bucket_edges)
+    report = audit(outcomes, config.min_agreement, config.max_agreement, config.bucket_edges, config.min_parsed)
+    samples = len(items) * config.n_samples
+    report["parse_rate"] = free_total / samples if samples else 0.0
+    report["recovered_rate"] = recovered_total / samples if samples else 0.0
     report["settings"] = {
         "model": config.generator.model,
         "n_samples": config.n_samples,
         "sampling": asdict(config.sampling),
         "extraction": config.extraction,
+        "recovery": recover,
         "min_parsed": config.min_parsed,
         "rejected_records": read.rejected,
     }
     prefix = config.audit_prefix or str(Path(config.out).with_suffix("")) + ".audit"
     paths = {"labeled": config.out, **write_audit(report, prefix)}
-    parse_rate = parsed_total / (len(items) * config.n_samples) if items else 0.0
-    return LabelingResult(kept, outcomes, report, read.rejected, parse_rate, paths)
+    return LabelingResult(kept, outcomes, report, read.rejected, report["parse_rate"], report["recovered_rate"], paths)
