@@ -52,6 +52,10 @@ class TrainingConfig:
     use_vllm: bool = field(default=False, metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."})
     vllm_mode: Literal["colocate"] = field(default="colocate", metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={"help": "GPUs (consecutive ranks of one node) each colocated vLLM engine is split over; must divide the processes per node."},
+    )
     bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; None = on when a CUDA GPU with bf16 support is present."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
@@ -65,7 +69,7 @@ class TrainingConfig:
             raise ValueError(f"vllm_mode: only 'colocate' is supported, not {self.vllm_mode!r}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "save_steps", "logging_steps", "save_total_limit"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:

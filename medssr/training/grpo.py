@@ -76,6 +76,7 @@ def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
         use_vllm=use_vllm,
         vllm_mode=config.vllm_mode,
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
         bf16=bool(bf16),
         gradient_checkpointing=config.gradient_checkpointing,
         trust_remote_code=config.trust_remote_code,
