@@ -10,17 +10,19 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 import medssr
 import medssr.commands
 from medssr.data import RecordError
+from medssr.storage import StorageError, what_is_wrong
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-USER_ERRORS = (CLIError, RecordError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+USER_ERRORS = (CLIError, RecordError, StorageError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"medssr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path the user gave: a bug
+        # A path written outside medssr.storage (a library's own mkdir): still one line naming it.
+        print(f"medssr {args.command}: error: cannot use {exc.filename}: {what_is_wrong(exc, Path(exc.filename))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medssr {args.command}: interrupted", file=sys.stderr)

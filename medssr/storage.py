@@ -37,19 +37,48 @@ def s3_client():
     return boto3.client("s3", endpoint_url=endpoint or None)
 
 
+class StorageError(OSError):
+    """A path that cannot be written as asked; the message names it and says what is wrong with it."""
+
+
+def what_is_wrong(exc: OSError, folder: Path) -> str:
+    """What an OS error met while writing into ``folder`` says, in words (a file where a folder must be)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def _reported_as_unwritable(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {what_is_wrong(exc, path.parent)}") from exc
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on clean exit fsync and rename it over ``path``."""
+    """Open a temp file beside ``path``; on clean exit fsync and rename it over ``path``.
+
+    OS errors of the writer's own steps (making the folder, flushing, renaming) raise StorageError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _reported_as_unwritable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            with _reported_as_unwritable(path):
+                handle.flush()
+                os.fsync(handle.fileno())
+        with _reported_as_unwritable(path):
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

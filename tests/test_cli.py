@@ -50,6 +50,27 @@ def test_user_errors_are_one_line_exit_2_without_traceback(args, message):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{file}/x.jsonl"), "cannot write {file}/x.jsonl: {file} is a file, not a folder"),
+        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{file}/sub/x.jsonl"), "cannot write {file}/sub/x.jsonl: {file} is a file, not a folder"),
+        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{folder}"), "cannot write {folder}: Is a directory"),
+        (("models", "tiny", "{file}"), "cannot use {file}: {file} is a file, not a folder"),
+    ],
+)
+def test_an_unwritable_output_path_is_one_line_exit_2(args, message, tmp_path):
+    paths = {"file": tmp_path / "FILE", "folder": tmp_path / "folder"}
+    paths["file"].write_text("not a folder\n")
+    paths["folder"].mkdir()
+    result = run_cli(*(arg.format(**paths) for arg in args))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"medssr {args[0]}: error: {message.format(**paths)}", result.stderr
+    assert "Traceback" not in result.stderr
+    assert paths["file"].read_text() == "not a folder\n" and list(paths["folder"].iterdir()) == []
+
+
 @pytest.mark.slow
 def test_demo_answers_its_examples_with_a_given_model(tiny_model):
     result = run_cli("demo", "--model", str(tiny_model), "--max-tokens", "4")
