@@ -127,13 +127,15 @@ def test_vllm_rollouts_only_with_cuda_and_cpu_settings(monkeypatch, tmp_path):
 
     config = TrainingConfig(model="m", data="d", output_dir=str(tmp_path), use_vllm=True, num_generations=2, per_device_train_batch_size=2)
     if not grpo.cuda_available():
-        assert grpo.rollout_backend(config) == "transformers"
+        assert grpo.rollout_backend(config) == "medssr-generator"
         args = grpo.build_grpo_config(config, tmp_path / "checkpoints")
         assert (args.use_vllm, args.bf16, args.gradient_checkpointing, args.report_to) == (False, False, False, [])
         assert args.reward_weights == [1.0, config.format_reward_weight]
     monkeypatch.setattr(grpo, "cuda_available", lambda: True)
     assert grpo.rollout_backend(config) == "vllm-colocate"
-    assert grpo.rollout_backend(TrainingConfig(use_vllm=False)) == "transformers"
+    assert grpo.rollout_backend(TrainingConfig(use_vllm=False)) == "medssr-generator"
+    assert grpo.rollout_backend(TrainingConfig(use_vllm=False, generation_backend="trl")) == "trl-generate"
+    assert grpo.rollout_function(TrainingConfig(generation_backend="trl")) is None
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ def test_stage_trains_and_changes_the_weights(stage, answer_format_model, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["stage"] == stage
     assert (metrics["records"], metrics["records_rejected"]) == (8, 1)
-    assert metrics["rollout_backend"] == "transformers"
+    assert metrics["rollout_backend"] == "medssr-generator"
     rewards = [json.loads(line) for line in result.history_path.read_text().splitlines()]
     assert [h["step"] for h in rewards if "reward" in h] == [1, 2, 3]
     assert any(h["reward_std"] > 0 for h in rewards if "reward" in h), "no reward variance: nothing to learn from"

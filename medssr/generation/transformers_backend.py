@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from medssr.generation.base import GeneratorConfig, Prompt, SamplingParams
 from medssr.generation.follow_up import FollowUp, ask_follow_up
@@ -95,6 +96,14 @@ def sample_tokens(logits, sampling: SamplingParams):
     return indices.gather(-1, choice).squeeze(-1)
 
 
+@dataclass
+class SampledIds:
+    """One completion as token ids, with each token's log-probability under the model."""
+
+    ids: list[int]
+    logprobs: list[float]
+
+
 class _Running:
     """The rows being decoded: cache, attention mask, next position and next-token logits of each row,
     which (prompt, sample) it is, and how many tokens it has made."""
@@ -140,9 +149,7 @@ class TransformersGenerator:
     """The ``transformers`` backend of :class:`medssr.generation.base.Generator`."""
 
     def __init__(self, config: GeneratorConfig):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-        from transformers.cache_utils import DynamicLayer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from medssr.models import resolve_model
 
@@ -155,19 +162,39 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             path, dtype=resolve_dtype(config.dtype, self.device), trust_remote_code=config.trust_remote_code
         ).to(self.device)
-        self.model.eval()
-        eos = self.model.generation_config.eos_token_id
+        model.eval()
+        self._attach(model, self.tokenizer)
+
+    @classmethod
+    def on_model(cls, model, tokenizer, batch_size: int) -> "TransformersGenerator":
+        """A generator on a model already in memory (a trainer's policy): its weights are used as they
+        are at each call, never copied. Neither the model's mode nor the tokenizer is changed."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        generator = cls.__new__(cls)
+        generator.config = GeneratorConfig(model=getattr(model, "name_or_path", ""), batch_size=batch_size, progress=False)
+        generator.device = str(model.device)
+        generator._attach(model, tokenizer)
+        return generator
+
+    def _attach(self, model, tokenizer) -> None:
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        self.model, self.tokenizer = model, tokenizer
+        eos = model.generation_config.eos_token_id
         eos_ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
-            eos_ids.append(self.tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(tokenizer.eos_token_id)
         # Only these end a completion; only SamplingParams decide how to sample (no checkpoint defaults).
         self.eos_token_ids = eos_ids
         # Plain (non-sliding-window) cache layers hold every position: per-prompt caches can be stacked,
         # rows admitted into a running batch and continued by a follow-up turn.
-        self._stackable_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+        self._stackable_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         self._torch = torch
 
     def _encode(self, prompt: Prompt) -> list[int]:
@@ -309,9 +336,6 @@ class TransformersGenerator:
 
     def _run(self, prompts, n, sampling, min_new_tokens=None, follow_up: FollowUp | None = None, suffixes=None):
         """Completions (and follow-up letters) of every prompt; see the module docstring."""
-        from tqdm.auto import tqdm
-
-        torch = self._torch
         if n < 1:
             raise ValueError("n must be >= 1")
         if not prompts:
@@ -319,6 +343,45 @@ class TransformersGenerator:
         greedy = sampling.temperature == 0
         copies = 1 if greedy else n
         encoded = [self._encode(prompt) for prompt in prompts]
+        tokens, _, answers = self._decode(encoded, [copies] * len(encoded), sampling, min_new_tokens, follow_up, suffixes)
+        letters_by_id = letter_token_ids(self.tokenizer, sampling.allowed_letters) if sampling.allowed_letters else {}
+        completions: list[list[str]] = [[""] * copies for _ in prompts]
+        replies: list[list[str | None]] = [[None] * copies for _ in prompts]
+        for (p, s), ids in tokens.items():
+            if letters_by_id:
+                completions[p][s] = letters_by_id[ids[0]]
+            else:
+                completions[p][s] = self.tokenizer.decode(ids, skip_special_tokens=True)
+            replies[p][s] = answers.get((p, s))
+        if greedy:
+            return [c * n for c in completions], [r * n for r in replies]
+        return completions, replies
+
+    def sample_ids(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int], sampling: SamplingParams) -> list[list[SampledIds]]:
+        """``counts[p]`` completions of the tokenized prompt ``prompt_ids[p]``, as token ids (the end token
+        included when one ended it) with the log-probability of each token: log-softmax of the logits
+        divided by the temperature (1 when greedy), before top-k and top-p, which is the policy's
+        probability a forward pass over prompt + completion gives (what GRPO's ratio is computed on)."""
+        if any(count < 1 for count in counts) or len(counts) != len(prompt_ids):
+            raise ValueError("counts: one count >= 1 per prompt")
+        if sampling.allowed_letters:
+            raise ValueError("sample_ids: allowed_letters is for generate()")
+        greedy = sampling.temperature == 0
+        copies = [1 if greedy else count for count in counts]
+        tokens, logprobs, _ = self._decode([list(ids) for ids in prompt_ids], copies, sampling, with_logprobs=True)
+        return [
+            [SampledIds(tokens[p, 0 if greedy else s], logprobs[p, 0 if greedy else s]) for s in range(count)]
+            for p, count in enumerate(counts)
+        ]
+
+    def _decode(self, encoded, copies, sampling, min_new_tokens=None, follow_up: FollowUp | None = None, suffixes=None, with_logprobs=False):
+        """The decode loop: tokens (and per-token log-probs, follow-up letters) by (prompt, sample), for
+        ``copies[p]`` samples of each encoded prompt."""
+        from tqdm.auto import tqdm
+
+        torch = self._torch
+        if not encoded:
+            return {}, {}, {}
         max_new_tokens = 1 if sampling.allowed_letters else sampling.max_tokens
         min_new = min(min_new_tokens or 0, max_new_tokens)
         letters_by_id: dict[int, str] = {}
@@ -337,13 +400,15 @@ class TransformersGenerator:
 
         size = self.config.batch_size
         order = sorted(range(len(encoded)), key=lambda p: len(encoded[p]))
-        queue = deque((p, first, min(size, copies - first)) for p in order for first in range(0, copies, size))
+        queue = deque((p, first, min(size, copies[p] - first)) for p in order for first in range(0, copies[p], size))
         tokens: dict[tuple[int, int], list[int]] = {}
+        logprobs: dict[tuple[int, int], list[float]] = {}
+        temperature = sampling.temperature or 1.0
         answers: dict[tuple[int, int], str] = {}
         waiting: list[dict] = []
         eos = torch.tensor(self.eos_token_ids, device=self.device, dtype=torch.long)
         running: _Running | None = None
-        progress = tqdm(total=len(prompts) * copies, desc="generate", unit="sample", disable=not self.config.progress)
+        progress = tqdm(total=sum(copies), desc="generate", unit="sample", disable=not self.config.progress)
         with torch.inference_mode():
             prefix = self._shared_prefix(encoded)
             while queue or (running is not None and running.alive.any()):
@@ -366,6 +431,11 @@ class TransformersGenerator:
                 alive = running.alive.nonzero().squeeze(1)
                 for row, token in zip(alive.tolist(), next_tokens[alive].tolist()):
                     tokens.setdefault(running.owners[row], []).append(token)
+                if with_logprobs:
+                    # The policy's own logits (no end-token or letter constraint applied).
+                    chosen = (running.logits[alive] / temperature).log_softmax(-1).gather(1, next_tokens[alive, None]).squeeze(1)
+                    for row, value in zip(alive.tolist(), chosen.tolist()):
+                        logprobs.setdefault(running.owners[row], []).append(value)
                 running.made[alive] += 1
                 ended = running.alive & (torch.isin(next_tokens, eos) | (running.made >= max_new_tokens))
                 if ended.any():
@@ -398,18 +468,7 @@ class TransformersGenerator:
                 running.cache, running.logits = out.cache, out.logits[:, -1].float()
                 running.positions = running.positions + 1
         progress.close()
-
-        completions: list[list[str]] = [[""] * copies for _ in prompts]
-        replies: list[list[str | None]] = [[None] * copies for _ in prompts]
-        for (p, s), ids in tokens.items():
-            if letters_by_id:
-                completions[p][s] = letters_by_id[ids[0]]
-            else:
-                completions[p][s] = self.tokenizer.decode(ids, skip_special_tokens=True)
-            replies[p][s] = answers.get((p, s))
-        if greedy:
-            return [c * n for c in completions], [r * n for r in replies]
-        return completions, replies
+        return tokens, logprobs, answers
 
     def _park(self, running: _Running, done, next_tokens, tokens, follow_up: FollowUp, eos) -> list[dict]:
         """Copy out the caches of just-finished rows whose completion needs the follow-up turn. A row cut

@@ -41,7 +41,8 @@ class TrainingConfig:
     loss_type: str = field(default="dapo", metadata={"help": f"GRPO loss normalisation, one of {', '.join(LOSS_TYPES)}."})
     max_completion_length: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts (applied after top_k)."})
+    top_k: int = field(default=0, metadata={"help": "Rollouts sample among the k most likely tokens (applied after temperature); 0 disables."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to train; -1 means use num_train_epochs."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the data when max_steps is -1."})
     save_steps: int = field(default=50, metadata={"help": "Save (and mirror) a checkpoint every K optimizer steps."})
@@ -49,6 +50,13 @@ class TrainingConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log loss, rewards and KL every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, sampling and initialisation."})
     format_reward_weight: float = field(default=0.1, metadata={"help": "Weight of the format reward beside the correctness reward (weight 1.0)."})
+    generation_backend: Literal["medssr", "trl"] = field(
+        default="medssr",
+        metadata={
+            "help": "Rollouts when vLLM is not used (CPU, or use_vllm off): 'medssr' = medssr's continuous-batching generator "
+            "on the trainer's current weights (TRL's rollout_func); 'trl' = TRL's own model.generate."
+        },
+    )
     use_vllm: bool = field(default=False, metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."})
     vllm_mode: Literal["colocate"] = field(default="colocate", metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})
@@ -67,6 +75,10 @@ class TrainingConfig:
             raise ValueError(f"loss_type: must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         if self.vllm_mode != "colocate":
             raise ValueError(f"vllm_mode: only 'colocate' is supported, not {self.vllm_mode!r}")
+        if self.generation_backend not in ("medssr", "trl"):
+            raise ValueError(f"generation_backend: must be 'medssr' or 'trl', not {self.generation_backend!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):

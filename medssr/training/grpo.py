@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,10 +39,19 @@ def launched_distributed() -> bool:
 
 
 def rollout_backend(config: TrainingConfig) -> str:
-    """vLLM colocate when asked for and a GPU is present; transformers generate otherwise."""
+    """vLLM colocate when asked for and a GPU is present; otherwise medssr's generator or TRL's model.generate."""
     if config.use_vllm and cuda_available():
         return "vllm-colocate"
-    return "transformers"
+    return "medssr-generator" if config.generation_backend == "medssr" else "trl-generate"
+
+
+def rollout_function(config: TrainingConfig):
+    """The ``rollout_func`` GRPOTrainer gets for ``config``: ours, or None for TRL's own rollout."""
+    if rollout_backend(config) != "medssr-generator":
+        return None
+    from medssr.training.rollout import generator_rollout
+
+    return generator_rollout
 
 
 def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
@@ -63,6 +73,7 @@ def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
         max_completion_length=config.max_completion_length,
         temperature=config.temperature,
         top_p=config.top_p,
+        top_k=config.top_k,
         max_steps=config.max_steps,
         num_train_epochs=config.num_train_epochs,
         save_strategy="steps",
@@ -132,7 +143,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
                  config.stage, len(data.rows), data.rejected, backend, state.num_processes)
         if config.use_vllm and backend != "vllm-colocate":
-            log.info("use_vllm requested but no CUDA device: plain transformers generation instead")
+            log.info("use_vllm requested but no CUDA device: %s rollouts instead", backend)
 
     resume_from = _choose_checkpoint(state, checkpoints_dir, config.checkpoint_dir)
     run = checkpoints.provenance(config, data_path)
@@ -144,17 +155,21 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     if resume_from and state.is_main_process:
         log.info("%s %s", "training already finished at" if finished else "resuming from", resume_from)
 
-    trainer = GRPOTrainer(
-        model=resume_from if finished else model_path,
-        reward_funcs=build_reward_functions(),
-        args=grpo_config,
-        train_dataset=Dataset.from_list(data.rows),
-        processing_class=load_tokenizer(model_path, config.trust_remote_code),
-        callbacks=[
-            checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run),
-            *callbacks,
-        ],
-    )
+    with warnings.catch_warnings():
+        # rollout_func is chosen on purpose; TRL's notice that it is experimental says nothing new.
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
+        trainer = GRPOTrainer(
+            model=resume_from if finished else model_path,
+            reward_funcs=build_reward_functions(),
+            args=grpo_config,
+            train_dataset=Dataset.from_list(data.rows),
+            processing_class=load_tokenizer(model_path, config.trust_remote_code),
+            rollout_func=rollout_function(config),
+            callbacks=[
+                checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run),
+                *callbacks,
+            ],
+        )
     if finished:
         trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
         train_metrics = {}
