@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from medssr.serving.deploy import (
     GROUP,
@@ -18,24 +17,20 @@ from medssr.serving.deploy import (
     render_inference_service,
     run_deploy,
 )
-from tests.plugins.kube import CRD_DIR
+from tests.plugins.kube import fields_outside_schema, missing_or_changed, openapi_schema
 
 S3_MODEL = "s3://medssr/mlflow/3/0123abcd/artifacts/model"
-
-
-def crd_schema() -> dict:
-    crd = yaml.safe_load((CRD_DIR / "serving.kserve.io_inferenceservices.yaml").read_text())
-    return next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)["schema"]["openAPIV3Schema"]
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def test_rendered_inference_service_is_valid_and_complete():
     import jsonschema
 
     config = DeployConfig(model="MedSSR_Qwen3@champion", storage_uri=S3_MODEL, run_id="run-7", namespace="ml",
-                          gpus=2, node_selector={"nvidia.com/gpu.present": "true"},
-                          tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+                          gpus=2, node_selector={"nvidia.com/gpu.present": "true"}, tolerations=[GPU_TOLERATION])
     manifest = render_inference_service(config, S3_MODEL)
-    jsonschema.validate(manifest, crd_schema())
+    jsonschema.validate(manifest, openapi_schema(manifest))
+    assert fields_outside_schema(manifest, openapi_schema(manifest)) == []
     assert manifest["metadata"]["name"] == "medssr-qwen3" and manifest["metadata"]["namespace"] == "ml"
     labels = manifest["metadata"]["labels"]
     assert labels["medssr.io/run-id"] == "run-7" and labels["medssr.io/stage"] == "serve"
@@ -113,6 +108,19 @@ def play_controller(kube_cluster, namespace: str, name: str, conditions: list[di
     thread = threading.Thread(target=act, daemon=True)
     thread.start()
     return thread
+
+
+@pytest.mark.k8s
+def test_inference_service_survives_admission_intact(kube_cluster, kube_namespace):
+    """Created on the server with KServe's own CRD and read back: every field we set is there, unchanged."""
+    config = DeployConfig(model="medssr-qwen/3", storage_uri=S3_MODEL, run_id="run-8", namespace=kube_namespace,
+                          runtime="kserve-huggingfaceserver", gpus=2, cpu="8", memory="48Gi", min_replicas=0,
+                          max_replicas=2, node_selector={"nvidia.com/gpu.present": "true"},
+                          tolerations=[GPU_TOLERATION], deployment_mode="RawDeployment")
+    manifest = render_inference_service(config, S3_MODEL)
+    _objects(kube_cluster).create_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, manifest)
+    stored = _objects(kube_cluster).get_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, manifest["metadata"]["name"])
+    assert missing_or_changed(manifest, stored) == []
 
 
 READY = [

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from medssr.cluster import ClusterDefaults
+from tests.plugins.kube import crd_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -26,7 +27,6 @@ KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 # Schemas of the Kubernetes minor the manifests target (the oldest we claim is 1.30; the API server of the
 # test suite is older still and checks the same objects with --dry-run=server below).
 KUBERNETES_SCHEMA_VERSION = "1.30.0"
-CRD_DIR = ROOT / "tests" / "data" / "crds"
 EXPECTED_OBJECTS = {
     ("Namespace", "medssr"),
     ("ServiceAccount", "medssr-pipeline"),
@@ -320,23 +320,14 @@ def test_predictor_account_carries_the_s3_secret(rendered):
 
 
 def _crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
-    validators = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
-            if not crd:
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                schema = version["schema"]["openAPIV3Schema"]
-                validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
-    return validators
+    return {key: jsonschema.Draft7Validator(schema) for key, schema in crd_schemas().items()}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_has_a_schema(rendered, overlay):
     """Core kinds are checked by kubernetes-validate above; anything else must be a custom resource whose
     CRD the test suite carries, and must validate against that CRD's openAPIV3Schema."""
-    validators = _crd_validators() if CRD_DIR.is_dir() else {}
+    validators = _crd_validators()
     for doc in rendered[overlay]:
         key = (doc["apiVersion"], doc["kind"])
         try:
