@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import threading
 import time
 
@@ -28,6 +29,8 @@ from medssr.launch import (
     run_training_job,
 )
 from medssr.launch.base import training_arguments
+from medssr.launch.trainjob import PATCH_MANAGER, TRAINER_NODE
+from tests.plugins.kube import crd_schemas, fields_outside_schema, missing_or_changed, openapi_schema
 
 IMAGE = "registry.example.com/medssr:0.1.0-gpu"
 TRAINING = {"stage": "self", "model": "/data/models/base", "data": "/data/train.jsonl", "output_dir": "/ckpt/stage1", "max_steps": 5, "use_vllm": True}
@@ -56,6 +59,15 @@ def test_job_spec_rejects_bad_settings_before_anything_runs():
     assert training_arguments({"learning_rate": 1e-6, "use_vllm": False, "checkpoint_dir": None}) == [
         "--learning-rate", "1e-06", "--use-vllm", "false"
     ]
+
+
+def test_vllm_tensor_parallel_groups_stay_on_one_node():
+    eight_b = {**TRAINING, "vllm_tensor_parallel_size": 4, "vllm_gpu_memory_utilization": 0.5}
+    assert JobSpec(run_id="r1", stage="train-self", training=eight_b, nproc_per_node=8, gpus_per_node=8).training == eight_b
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size=4 must divide nproc_per_node=6"):
+        JobSpec(run_id="r1", stage="train-self", training=eight_b, nproc_per_node=6, gpus_per_node=6)
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size: must be at least 1"):
+        JobSpec(run_id="r1", stage="train-self", training={**TRAINING, "vllm_tensor_parallel_size": 0})
 
 
 def test_launcher_configs_come_from_plain_data():
@@ -194,6 +206,53 @@ def cluster_spec(run_id: str, stage: str = "train-self", **overrides) -> JobSpec
     return JobSpec(**values)
 
 
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# Every placement and lifetime setting a cluster launcher passes on.
+FULL_PLACEMENT = dict(
+    service_account_name="medssr-trainer",
+    node_selector={"nvidia.com/gpu.present": "true"},
+    tolerations=[GPU_TOLERATION],
+    ttl_seconds_after_finished=600,
+    active_deadline_seconds=86400,
+)
+
+
+def large_model_spec(run_id: str) -> JobSpec:
+    """An 8B model on two nodes of 8 GPUs, vLLM split over 2 GPUs per engine: every field a launcher can set is set."""
+    return cluster_spec(
+        run_id,
+        training={**TRAINING, "model": "/models/qwen3-8b", "vllm_tensor_parallel_size": 2, "vllm_gpu_memory_utilization": 0.5},
+        nproc_per_node=8,
+        num_workers=1,
+        gpus_per_node=8,
+        cpu="32",
+        memory="256Gi",
+        shm_size="64Gi",
+        secret_env=[
+            SecretEnvVar(name="AWS_ACCESS_KEY_ID", secret_name="medssr-s3", key="accessKey"),
+            SecretEnvVar(name="HF_TOKEN", secret_name="hf", key="token", optional=True),
+        ],
+        volumes=[
+            VolumeMount(name="workspace", claim_name="medssr-workspace", mount_path="/data"),
+            VolumeMount(name="models", claim_name="medssr-models", mount_path="/models", read_only=True, sub_path="qwen3"),
+        ],
+    )
+
+
+def strategic_merge(base, patch):
+    """Kubernetes' strategic merge as the trainer applies a runtime patch to the runtime's JobSet template, for the
+    lists a patch of ours touches: replicatedJobs, containers, volumes, volumeMounts and env merge by name, other
+    lists (tolerations) are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{key: strategic_merge(base[key], value) if key in base else value for key, value in patch.items()}}
+    named = isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in base + patch)
+    if named:
+        patches = {item["name"]: item for item in patch}
+        kept = [strategic_merge(item, patches.pop(item["name"])) if item["name"] in patches else item for item in base]
+        return kept + list(patches.values())
+    return patch
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -251,7 +310,11 @@ def test_pytorchjob_object_carries_the_spec_and_labels(kube_cluster, kube_namesp
     assert template["metadata"]["labels"]["medssr.io/run-id"] == "run7"
     pod = template["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert pod["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": "medssr-workspace"}}]
+    # A GPU pod gets a memory-backed /dev/shm beside its claims (NCCL needs more than the container's 64 MiB).
+    assert pod["volumes"] == [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "medssr-workspace"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
     (container,) = pod["containers"]
     assert container["name"] == "pytorch" and container["image"] == IMAGE
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -260,12 +323,47 @@ def test_pytorchjob_object_carries_the_spec_and_labels(kube_cluster, kube_namesp
     assert command[command.index("-m", 3) + 1] == "medssr.training"
     assert command[command.index("--data") + 1] == "/data/train.jsonl" and command[command.index("--use-vllm") + 1] == "true"
     assert {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "medssr-s3", "key": "accessKey"}}} in container["env"]
-    assert container["volumeMounts"] == [{"name": "workspace", "mountPath": "/data"}]
+    assert container["volumeMounts"] == [{"name": "workspace", "mountPath": "/data"}, {"name": "dshm", "mountPath": "/dev/shm"}]
 
     listed = kube_cluster.kubectl("get", "pytorchjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run7", "-o", "name")
     assert listed.stdout.split() == ["pytorchjob.kubeflow.org/run7-train-self"]
     other = kube_cluster.kubectl("get", "pytorchjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run8", "-o", "name")
     assert other.stdout.strip() == ""
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_every_field_we_set_survives_admission(kube_cluster, kube_namespace, backend):
+    """Created on the server under the operator's own CRD and read back: every field we sent is there with the same
+    value. A structural schema prunes what it does not declare without an error (how TrainJob lost its volumes,
+    service account and placement when Trainer v2.3 replaced podSpecOverrides with runtimePatches)."""
+    make_launcher = {"pytorchjob": pytorch_launcher, "trainjob": trainjob_launcher}[backend]
+    launcher = make_launcher(kube_cluster, kube_namespace, **FULL_PLACEMENT)
+    spec = large_model_spec(f"intact-{backend}")
+    sent = launcher.build_object(spec)
+    assert fields_outside_schema(sent, openapi_schema(sent)) == []
+    stored = launcher.get(launcher.submit(spec))
+    assert missing_or_changed(sent, stored) == []
+
+
+@pytest.mark.k8s
+def test_pytorchjob_requests_gpus_shared_memory_and_placement(kube_cluster, kube_namespace):
+    launcher = pytorch_launcher(kube_cluster, kube_namespace, **FULL_PLACEMENT)
+    job = launcher.get(launcher.submit(large_model_spec("big1")))
+    for replica, count in (("Master", 1), ("Worker", 1)):
+        replica_spec = job["spec"]["pytorchReplicaSpecs"][replica]
+        pod = replica_spec["template"]["spec"]
+        assert replica_spec["replicas"] == count and pod["serviceAccountName"] == "medssr-trainer"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"] == [GPU_TOLERATION]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
+        (container,) = pod["containers"]
+        assert container["resources"] == {"requests": {"cpu": "32", "memory": "256Gi"}, "limits": {"memory": "256Gi", "nvidia.com/gpu": 8}}
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        command = container["command"]
+        assert command[3] == "--nproc-per-node=8"
+        assert command[command.index("--vllm-tensor-parallel-size") + 1] == "2"
+        assert command[command.index("--vllm-gpu-memory-utilization") + 1] == "0.5"
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
 
 
 @pytest.mark.k8s
@@ -403,18 +501,19 @@ def test_schemas_reject_invalid_jobs_with_422(kube_cluster, kube_namespace):
     custom = client.CustomObjectsApi(kube_cluster.api_client())
     pytorchjob = pytorch_launcher(kube_cluster, kube_namespace).build_object(cluster_spec("bad1"))
     pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
-    pytorchjob["spec"]["runPolicy"]["cleanPodPolicy"] = "Sometimes"
+    pytorchjob["spec"]["runPolicy"]["backoffLimit"] = "three"
     with pytest.raises(ApiException) as rejected:
         custom.create_namespaced_custom_object("kubeflow.org", "v1", kube_namespace, "pytorchjobs", pytorchjob)
     assert rejected.value.status == 422
     body = json.loads(rejected.value.body)["message"]
-    assert "replicas" in body and "cleanPodPolicy" in body
+    assert "replicas" in body and "backoffLimit" in body
 
+    # Trainer v2.3 types numProcPerNode as an integer ("auto" was valid in earlier releases).
     trainjob = trainjob_launcher(kube_cluster, kube_namespace).build_object(cluster_spec("bad2"))
-    trainjob["spec"]["trainer"]["numNodes"] = 0
+    trainjob["spec"]["trainer"]["numProcPerNode"] = "auto"
     with pytest.raises(ApiException) as rejected:
         custom.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", kube_namespace, "trainjobs", trainjob)
-    assert rejected.value.status == 422 and "numNodes" in json.loads(rejected.value.body)["message"]
+    assert rejected.value.status == 422 and "numProcPerNode" in json.loads(rejected.value.body)["message"]
 
     # The launcher turns the API server's rejection into one readable error.
     broken = cluster_spec("bad3", memory="lots")
@@ -423,8 +522,47 @@ def test_schemas_reject_invalid_jobs_with_422(kube_cluster, kube_namespace):
 
 
 @pytest.mark.k8s
+def test_trainjob_patches_the_torch_distributed_runtime_as_shipped(kube_cluster, kube_namespace):
+    """The runtime is the object Trainer v2.3 ships (installed by the fixture): our one runtime patch targets its
+    trainer job and container by their names, and merged as the trainer merges it, gives the trainer pods our labels,
+    volumes, mounts, service account and placement, keeping what the runtime sets."""
+    from kubernetes import client
+
+    runtime = client.CustomObjectsApi(kube_cluster.api_client()).get_cluster_custom_object(
+        "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", "torch-distributed"
+    )
+    launcher = trainjob_launcher(kube_cluster, kube_namespace, **FULL_PLACEMENT)
+    job = launcher.get(launcher.submit(large_model_spec("shipped")))
+    reference = job["spec"]["runtimeRef"]
+    assert (reference["apiGroup"], reference["kind"], reference["name"]) == ("trainer.kubeflow.org", runtime["kind"], runtime["metadata"]["name"])
+    assert job["spec"]["activeDeadlineSeconds"] == 86400
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == PATCH_MANAGER
+    template = patch["trainingRuntimeSpec"]["template"]
+    assert template["metadata"]["labels"]["medssr.io/run-id"] == "shipped"  # the JobSet's labels
+
+    merged = strategic_merge(runtime["spec"]["template"], template)
+    assert [j["name"] for j in merged["spec"]["replicatedJobs"]] == [j["name"] for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]]
+    (trainer_job,) = [j for j in merged["spec"]["replicatedJobs"] if j["name"] == TRAINER_NODE]
+    job_labels = trainer_job["template"]["metadata"]["labels"]
+    assert job_labels["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer" and job_labels["medssr.io/run-id"] == "shipped"
+    pod = trainer_job["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["medssr.io/stage"] == "train-self"
+    assert pod["spec"]["serviceAccountName"] == "medssr-trainer"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["spec"]["tolerations"] == [GPU_TOLERATION]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["workspace", "models", "dshm"]
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == TRAINER_NODE and container["image"].startswith("pytorch/pytorch:")  # trainer.image replaces it
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/data", "/models", "/dev/shm"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True, "subPath": "qwen3"} in container["volumeMounts"]
+    # The name rules of TrainJob's CRD are CEL, which the test server does not enforce: hold our names to them here.
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job["metadata"]["name"]) and len(job["metadata"]["name"]) <= 63
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job_name("7f3a", "train-self"))
+
+
+@pytest.mark.k8s
 def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
-    launcher = trainjob_launcher(kube_cluster, kube_namespace, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    launcher = trainjob_launcher(kube_cluster, kube_namespace, tolerations=[GPU_TOLERATION])
     handle = launcher.submit(cluster_spec("run10", stage="train-supervised", training={**TRAINING, "stage": "supervised"}))
     job = launcher.get(handle)
     assert handle.name == "run10-train-supervised"
@@ -436,35 +574,49 @@ def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
     assert trainer["command"][trainer["command"].index("--stage") + 1] == "supervised"
     assert {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "medssr-s3", "key": "accessKey"}}} in trainer["env"]
-    assert spec["labels"]["medssr.io/run-id"] == "run10"
-    (override,) = spec["podSpecOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    assert override["volumes"][0]["persistentVolumeClaim"] == {"claimName": "medssr-workspace"}
-    assert override["tolerations"][0]["key"] == "nvidia.com/gpu"
+    (trainer_job,) = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = trainer_job["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["medssr.io/run-id"] == "run10"
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "medssr-workspace"}
+    assert pod["spec"]["tolerations"] == [GPU_TOLERATION]
     listed = kube_cluster.kubectl("get", "trainjobs", "-n", kube_namespace, "-l", "medssr.io/run-id=run10", "-o", "name")
     assert listed.stdout.split() == ["trainjob.trainer.kubeflow.org/run10-train-supervised"]
 
-    def condition(kind: str, reason: str, message: str) -> dict:
-        return {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
+    def condition(kind: str, reason: str, message: str, status: str = "True") -> dict:
+        return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": now()}
 
+    def jobs_status(active: int, ready: int, succeeded: int = 0) -> dict:
+        return {"jobsStatus": [{"name": "node", "active": active, "ready": ready, "succeeded": succeeded, "failed": 0, "suspended": 0}]}
+
+    # Trainer v2.3: Suspended (e.g. while Kueue holds the job) is not final; jobsStatus counts the running Jobs.
+    custom_status = {"conditions": [condition("Suspended", "Suspended", "TrainJob is suspended")]}
+    play_operator(kube_cluster, launcher, handle, [(0, custom_status)]).join()
+    assert (launcher.status(handle).state, launcher.status(handle).reason) == ("Pending", "Suspended")
     play_operator(
         kube_cluster,
         launcher,
         handle,
-        [(0.3, {"jobsStatus": [{"name": "node", "active": 3, "ready": 3, "succeeded": 0, "failed": 0, "suspended": 0}]}), (0.5, {"conditions": [condition("Complete", "JobsCompleted", "TrainJob completed")]})],
+        [
+            (0.3, {"conditions": [condition("Suspended", "Resumed", "TrainJob is resumed", "False")], **jobs_status(1, 1)}),
+            (0.5, {"conditions": [condition("Suspended", "Resumed", "TrainJob is resumed", "False"), condition("Complete", "JobsCompleted", "TrainJob completed")],
+                   **jobs_status(0, 0, 1)}),
+        ],
     )
     deadline = time.monotonic() + 10
     while launcher.status(handle).state == "Pending" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert launcher.status(handle).state in ("Running", "Succeeded")
+    running = launcher.status(handle)
+    assert running.state in ("Running", "Succeeded")
+    if running.state == "Running":
+        assert running.message == "node: 1 active, 1 ready"
     status = launcher.wait(handle, timeout=30)
     assert (status.state, status.reason, status.message) == ("Succeeded", "JobsCompleted", "TrainJob completed")
 
     failing = launcher.submit(cluster_spec("run11"))
-    play_operator(kube_cluster, launcher, failing, [(0.2, {"conditions": [condition("Failed", "JobsFailed", "node-0 exited with code 1")]})])
+    play_operator(kube_cluster, launcher, failing, [(0.2, {"conditions": [condition("Failed", "DeadlineExceeded", "TrainJob exceeded its activeDeadlineSeconds")]})])
     status = launcher.wait(failing, timeout=30)
-    assert (status.state, status.reason) == ("Failed", "JobsFailed")
-    assert "exited with code 1" in status.message and "no master pod found" in status.message
+    assert (status.state, status.reason) == ("Failed", "DeadlineExceeded")
+    assert "activeDeadlineSeconds" in status.message and "no master pod found" in status.message
     launcher.delete(failing)
     assert kube_cluster.kubectl("get", "trainjobs", "-n", kube_namespace, "-o", "name").stdout.split() == [
         "trainjob.trainer.kubeflow.org/run10-train-supervised"

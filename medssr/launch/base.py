@@ -19,6 +19,7 @@ TRAINING_MODULE = "medssr.training"
 JobState = Literal["Pending", "Running", "Succeeded", "Failed", "Timeout"]
 FINAL_STATES = ("Succeeded", "Failed")
 MAX_NAME_LENGTH = 63
+SHM_VOLUME_NAME = "dshm"
 
 
 @dataclass
@@ -58,6 +59,11 @@ class JobSpec:
     gpus_per_node: int = field(default=0, metadata={"help": "nvidia.com/gpu limit of each node's pod."})
     cpu: str | None = field(default=None, metadata={"help": "CPU request of each node's pod, e.g. '4'."})
     memory: str | None = field(default=None, metadata={"help": "Memory request and limit of each node's pod, e.g. '32Gi'."})
+    shm_size: str | None = field(
+        default=None,
+        metadata={"help": "Size of the memory-backed /dev/shm of each node's pod, e.g. '32Gi' (counts against its memory); "
+                          "GPU pods always get one (NCCL needs it), unbounded when this is None."},
+    )
     env: dict[str, str] = field(default_factory=dict, metadata={"help": "Plain (non-secret) environment variables."})
     secret_env: list[SecretEnvVar] = field(default_factory=list, metadata={"help": "Environment variables from Secrets (names and keys only)."})
     volumes: list[VolumeMount] = field(default_factory=list, metadata={"help": "PVCs with the data and checkpoints."})
@@ -79,12 +85,19 @@ class JobSpec:
         self.volumes = [item if isinstance(item, VolumeMount) else VolumeMount(**item) for item in self.volumes]
         for key, value in self.labels.items():
             validate_label_value(value, f"labels[{key}]")
+        if SHM_VOLUME_NAME in {v.name for v in self.volumes}:
+            raise ValueError(f"volumes: the name {SHM_VOLUME_NAME!r} is taken by the /dev/shm volume")
         if self.entry_module == TRAINING_MODULE:
             check_training_settings(self.training)
+            check_vllm_placement(self.training, self.nproc_per_node)
 
     @property
     def num_nodes(self) -> int:
         return 1 + self.num_workers
+
+    @property
+    def needs_shared_memory(self) -> bool:
+        return self.gpus_per_node > 0 or self.shm_size is not None
 
     @property
     def job_name(self) -> str:
@@ -170,6 +183,17 @@ def check_training_settings(training: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"training: unknown setting(s) {', '.join(unknown)}")
     TrainingConfig(**training).validate_paths()
+
+
+def check_vllm_placement(training: dict[str, Any], nproc_per_node: int) -> None:
+    """A vLLM colocate tensor-parallel group is `vllm_tensor_parallel_size` consecutive ranks (TRL): its size must
+    divide the processes of a node, so that no group spans two nodes."""
+    tensor_parallel = training.get("vllm_tensor_parallel_size") or 1
+    if training.get("use_vllm") and nproc_per_node % tensor_parallel:
+        raise ValueError(
+            f"training.vllm_tensor_parallel_size={tensor_parallel} must divide nproc_per_node={nproc_per_node} "
+            "(a tensor-parallel group must not span nodes)"
+        )
 
 
 def training_arguments(training: dict[str, Any]) -> list[str]:

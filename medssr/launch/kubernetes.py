@@ -9,13 +9,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from medssr.cluster import standard_labels
-from medssr.launch.base import JobHandle, JobSpec, JobStatus, last_lines
+from medssr.launch.base import SHM_VOLUME_NAME, JobHandle, JobSpec, JobStatus, last_lines
 
 log = logging.getLogger(__name__)
 WATCH_CHUNK_S = 30  # re-list after this long so a silently dropped watch cannot stall a wait
+# NCCL (and PyTorch's data-loader workers) exchange tensors through /dev/shm; a container's default is 64 MiB.
+SHM_PATH = "/dev/shm"
 
 
 @dataclass
@@ -29,7 +32,7 @@ class KubernetesLauncherConfig:
     image_pull_policy: str = field(default="IfNotPresent", metadata={"help": "imagePullPolicy of the training container."})
     node_selector: dict[str, str] = field(default_factory=dict, metadata={"help": "nodeSelector of the training pods (e.g. a GPU node pool)."})
     tolerations: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Tolerations of the training pods (Kubernetes Toleration objects)."})
-    ttl_seconds_after_finished: int | None = field(default=86400, metadata={"help": "The operator deletes a finished job after this long; None = keep."})
+    ttl_seconds_after_finished: int | None = field(default=86400, metadata={"help": "The operator deletes a finished job after this long; None = keep (PyTorchJob; a v2.3 TrainJob has no such field)."})
     active_deadline_seconds: int | None = field(default=None, metadata={"help": "The operator fails a job running longer than this; None = no limit."})
     backoff_limit: int = field(default=3, metadata={"help": "Pod restarts before the job is Failed (PyTorchJob)."})
     on_conflict: Literal["fail", "reuse"] = field(
@@ -82,7 +85,7 @@ def resources(spec: JobSpec) -> dict[str, dict[str, Any]]:
 
 
 def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container volumeMounts) for the spec's PVCs."""
+    """(pod volumes, container volumeMounts): the spec's PVCs, and a memory-backed /dev/shm when it needs one."""
     pod_volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name}} for v in spec.volumes]
     mounts = []
     for v in spec.volumes:
@@ -92,6 +95,12 @@ def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if v.sub_path:
             mount["subPath"] = v.sub_path
         mounts.append(mount)
+    if spec.needs_shared_memory:
+        empty_dir: dict[str, Any] = {"medium": "Memory"}
+        if spec.shm_size:
+            empty_dir["sizeLimit"] = spec.shm_size
+        pod_volumes.append({"name": SHM_VOLUME_NAME, "emptyDir": empty_dir})
+        mounts.append({"name": SHM_VOLUME_NAME, "mountPath": SHM_PATH})
     return pod_volumes, mounts
 
 
@@ -109,12 +118,24 @@ class CustomJobLauncher(ABC):
     group = version = plural = kind = ""
 
     def __init__(self, config: KubernetesLauncherConfig) -> None:
+        self.config = config
+
+    # The API client is made on first use: building an object (`--dry-run`) needs no cluster or kubeconfig.
+    @cached_property
+    def api(self):
+        return api_client_for(self.config)
+
+    @cached_property
+    def custom(self):
         from kubernetes import client
 
-        self.config = config
-        self.api = api_client_for(config)
-        self.custom = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
+        return client.CustomObjectsApi(self.api)
+
+    @cached_property
+    def core(self):
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api)
 
     # --- what a backend provides ---------------------------------------------------------------------------
     @abstractmethod

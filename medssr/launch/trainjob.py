@@ -16,8 +16,12 @@ from medssr.launch.kubernetes import (
     volumes,
 )
 
-# The torch runtimes name their trainer replicated job (and its container) "node".
+# The torch runtimes (torch-distributed as shipped) name their trainer replicated job and its container "node".
 TRAINER_NODE = "node"
+# Owner of our entry in spec.runtimePatches (a list map keyed by manager; Kueue adds its own beside it).
+PATCH_MANAGER = "medssr.io/launcher"
+# Trainer v2.3 condition types; while none is True the job is pending or running by its jobsStatus.
+COMPLETE, FAILED, SUSPENDED = "Complete", "Failed", "Suspended"
 
 
 @dataclass
@@ -53,21 +57,10 @@ class TrainJobLauncher(CustomJobLauncher):
         body_spec: dict[str, Any] = {
             "runtimeRef": {"name": self.config.runtime_name, "apiGroup": self.group, "kind": self.config.runtime_kind},
             "trainer": trainer,
-            "labels": labels,  # carried onto the JobSet, its Jobs and pods
+            "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": self.jobset_patch(spec, labels)}}],
         }
-        override: dict[str, Any] = {}
-        pod_volumes, mounts = volumes(spec)
-        if pod_volumes:
-            override["volumes"] = pod_volumes
-            override["containers"] = [{"name": TRAINER_NODE, "volumeMounts": mounts}]
-        if self.config.service_account_name:
-            override["serviceAccountName"] = self.config.service_account_name
-        if self.config.node_selector:
-            override["nodeSelector"] = dict(self.config.node_selector)
-        if self.config.tolerations:
-            override["tolerations"] = list(self.config.tolerations)
-        if override:
-            body_spec["podSpecOverrides"] = [{"targetJobs": [{"name": TRAINER_NODE}], **override}]
+        if self.config.active_deadline_seconds is not None:
+            body_spec["activeDeadlineSeconds"] = self.config.active_deadline_seconds
         return {
             "apiVersion": f"{self.group}/{self.version}",
             "kind": self.kind,
@@ -75,17 +68,37 @@ class TrainJobLauncher(CustomJobLauncher):
             "spec": body_spec,
         }
 
+    def jobset_patch(self, spec: JobSpec, labels: dict[str, str]) -> dict[str, Any]:
+        """What Trainer v2.3 lets a TrainJob change in its runtime's JobSet: the labels of the JobSet, of the trainer
+        Job and its pods, and the trainer pods' volumes, mounts, service account and placement."""
+        pod_spec: dict[str, Any] = {}
+        pod_volumes, mounts = volumes(spec)
+        if pod_volumes:
+            pod_spec["volumes"] = pod_volumes
+            pod_spec["containers"] = [{"name": TRAINER_NODE, "volumeMounts": mounts}]
+        if self.config.service_account_name:
+            pod_spec["serviceAccountName"] = self.config.service_account_name
+        if self.config.node_selector:
+            pod_spec["nodeSelector"] = dict(self.config.node_selector)
+        if self.config.tolerations:
+            pod_spec["tolerations"] = list(self.config.tolerations)
+        pod_template: dict[str, Any] = {"metadata": {"labels": labels}}
+        if pod_spec:
+            pod_template["spec"] = pod_spec
+        trainer_job = {"name": TRAINER_NODE, "template": {"metadata": {"labels": labels}, "spec": {"template": pod_template}}}
+        return {"metadata": {"labels": labels}, "spec": {"replicatedJobs": [trainer_job]}}
+
     def state_of(self, obj: dict[str, Any]) -> JobStatus:
         conditions = true_conditions(obj)
-        if "Complete" in conditions:
-            condition = conditions["Complete"]
-            return JobStatus("Succeeded", condition.get("reason") or "Complete", condition.get("message") or "")
-        if "Failed" in conditions:
-            condition = conditions["Failed"]
-            return JobStatus("Failed", condition.get("reason") or "Failed", condition.get("message") or "")
+        for condition_type, state in ((FAILED, "Failed"), (COMPLETE, "Succeeded"), (SUSPENDED, "Pending")):
+            if condition_type in conditions:
+                condition = conditions[condition_type]
+                return JobStatus(state, condition.get("reason") or condition_type, condition.get("message") or "")
+        # jobsStatus counts the child Jobs of each replicated job; a Job is active while any of its pods runs or waits.
         jobs = (obj.get("status") or {}).get("jobsStatus") or []
-        if any((job.get("active") or 0) > 0 for job in jobs):
-            return JobStatus("Running")
+        if any((job.get("active") or 0) + (job.get("ready") or 0) > 0 for job in jobs):
+            counts = ", ".join(f"{job.get('name')}: {job.get('active') or 0} active, {job.get('ready') or 0} ready" for job in jobs)
+            return JobStatus("Running", "", counts)
         return JobStatus("Pending")
 
     def master_pod_selector(self, name: str) -> str:
