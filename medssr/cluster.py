@@ -57,6 +57,20 @@ def run_selector(run_id: str) -> str:
     return f"{RUN_ID_LABEL}={validate_label_value(run_id, 'run_id')}"
 
 
+def manifest_yaml(obj: Mapping[str, Any]) -> str:
+    """An object as YAML for ``kubectl apply -f -``. kubectl reads YAML 1.2, where ``1e-06`` is a number: such
+    strings (training options in a command) are quoted here, which PyYAML's 1.1 rules would leave plain."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"), list("-+.0123456789")
+    )
+    return yaml.dump(dict(obj), Dumper=Dumper, sort_keys=False)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Cluster settings: the ConfigMap medssr-config written by manifests/ (base + overlay), read by pipeline
 # steps as environment variables (envFrom) and turned into typed defaults here.

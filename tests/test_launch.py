@@ -7,10 +7,14 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from medssr.launch import (
     JobSpec,
@@ -621,3 +625,91 @@ def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
     assert kube_cluster.kubectl("get", "trainjobs", "-n", kube_namespace, "-o", "name").stdout.split() == [
         "trainjob.trainer.kubeflow.org/run10-train-supervised"
     ]
+
+
+# --- medssr train --launcher ... --dry-run -------------------------------------------------------------------
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster_config(tmp_path_factory) -> Path:
+    """The GPU overlay as the README installs it (`kubectl kustomize`), ConfigMap medssr-config among its objects."""
+    root = tmp_path_factory.mktemp("install") / "manifests"
+    shutil.copytree(REPOSITORY / "manifests", root, ignore=shutil.ignore_patterns("s3.env"))
+    shutil.copyfile(root / "base" / "s3.env.example", root / "base" / "s3.env")
+    kubectl = shutil.which("kubectl") or "/usr/bin/kubectl"
+    rendered = subprocess.run([kubectl, "kustomize", str(root / "overlays" / "gpu")], capture_output=True, text=True, check=True)
+    path = root.parent / "gpu.yaml"
+    path.write_text(rendered.stdout)
+    return path
+
+
+def train_dry_run(launcher: str, *options: str) -> list[str]:
+    """`medssr train` of an 8B model on the GPU cluster's settings, as a cluster job, dry run."""
+    return [
+        "train", "--launcher", launcher, "--dry-run", "--run-id", "run-dry", "--image", IMAGE,
+        "--stage", "self", "--model", "/data/models/qwen3-8b", "--data", "/data/train.jsonl", "--out", "/data/runs/dry/model",
+        "--use-vllm", "true", "--vllm-tensor-parallel-size", "2", "--vllm-gpu-memory-utilization", "0.5",
+        "--pvc", "medssr-workspace:/data", "--service-account", "medssr-trainer", *options,
+    ]
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_train_dry_run_prints_the_job_its_crd_admits(launcher, gpu_cluster_config, tmp_path, capsys):
+    """No cluster needed (the kubeconfig does not exist): the printed job validates against the operator's CRD, keeps
+    nothing outside it, and requests what the GPU overlay's settings give a training pod."""
+    import jsonschema
+
+    from medssr.cli import main
+
+    code = main(train_dry_run(launcher, "--cluster-config", str(gpu_cluster_config), "--kubeconfig", str(tmp_path / "absent")))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    job = yaml.safe_load(out)
+    jsonschema.validate(job, openapi_schema(job))
+    assert fields_outside_schema(job, openapi_schema(job)) == []
+    assert job["metadata"]["name"] == "run-dry-train-self" and job["metadata"]["namespace"] == "medssr"
+    if launcher == "pytorchjob":
+        assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # MEDSSR_TRAIN_WORKERS
+        pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        (container,) = pod["containers"]
+        resources, command, mounts = container["resources"], container["command"], container["volumeMounts"]
+    else:
+        trainer = job["spec"]["trainer"]
+        assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 8
+        (trainer_job,) = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        pod = trainer_job["template"]["spec"]["template"]["spec"]
+        resources, command, mounts = trainer["resourcesPerNode"], trainer["command"], pod["containers"][0]["volumeMounts"]
+    assert resources == {"requests": {"cpu": "32", "memory": "256Gi"}, "limits": {"memory": "256Gi", "nvidia.com/gpu": 8}}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"] == [GPU_TOLERATION]
+    assert pod["serviceAccountName"] == "medssr-trainer"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert mounts == [{"name": "pvc-0", "mountPath": "/data"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    assert "--nproc-per-node=8" in command
+    assert command[command.index("--vllm-tensor-parallel-size") + 1] == "2"
+    assert command[command.index("--output-dir") + 1] == "/data/runs/dry/model"
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_train_dry_run_submits_nothing_and_applies_as_printed(launcher, kube_cluster, kube_namespace, capsys):
+    from medssr.cli import main
+
+    code = main(train_dry_run(launcher, "--namespace", kube_namespace, "--gpus-per-node", "8", "--kubeconfig", str(kube_cluster.kubeconfig)))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert kube_cluster.kubectl("get", "pytorchjobs,trainjobs", "-n", kube_namespace, "-o", "name").stdout == ""
+    # What a platform engineer does with it: `medssr train ... --dry-run | kubectl apply --dry-run=server -f -`.
+    applied = kube_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=out, check=False)
+    assert applied.returncode == 0 and "created (server dry run)" in applied.stdout, applied.stderr
+
+
+def test_train_dry_run_needs_a_launcher_and_the_job_settings(capsys):
+    from medssr.cli import main
+
+    training = ["--stage", "self", "--model", "m", "--data", "d.jsonl", "--out", "o"]
+    assert main(["train", *training, "--dry-run"]) == 2
+    assert "--dry-run prints a cluster job: give --launcher" in capsys.readouterr().err
+    assert main(["train", *training, "--launcher", "trainjob", "--dry-run", "--run-id", "r1"]) == 2
+    assert "needs --run-id and --image" in capsys.readouterr().err
