@@ -67,11 +67,7 @@ class OpenAIRoutes:
     async def _read(self, request: Request) -> dict:
         if not self.predictor.ready:
             raise RequestError(503, f"model '{self.predictor.name}' is not ready", code="model_not_ready")
-        limit = self.predictor.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
-        body = parse_json_body(await request.body(), limit)
+        body = parse_json_body(await request.body())  # BodyLimitMiddleware has bounded its size
         require_model(body, self.predictor.name)
         return body
 

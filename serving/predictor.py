@@ -7,6 +7,7 @@ and for a multiple-choice question reads the chosen letter with :mod:`medssr.ans
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from medssr.serving.protocol import (  # noqa: E402
     completion_jobs,
     instance_job,
     parse_settings,
+    require_unicode_text,
 )
 
 V2_TEXT_INPUTS = ("text_input", "prompt", "input")
@@ -111,6 +113,10 @@ class MedssrPredictor(Model):
         path = resolve_model_source(self.config.model)
         trust = self.config.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        # A folder without tokenizer files still loads an empty tokenizer; refuse it here, not at every request.
+        if not self.tokenizer.encode("The answer is", add_special_tokens=False):
+            raise ValueError(f"{path}: the model has no usable tokenizer (it encodes text to no tokens); "
+                             "save the tokenizer files beside the weights")
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         self.context_window = getattr(model_config, "max_position_embeddings", None)
         self.generator = build_generator(
@@ -186,7 +192,10 @@ class MedssrPredictor(Model):
         if len(jobs) > self.config.max_queue:
             raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
                                     f"{self.config.max_queue}", param=param, code="limit_exceeded")
-        prompt_tokens = [self.count_prompt_tokens(job.prompt) for job in jobs]
+        require_unicode_text(jobs, param)
+        # A prompt near the body limit takes a while to tokenize: never on the event loop, which must keep
+        # answering health probes and other requests meanwhile.
+        prompt_tokens = await asyncio.to_thread(lambda: [self.count_prompt_tokens(job.prompt) for job in jobs])
         for tokens in prompt_tokens:
             self._check_length(tokens, settings, param)
         try:

@@ -17,9 +17,11 @@ from medssr.data import LETTERS, MIN_OPTIONS, MCQItem, parse_question_text
 from medssr.generation.base import Prompt, SamplingParams
 from medssr.prompts import build_messages
 from medssr.serving.config import ServeConfig
+from medssr.serving.metrics import REJECTED
 
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 
 
 class RequestError(Exception):
@@ -66,9 +68,68 @@ class PromptJob:
         return "".join(self.options)
 
 
-def parse_json_body(raw: bytes, max_bytes: int) -> dict:
-    if len(raw) > max_bytes:
-        raise RequestError(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}", code="body_too_large")
+class BodyLimitMiddleware:
+    """ASGI middleware refusing a request body over ``max_bytes`` with 413 before any route reads it.
+
+    Every route (OpenAI, KServe v1/v2) is covered: a declared Content-Length over the limit is refused
+    without reading a byte; a body sent without one (chunked) is read here up to the limit, then
+    handed on whole, or refused as soon as it passes the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, send, f"request body is {int(declared)} bytes; the limit is {self.max_bytes}")
+                return
+            await self.app(scope, receive, send)  # the server stops the body at its declared length
+            return
+        if headers.get(b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away mid-body
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, send, f"request body passed the limit of {self.max_bytes} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for the disconnect, as the server's would
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, send, message: str) -> None:
+        REJECTED.labels(reason="body_too_large").inc()
+        error = RequestError(413, message, code="body_too_large")
+        content = error.openai_body() if scope["path"].startswith("/openai/") else {"error": error.message}
+        payload = json.dumps(content).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def parse_json_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -131,7 +192,7 @@ def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> G
         top_p=_number(body, "top_p", config.top_p, 0.0, 1.0, low_open=True),
         top_k=_integer(body, "top_k", config.top_k, 0),
         max_tokens=max_tokens,
-        seed=_integer(body, "seed", None, 0),
+        seed=_integer(body, "seed", None, 0, MAX_SEED),
     )
     # vLLM's extension: no end-of-sequence before this many tokens (fixed-length work for benchmarks).
     min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
@@ -149,6 +210,21 @@ def _stop_sequences(stop: Any) -> tuple[str, ...]:
         raise RequestError(400, f"'stop' has {len(sequences)} sequences; at most {MAX_STOP_SEQUENCES}", param="stop",
                            code="limit_exceeded")
     return tuple(sequences)
+
+
+def require_unicode_text(jobs: list[PromptJob], param: str) -> None:
+    """Refuse prompt text that is not valid Unicode (JSON lets "\\ud800", a lone surrogate, through)."""
+    for index, job in enumerate(jobs):
+        texts = [job.prompt] if isinstance(job.prompt, str) else [message["content"] for message in job.prompt]
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = param if len(jobs) == 1 else f"{param}[{index}]"
+                raise RequestError(
+                    400, f"'{where}' is not valid Unicode text: a lone surrogate {text[exc.start]!r} at character {exc.start}",
+                    param=where, code="invalid_value",
+                ) from None
 
 
 def options_in_text(text: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ def build_model_server(config: ServeConfig, predictor):
 
     from medssr.serving.metrics import RequestMetricsMiddleware
     from medssr.serving.openai_routes import register_openai_routes
-    from medssr.serving.protocol import RequestError
+    from medssr.serving.protocol import BodyLimitMiddleware, RequestError
 
     class MedssrModelServer(model_server.ModelServer):
         """``kserve.ModelServer`` (REST only) listening on a chosen interface."""
@@ -60,7 +60,8 @@ def build_model_server(config: ServeConfig, predictor):
         return JSONResponse(status_code=error.status, content={"error": error.message}, headers=headers)
 
     app = model_server.app
-    app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware)  # added last, so outermost: it records the 413s too
     app.add_exception_handler(RequestError, request_error_handler)
     register_openai_routes(app, predictor)
     return MedssrModelServer(

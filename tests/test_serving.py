@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -70,6 +72,59 @@ def test_serve_refuses_a_missing_model_with_one_line(tmp_path, capsys):
 
     assert main(["serve", "--local", str(tmp_path / "no-such-model"), "--port", "1"]) == 2
     assert "no model folder at" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # imports kserve and transformers
+def test_serve_refuses_a_model_folder_without_a_tokenizer_at_start(tiny_model, tmp_path):
+    from medssr.serving.process import ServerProcess, free_port
+
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny_model / name, folder / name)
+    server = ServerProcess(ServeConfig(model=str(folder), port=free_port(), torch_threads=1), tmp_path / "server.log")
+    try:
+        with pytest.raises(RuntimeError, match="model server exited with 2") as caught:
+            server.start(timeout_s=120)  # returns once /v2/health/ready answers 200: it must not
+    finally:
+        server.stop()
+    assert "the model has no usable tokenizer" in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+@pytest.mark.slow  # loads the model in this process
+def test_prompts_are_tokenized_off_the_event_loop(answering_model):
+    from medssr.serving.predictor import MedssrPredictor
+    from medssr.serving.protocol import PromptJob
+
+    config = ServeConfig(model=str(answering_model), max_prompt_tokens=256, torch_threads=1)
+    predictor = MedssrPredictor(config)
+    predictor.load()
+    settings = parse_settings({}, config)
+    prompt = "seizures ataxia hypotonia " * 30_000  # just under the 1 MB body limit: long to tokenize
+
+    async def loop_turns_while_tokenizing() -> tuple[int, RequestError]:
+        turns = 0
+
+        async def heartbeat():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        beat = asyncio.ensure_future(heartbeat())
+        await asyncio.sleep(0)
+        before = turns
+        with pytest.raises(RequestError) as caught:
+            await predictor.complete([PromptJob(prompt=prompt)], settings)
+        beat.cancel()
+        return turns - before, caught.value
+
+    try:
+        turns, error = asyncio.run(loop_turns_while_tokenizing())
+    finally:
+        predictor.stop()
+    assert error.status == 400 and error.code == "context_length_exceeded"
+    assert turns > 0, "the event loop made no turn while the prompt was tokenized"
 
 
 def test_batcher_gathers_compatible_requests_and_refuses_when_full():
@@ -271,6 +326,95 @@ def test_every_bad_request_gets_its_4xx_and_the_server_stays_up(kserve_server):
     assert not failures, "\n".join(failures)
     ok = httpx.post(f"{kserve_server.url}/openai/v1/chat/completions", json=chat_body(max_tokens=8), timeout=60)
     assert ok.status_code == 200 and ok.json()["medssr"]["answer"] == "C"
+
+
+ODD_REQUESTS = [
+    # (name, path, raw JSON body, the field the 400 names)
+    ("lone surrogate in a chat message", "/openai/v1/chat/completions",
+     f'{{"model": "{SERVED_NAME}", "messages": [{{"role": "user", "content": "hi \\ud800"}}]}}', "messages"),
+    ("lone surrogate in a prompt", "/openai/v1/completions", f'{{"model": "{SERVED_NAME}", "prompt": "hi \\ud800"}}', "prompt"),
+    ("lone surrogate in a v2 input", f"/v2/models/{SERVED_NAME}/infer",
+     '{"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi \\ud800"]}]}', "text_input"),
+    ("seed 2**64", "/openai/v1/completions", f'{{"model": "{SERVED_NAME}", "prompt": "hi", "seed": {2**64}}}', "seed"),
+    ("v1 seed 2**64", f"/v1/models/{SERVED_NAME}:predict", f'{{"instances": ["hi"], "parameters": {{"seed": {2**64}}}}}', "seed"),
+    ("v2 seed 2**64", f"/v2/models/{SERVED_NAME}/infer",
+     f'{{"inputs": [{{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi"]}}], "parameters": {{"seed": {2**64}}}}}',
+     "seed"),
+]
+
+
+@pytest.mark.slow
+def test_odd_text_and_out_of_range_seeds_get_400_naming_the_field(kserve_server):
+    failures = []
+    for name, path, body, field in ODD_REQUESTS:
+        response = httpx.post(f"{kserve_server.url}{path}", content=body.encode(), timeout=60,
+                              headers={"content-type": "application/json"})
+        error = response.json().get("error") if response.status_code < 500 else None
+        message = error["message"] if isinstance(error, dict) else error
+        if response.status_code != 400 or f"'{field}'" not in str(message):
+            failures.append(f"{name}: {response.status_code} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
+    largest = {"model": SERVED_NAME, "prompt": "hi", "seed": 2**64 - 1, "max_tokens": 2}
+    assert httpx.post(f"{kserve_server.url}/openai/v1/completions", json=largest, timeout=60).status_code == 200
+    assert_serving(kserve_server)
+
+
+def _post_while_sending(port: int, path: str, body_chunks, headers: str, on_first_chunk=None) -> tuple[str, bool, list]:
+    """POST ``body_chunks`` from a thread; returns the status line, whether the whole body had been sent
+    by the time the status line arrived, and what ``on_first_chunk`` returned (called once the upload is
+    under way)."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    sent_all = threading.Event()
+    first_sent = threading.Event()
+
+    def upload():
+        try:
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+            for chunk in body_chunks:
+                connection.sendall(chunk)
+                first_sent.set()
+            sent_all.set()
+        except OSError:  # the server answered and closed the connection mid-body
+            first_sent.set()
+
+    sender = threading.Thread(target=upload, daemon=True)
+    sender.start()
+    first_sent.wait(60)
+    seen = [on_first_chunk()] if on_first_chunk else []
+    connection.settimeout(120)
+    received = b""
+    while b"\r\n" not in received:
+        data = connection.recv(65536)
+        if not data:
+            break
+        received += data
+    finished_first = sent_all.is_set()
+    connection.close()
+    sender.join(30)
+    return received.split(b"\r\n")[0].decode(), finished_first, seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [f"/v1/models/{SERVED_NAME}:predict", f"/v2/models/{SERVED_NAME}/infer"])
+def test_a_20_mb_body_gets_413_before_it_is_read_and_health_answers_meanwhile(kserve_server, path):
+    port = int(kserve_server.url.rsplit(":", 1)[1])
+    size, piece = 20_000_000, b"x" * 500_000
+    pieces = [piece] * (size // len(piece))
+
+    status, body_sent_first, _ = _post_while_sending(port, path, pieces, f"Content-Length: {size}\r\n")
+    assert status.startswith("HTTP/1.1 413"), status
+    assert not body_sent_first, "the server read the whole body before refusing it"
+
+    # Without a Content-Length (chunked): refused once the bytes pass the limit; health answers mid-upload.
+    chunked = (f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for _ in pieces)
+    health = lambda: httpx.get(f"{kserve_server.url}/v2/health/ready", timeout=30).status_code  # noqa: E731
+    status, body_sent_first, seen = _post_while_sending(port, path, chunked, "Transfer-Encoding: chunked\r\n", health)
+    assert status.startswith("HTTP/1.1 413"), status
+    assert not body_sent_first, "the server read the whole chunked body before refusing it"
+    assert seen == [200]
+    metrics = httpx.get(f"{kserve_server.url}/metrics", timeout=10).text
+    assert _metric(metrics, 'medssr_serving_rejected_total{reason="body_too_large"}') >= 2
+    assert_serving(kserve_server)
 
 
 async def _post_many(url: str, bodies: list[dict], concurrency: int) -> list[httpx.Response]:
