@@ -360,6 +360,15 @@ def pseudo_label_step(
         Path(audit.path).write_text(Path(result.paths["markdown"]).read_text(encoding="utf-8"), encoding="utf-8")
 
 
+def train_defaults():
+    """The training pods' resources and placement from ConfigMap medssr-config, when the step has it (else None)."""
+    if os.environ.get("MEDSSR_TRAIN_GPUS") is None:
+        return None
+    from medssr.cluster import ClusterDefaults
+
+    return ClusterDefaults.from_mapping(os.environ, source="step environment (medssr-config)").train
+
+
 def launcher_config(launcher: str, namespace: str, work_dir: str):
     """The launcher backend and its cluster placement (from ConfigMap medssr-config when the step has it)."""
     from medssr.launch import LocalLauncherConfig, PyTorchJobLauncherConfig, TrainJobLauncherConfig
@@ -367,11 +376,8 @@ def launcher_config(launcher: str, namespace: str, work_dir: str):
     if launcher == "local":
         return LocalLauncherConfig(work_dir=work_dir)
     placement: dict[str, Any] = {}
-    if os.environ.get("MEDSSR_TRAIN_GPUS") is not None:
-        from medssr.cluster import ClusterDefaults
-
-        defaults = ClusterDefaults.from_mapping(os.environ, source="step environment (medssr-config)")
-        placement = {"node_selector": defaults.train.node_selector, "tolerations": defaults.train.tolerations}
+    if defaults := train_defaults():
+        placement = {"node_selector": defaults.node_selector, "tolerations": defaults.tolerations}
     kinds = {"pytorchjob": PyTorchJobLauncherConfig, "trainjob": TrainJobLauncherConfig}
     if launcher not in kinds:
         raise ValueError(f"launcher: must be local, pytorchjob or trainjob, not {launcher!r}")
@@ -406,6 +412,8 @@ def train_step(
     save_steps: int,
     seed: int,
     use_vllm: bool,
+    vllm_tensor_parallel_size: int,
+    vllm_gpu_memory_utilization: float,
     timeout_s: int,
     model,
     metrics,
@@ -436,6 +444,8 @@ def train_step(
         save_steps=save_steps,
         seed=seed,
         use_vllm=use_vllm,
+        vllm_tensor_parallel_size=vllm_tensor_parallel_size,
+        vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
     )
     training.validate_paths()
     volumes = []
@@ -445,6 +455,8 @@ def train_step(
     if s3_secret and launcher != "local":
         secret_env = [SecretEnvVar(k, s3_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+    # CPU and memory of each node's pod from the cluster settings (the GPUs are the pipeline's gpus_per_node).
+    defaults = train_defaults() if launcher != "local" else None
     spec = JobSpec(
         run_id=run_id,
         stage=stage_name,
@@ -453,6 +465,8 @@ def train_step(
         nproc_per_node=nproc_per_node,
         num_workers=num_workers,
         gpus_per_node=gpus_per_node,
+        cpu=defaults.cpu if defaults else None,
+        memory=defaults.memory if defaults else None,
         env={k: os.environ[k] for k in passthrough if k in os.environ},
         secret_env=secret_env,
         volumes=volumes,

@@ -34,6 +34,8 @@ def train(
     save_steps: int,
     seed: int,
     use_vllm: bool,
+    vllm_tensor_parallel_size: int,
+    vllm_gpu_memory_utilization: float,
     timeout_s: int,
     model: Output[Model],
     metrics: Output[Metrics],
@@ -44,5 +46,5 @@ def train(
         parent_run_id, tracking_uri, experiment, run_id, workspace, stage, base_model, data.path, launcher,
         namespace, image, workspace_pvc, s3_secret, nproc_per_node, num_workers, gpus_per_node, max_steps,
         num_generations, batch_size, learning_rate, beta, max_completion_length, temperature, save_steps, seed,
-        use_vllm, timeout_s, model, metrics,
+        use_vllm, vllm_tensor_parallel_size, vllm_gpu_memory_utilization, timeout_s, model, metrics,
     )

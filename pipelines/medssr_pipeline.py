@@ -102,6 +102,9 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
         train_temperature: float = 1.0,
         save_steps: int = 50,
         use_vllm: bool = True,
+        # vLLM colocated in the training processes (TRL's names): GPUs per engine, and its share of each GPU.
+        vllm_tensor_parallel_size: int = 1,
+        vllm_gpu_memory_utilization: float = 0.3,
         train_timeout_s: int = 0,
         # evaluation
         eval_benchmarks: str = "all",
@@ -200,6 +203,8 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
                 save_steps=save_steps,
                 seed=seed,
                 use_vllm=use_vllm,
+                vllm_tensor_parallel_size=vllm_tensor_parallel_size,
+                vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
                 timeout_s=train_timeout_s,
             )
             stage1 = wire(
