@@ -80,3 +80,38 @@ def test_crd_schemas_keep_zero_values_and_reject_wrong_types(kube_cluster, kube_
     }
     dry_run = kube_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(isvc))
     assert "created (server dry run)" in dry_run.stdout
+
+
+def _schema_nodes_with_cel_rules(crd_name: str) -> int:
+    from tests.plugins.kube import CRD_DIR, load_yaml_documents
+
+    def count(node) -> int:
+        if isinstance(node, dict):
+            return ("x-kubernetes-validations" in node) + sum(count(value) for value in node.values())
+        return sum(count(item) for item in node) if isinstance(node, list) else 0
+
+    crds = [doc for path in CRD_DIR.glob("*.yaml") for doc in load_yaml_documents(path) if doc and doc["metadata"]["name"] == crd_name]
+    return count(crds[0]["spec"]["versions"])
+
+
+def test_the_server_drops_exactly_the_cel_rules_of_the_real_crds(kube_cluster, kube_namespace):
+    """v1.20 stores every CRD of ../shared/crds but the CEL rules (Kubernetes 1.25+), all of them: nothing else of
+    the schemas (types, enums, patterns, list-map keys, defaults) is lost, so pruning and types are checked as on a
+    current cluster; a rule like TrainJob's RFC 1035 name is not (the launcher tests check our names themselves)."""
+    assert set(kube_cluster.ignored_schema_keys) == {
+        "pytorchjobs.kubeflow.org", "trainjobs.trainer.kubeflow.org", "clustertrainingruntimes.trainer.kubeflow.org",
+        "inferenceservices.serving.kserve.io", "clusterservingruntimes.serving.kserve.io",
+    }
+    for crd, dropped in kube_cluster.ignored_schema_keys.items():
+        with_rules = _schema_nodes_with_cel_rules(crd)
+        assert dict(dropped) == ({"x-kubernetes-validations": with_rules} if with_rules else {}), crd
+    assert "trainjobs.trainer.kubeflow.org: x-kubernetes-validations dropped at 17 places" in kube_cluster.server_limitations()
+
+    named_against_the_rule = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "7-starts-with-a-digit", "namespace": kube_namespace},
+        "spec": {"runtimeRef": {"name": "torch-distributed"}},
+    }
+    admitted = kube_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(named_against_the_rule))
+    assert "created (server dry run)" in admitted.stdout

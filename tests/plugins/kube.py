@@ -227,7 +227,7 @@ class KubeCluster:
     workdir: Path
     _processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
     _crds_applied: set[str] = field(default_factory=set, repr=False)
-    # CRD name -> schema keys the server dropped on storing it, with how often (see SCHEMA_KEYS_NEWER_THAN_SERVER).
+    # CRD name -> schema keys the server dropped on storing it, with at how many places (SCHEMA_KEYS_NEWER_THAN_SERVER).
     ignored_schema_keys: dict[str, Counter] = field(default_factory=dict)
 
     def api_client(self, token: str | None = None, impersonate: str | None = None, groups: list[str] | None = None):
@@ -319,7 +319,7 @@ class KubeCluster:
         for crd, keys in sorted(self.ignored_schema_keys.items()):
             for key, count in sorted(keys.items()):
                 why = SCHEMA_KEYS_NEWER_THAN_SERVER.get(key, "not known to this server version")
-                lines.append(f"{crd}: {count} x {key} dropped ({why})")
+                lines.append(f"{crd}: {key} dropped at {count} places ({why})")
         return "\n".join(lines)
 
     def _wait_for_discovery(self, crd_names: list[str]) -> None:
