@@ -188,7 +188,9 @@ def run_objects(kube_cluster):
         _job("PyTorchJob", f"{run_id}-supervised", run_id, "train-supervised"),
         {"conditions": [_cond("Created", at=now), _cond("Failed", reason="PyTorchJobFailed", message="OOMKilled", at=now)]},
     )
-    create(_job("TrainJob", f"{run_id}-tj", run_id, "train-self"), {"jobsStatus": [{"name": "node", "active": 1}]})
+    # Trainer v2.3 requires every count of a jobsStatus entry.
+    running = {"name": "node", "active": 1, "ready": 0, "succeeded": 0, "failed": 0, "suspended": 0}
+    create(_job("TrainJob", f"{run_id}-tj", run_id, "train-self"), {"jobsStatus": [running]})
     create(
         _isvc(f"{run_id}-isvc", run_id),
         {"url": "http://isvc.example.com", "conditions": [_cond("PredictorReady", at=now), _cond("Ready", at=now)]},
