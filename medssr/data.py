@@ -126,6 +126,8 @@ class ReadResult:
 
     records: list
     errors: list[RecordError] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    """The line (JSONL) or list position (reference JSON) of each record, for reports of later checks."""
 
     @property
     def rejected(self) -> int:
@@ -174,6 +176,7 @@ def read_jsonl(
                 except json.JSONDecodeError as exc:
                     raise RecordError(path, number, "record", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
                 result.records.append(parse_record(data, record_type, path, number))
+                result.lines.append(number)
             except RecordError as err:
                 if on_error == "raise":
                     raise
@@ -263,6 +266,7 @@ def read_reference_benchmark(
                 "metadata": extra,
             }
             result.records.append(parse_record(data, MCQItem, path, index))
+            result.lines.append(index)
         except RecordError as err:
             if on_error == "raise":
                 raise

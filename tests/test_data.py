@@ -107,6 +107,25 @@ def test_medxpertqa_reference_file_reads_whole_with_ten_options_each():
     assert sum("\n" in text for item in result.records for text in item.options.values()) >= 8
 
 
+def test_prompt_limit_rejects_over_long_benchmark_questions_by_position_and_field(tiny_model, tmp_path):
+    from medssr.generation.base import GeneratorConfig
+    from medssr.prompts import PromptLimit, build_prompt
+
+    rows = [{"id": f"q{i}", "question": f"Which gene, case {i}?\nA. MECP2\nB. FMR1", "gold": "A"} for i in range(3)]
+    rows[1]["question"] = "ataxia " * 1_500_000 + "\nA. MECP2\nB. FMR1"  # ~10 MB
+    rows.append({"id": "long-option", "question": "Which gene?\nA. MECP2\nB. " + "FMR1 " * 400, "gold": "A"})
+    path = tmp_path / "test_short_long.json"
+    path.write_text(json.dumps(rows))
+    limit = PromptLimit.for_generator(GeneratorConfig(model=str(tiny_model), max_prompt_tokens=256))
+
+    for style in ("chat", "text"):
+        read = limit.reject_long(read_reference_benchmark(path), path, lambda item: build_prompt(item, style))
+        assert [item.id for item in read.records] == ["q0", "q2"] and read.lines == [1, 3]
+        assert [(e.line, e.field) for e in read.errors] == [(2, "stem"), (4, "options.B")]
+        assert "characters, over 256 tokens" in read.errors[0].message and "; the limit is 256" in read.errors[1].message
+    assert PromptLimit.for_generator(GeneratorConfig(backend="openai", model="served-name")) is None
+
+
 def test_reference_format_reader_names_bad_rows_and_skips_them():
     path = DATA / "reference_benchmark_broken.json"
     with pytest.raises(RecordError, match=r"reference_benchmark_broken.json:2: field 'gold': missing"):

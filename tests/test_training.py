@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -119,6 +120,30 @@ def test_training_rows_use_label_or_answer_and_report_rejects():
     assert len(supervised.rows) == 8 and supervised.rejected == 1
     assert (supervised.errors[0].line, supervised.errors[0].field) == (7, "answer")
     assert supervised.rows[0]["target"] == json.loads(SUPERVISED_DATA.read_text().splitlines()[0])["answer"]
+
+
+def test_over_long_prompts_are_rejected_by_file_line_and_field_and_the_rest_kept(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from medssr.prompts import PromptLimit
+
+    lines = SUPERVISED_DATA.read_text().splitlines()
+    long_option = {**json.loads(lines[0]), "id": "long-option"}
+    long_option["options"]["C"] = "hypotonia " * 400  # over the limit, short enough to be tokenized
+    huge_stem = {**json.loads(lines[1]), "id": "huge", "stem": "seizures " * 1_200_000}  # ~10 MB
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([*lines, json.dumps(long_option), json.dumps(huge_stem)]) + "\n")
+    limit = PromptLimit(AutoTokenizer.from_pretrained(tiny_model), max_tokens=512)
+
+    rows = load_training_rows(path, "supervised", limit)
+    assert len(rows.rows) == 8, "the good records continue"
+    located = [(e.path, e.line, e.field) for e in rows.errors]
+    assert located == [(str(path), 7, "answer"), (str(path), 10, "options.C"), (str(path), 11, "stem")]
+    assert re.fullmatch(r"the prompt has \d+ tokens; the limit is 512 \(max_prompt_tokens\)", rows.errors[1].message)
+    # The 10 MB stem is refused by its length, without being tokenized.
+    assert re.fullmatch(r"the prompt has 108\d{5} characters, over 512 tokens \(max_prompt_tokens\)", rows.errors[2].message)
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        TrainingConfig(max_prompt_tokens=0)
 
 
 @pytest.mark.slow  # imports TRL

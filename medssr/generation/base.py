@@ -58,6 +58,10 @@ class GeneratorConfig:
         default="", metadata={"help": "Tokenizer folder of the served model (openai: enables logit_bias for letters)."}
     )
     backoff_s: float = field(default=0.5, metadata={"help": "First retry delay, doubled per retry (openai)."})
+    max_prompt_tokens: int = field(
+        default=4096,
+        metadata={"help": "Longest prompt (chat template included) in tokens; a longer record is rejected and counted, named by file and line."},
+    )
 
 
 class Generator(Protocol):

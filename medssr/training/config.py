@@ -40,6 +40,10 @@ class TrainingConfig:
     beta: float = field(default=0.0, metadata={"help": "KL coefficient against the frozen start policy (0 = no reference model, TRL's default)."})
     loss_type: str = field(default="dapo", metadata={"help": f"GRPO loss normalisation, one of {', '.join(LOSS_TYPES)}."})
     max_completion_length: int = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    max_prompt_tokens: int = field(
+        default=4096,
+        metadata={"help": "Longest prompt (chat template included) in tokens; a longer record is rejected and counted, named by file and line."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts (applied after top_k)."})
     top_k: int = field(default=0, metadata={"help": "Rollouts sample among the k most likely tokens (applied after temperature); 0 disables."})
@@ -81,7 +85,7 @@ class TrainingConfig:
             raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_tokens", "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:

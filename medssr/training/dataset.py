@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from medssr.data import LabeledItem, MCQItem, RecordError, read_jsonl
-from medssr.prompts import build_messages
+from medssr.prompts import PromptLimit, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +22,25 @@ class TrainingRows:
         return len(self.errors)
 
 
-def load_training_rows(path: str | os.PathLike, stage: str) -> TrainingRows:
+def load_training_rows(path: str | os.PathLike, stage: str, limit: PromptLimit | None = None) -> TrainingRows:
     """Stage "self": LabeledItem rows, target = the pseudo-label; "supervised": MCQItem rows, target = the answer.
 
-    Bad lines are skipped and reported (file, line, field); a supervised item without an answer is a bad line.
+    Bad lines are skipped and reported (file, line, field); a supervised item without an answer is a bad
+    line, and so is one whose prompt is longer than ``limit``.
     """
     record_type = LabeledItem if stage == "self" else MCQItem
     result = read_jsonl(path, record_type, on_error="skip")
+    if limit is not None:
+        result = limit.reject_long(result, path)
     errors = list(result.errors)
     rows = []
-    for line, item in _numbered(path, result.records, errors):
+    for line, item in zip(result.lines, result.records, strict=True):
         target = item.label if stage == "self" else item.answer
         if target is None:
             errors.append(RecordError(path, line, "answer", "missing: supervised training needs the gold answer"))
             continue
         rows.append({"prompt": build_messages(item), "target": target, "letters": "".join(item.letters)})
+    errors.sort(key=lambda error: error.line)
     for error in errors[:5]:
         log.warning("skipped %s", error)
     if errors:
@@ -44,14 +48,3 @@ def load_training_rows(path: str | os.PathLike, stage: str) -> TrainingRows:
     if not rows:
         raise ValueError(f"{path}: no usable training records ({len(errors)} rejected)")
     return TrainingRows(rows=rows, errors=errors)
-
-
-def _numbered(path, records, errors):
-    """Pair each accepted record with its line number (read_jsonl keeps order and skips blanks and rejects)."""
-    bad_lines = {error.line for error in errors}
-    numbers = []
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if raw.strip() and number not in bad_lines:
-                numbers.append(number)
-    return zip(numbers, records, strict=True)

@@ -127,6 +127,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
 
     from medssr.models import resolve_model
     from medssr.training import checkpoints
+    from medssr.prompts import PromptLimit
     from medssr.training.dataset import load_training_rows
 
     config.validate_paths()
@@ -137,7 +138,8 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     with state.local_main_process_first():  # one download per machine; the other ranks find it cached
         model_path = str(resolve_model(config.model))
         data_path = local_copy(config.data, output_dir / "data")
-    data = load_training_rows(data_path, config.stage)
+    tokenizer = load_tokenizer(model_path, config.trust_remote_code)
+    data = load_training_rows(data_path, config.stage, PromptLimit(tokenizer, config.max_prompt_tokens))
     backend = rollout_backend(config)
     if state.is_main_process:
         log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
@@ -163,7 +165,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
             reward_funcs=build_reward_functions(),
             args=grpo_config,
             train_dataset=Dataset.from_list(data.rows),
-            processing_class=load_tokenizer(model_path, config.trust_remote_code),
+            processing_class=tokenizer,
             rollout_func=rollout_function(config),
             callbacks=[
                 checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run),
