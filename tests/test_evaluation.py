@@ -101,6 +101,21 @@ def test_bootstrap_interval_narrows_with_more_questions():
     assert width(bootstrap_ci(large, 400, 0)) < width(bootstrap_ci(small, 400, 0))
 
 
+def test_an_over_long_benchmark_question_is_rejected_and_counted_the_rest_load(tiny_model, tmp_path):
+    from medssr.data import RecordError
+    from medssr.prompts import PromptLimit
+
+    rows = [{"id": f"q{i}", "question": f"Which gene, case {i}?\nA. MECP2\nB. FMR1", "gold": "B"} for i in range(4)]
+    rows[2]["question"] = "hypotonia " * 1_000_000 + "\nA. MECP2\nB. FMR1"  # ~10 MB
+    (tmp_path / "test_short_medqa.json").write_text(json.dumps(rows))
+    limit = PromptLimit.for_generator(GeneratorConfig(model=str(tiny_model), max_prompt_tokens=256))
+
+    bench = load_benchmark("medqa", tmp_path, on_error="skip", use_hub=False, prompt_limit=limit)
+    assert [item.id for item in bench.items] == ["q0", "q1", "q3"] and bench.rejected == 1
+    with pytest.raises(RecordError, match=r"test_short_medqa.json:3: field 'stem': the prompt has \d+ characters, over 256 tokens"):
+        load_benchmark("medqa", tmp_path, on_error="raise", use_hub=False, prompt_limit=limit)
+
+
 def test_model_identity_changes_with_the_weights(tiny_model, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(tiny_model, copy)

@@ -9,11 +9,14 @@ built from knowledge-base diseases that synthesis never trains on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medssr.data import LETTERS, MCQItem, RecordError, parse_question_text, read_reference_benchmark
+from medssr.data import LETTERS, MCQItem, ReadResult, RecordError, parse_question_text, read_reference_benchmark
+from medssr.generation.base import Prompt
+from medssr.prompts import PromptLimit, build_messages
 
 
 class BenchmarkUnavailable(Exception):
@@ -184,9 +187,12 @@ def load_benchmark(
     use_hub: bool = True,
     heldout_size: int = 200,
     seed: int = 0,
+    prompt_limit: PromptLimit | None = None,
+    prompt_of: Callable[[MCQItem], Prompt] = build_messages,
 ) -> LoadedBenchmark:
     """The benchmark's items (the first ``limit``), where they came from and how many records were
-    rejected (``on_error="skip"``); raises BenchmarkUnavailable."""
+    rejected (``on_error="skip"``); raises BenchmarkUnavailable. With ``prompt_limit``, a question whose
+    prompt (``prompt_of(item)``) is over it is rejected too, named by file and position."""
     spec = BENCHMARKS[name]
     if spec.builder:
         return LoadedBenchmark(_build(spec, limit, heldout_size, seed), spec.builder)
@@ -195,6 +201,8 @@ def load_benchmark(
         path = Path(benchmarks_dir) / spec.filename
         if path.is_file():
             read = read_reference_benchmark(path, on_error=on_error)
+            if prompt_limit is not None:
+                read = _within(prompt_limit, read, str(path), prompt_of, on_error)
             items = read.records[:limit] if limit is not None else read.records
             return LoadedBenchmark(items, str(path), read.rejected)
         reasons.append(f"no file {path}")
@@ -209,12 +217,23 @@ def load_benchmark(
     except Exception as exc:  # offline, gated, renamed: all mean "not here"
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BenchmarkUnavailable("; ".join(reasons + [f"hub dataset {spec.hub.dataset} not loadable ({message[:200]})"])) from None
-    items, rejected = [], 0
+    read = ReadResult(records=[])
     for index, (_, row) in enumerate(rows):
         try:
-            items.append(item_from_hub_row(row, spec.hub, name, index))
+            read.records.append(item_from_hub_row(row, spec.hub, name, index))
+            read.lines.append(index + 1)
         except (KeyError, ValueError, IndexError, RecordError) as exc:
+            error = RecordError(spec.hub.dataset, index + 1, "record", f"cannot map the row: {exc}")
             if on_error == "raise":
-                raise RecordError(spec.hub.dataset, index + 1, "record", f"cannot map the row: {exc}") from None
-            rejected += 1
-    return LoadedBenchmark(items, f"hf://{spec.hub.dataset}", rejected)
+                raise error from None
+            read.errors.append(error)
+    if prompt_limit is not None:
+        read = _within(prompt_limit, read, spec.hub.dataset, prompt_of, on_error)
+    return LoadedBenchmark(read.records, f"hf://{spec.hub.dataset}", read.rejected)
+
+
+def _within(prompt_limit: PromptLimit, read: ReadResult, origin: str, prompt_of, on_error: str) -> ReadResult:
+    checked = prompt_limit.reject_long(read, origin, prompt_of)
+    if on_error == "raise" and checked.errors:
+        raise checked.errors[0]
+    return checked
