@@ -666,6 +666,7 @@ def test_train_dry_run_prints_the_job_its_crd_admits(launcher, gpu_cluster_confi
     code = main(train_dry_run(launcher, "--cluster-config", str(gpu_cluster_config), "--kubeconfig", str(tmp_path / "absent")))
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "&id" not in out  # shared dicts (the labels) are written out, not as YAML anchors
     job = yaml.safe_load(out)
     jsonschema.validate(job, openapi_schema(job))
     assert fields_outside_schema(job, openapi_schema(job)) == []
