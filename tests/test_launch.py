@@ -34,7 +34,7 @@ from medssr.launch import (
 )
 from medssr.launch.base import training_arguments
 from medssr.launch.trainjob import PATCH_MANAGER, TRAINER_NODE
-from tests.plugins.kube import crd_schemas, fields_outside_schema, missing_or_changed, openapi_schema
+from tests.plugins.kube import fields_outside_schema, missing_or_changed, openapi_schema
 
 IMAGE = "registry.example.com/medssr:0.1.0-gpu"
 TRAINING = {"stage": "self", "model": "/data/models/base", "data": "/data/train.jsonl", "output_dir": "/ckpt/stage1", "max_steps": 5, "use_vllm": True}
@@ -714,3 +714,24 @@ def test_train_dry_run_needs_a_launcher_and_the_job_settings(capsys):
     assert "--dry-run prints a cluster job: give --launcher" in capsys.readouterr().err
     assert main(["train", *training, "--launcher", "trainjob", "--dry-run", "--run-id", "r1"]) == 2
     assert "needs --run-id and --image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_pipeline_train_step_takes_placement_and_resources_from_medssr_config(launcher, gpu_cluster_config, monkeypatch):
+    """Inside a train step (envFrom medssr-config of the GPU overlay) the launcher gets the training pods' placement
+    and the job their CPU and memory: the job then validates against its CRD."""
+    import jsonschema
+
+    from medssr.components.steps import launcher_config, train_defaults
+
+    (settings,) = [doc for doc in yaml.safe_load_all(gpu_cluster_config.read_text()) if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "medssr-config"]
+    for key, value in settings["data"].items():
+        monkeypatch.setenv(key, value)
+    config = launcher_config(launcher, "", "/unused")
+    assert (config.namespace, config.node_selector, config.tolerations) == ("medssr", {"nvidia.com/gpu.present": "true"}, [GPU_TOLERATION])
+    defaults = train_defaults()
+    assert (defaults.cpu, defaults.memory) == ("32", "256Gi")
+    spec = large_model_spec("step1")
+    job = build_launcher(config).build_object(spec)
+    jsonschema.validate(job, openapi_schema(job))
+    assert fields_outside_schema(job, openapi_schema(job)) == []
