@@ -65,9 +65,14 @@ def test_job_spec_rejects_bad_settings_before_anything_runs():
     ]
 
 
-def test_vllm_tensor_parallel_groups_stay_on_one_node():
+def test_vllm_tensor_parallel_groups_stay_on_one_node(tmp_path):
+    from medssr.training.config import TrainingConfig
+    from medssr.training.grpo import build_grpo_config
+
     eight_b = {**TRAINING, "vllm_tensor_parallel_size": 4, "vllm_gpu_memory_utilization": 0.5}
     assert JobSpec(run_id="r1", stage="train-self", training=eight_b, nproc_per_node=8, gpus_per_node=8).training == eight_b
+    grpo_config = build_grpo_config(TrainingConfig(**{**eight_b, "output_dir": str(tmp_path)}), tmp_path / "checkpoints")
+    assert (grpo_config.vllm_tensor_parallel_size, grpo_config.vllm_gpu_memory_utilization) == (4, 0.5)  # TRL's names
     with pytest.raises(ValueError, match="vllm_tensor_parallel_size=4 must divide nproc_per_node=6"):
         JobSpec(run_id="r1", stage="train-self", training=eight_b, nproc_per_node=6, gpus_per_node=6)
     with pytest.raises(ValueError, match="vllm_tensor_parallel_size: must be at least 1"):
