@@ -15,11 +15,16 @@ def promote(
     rare_benchmarks: str,
     margin: float,
     tolerance: float,
+    gate_metric: str,
+    gate_level: float,
+    gate_resamples: int,
+    seed: int,
     dry_run: bool,
     decision: Output[Markdown],
 ) -> bool:
     from medssr.components.steps import promote_step
 
     return promote_step(
-        parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, dry_run, decision
+        parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, dry_run, decision,
+        metric=gate_metric, level=gate_level, resamples=gate_resamples, seed=seed,
     )

@@ -23,6 +23,7 @@ def pseudo_label(
     backend: str,
     device: str,
     batch_size: int,
+    recovery: bool,
     labeled: Output[Dataset],
     audit: Output[Markdown],
     metrics: Output[Metrics],
@@ -32,5 +33,5 @@ def pseudo_label(
     pseudo_label_step(
         parent_run_id, tracking_uri, experiment, base_model, items.path, synthesis_stats.path, n_samples,
         min_agreement, max_agreement, min_parsed, max_tokens, answer_letters, backend, device, batch_size,
-        labeled, audit, metrics,
+        labeled, audit, metrics, recovery=recovery,
     )

@@ -23,6 +23,9 @@ def register(
     rare_benchmarks: str,
     margin: float,
     tolerance: float,
+    gate_level: float,
+    gate_resamples: int,
+    seed: int,
     registered: Output[Model],
     decision: Output[Markdown],
 ) -> bool:
@@ -31,4 +34,5 @@ def register(
     return register_step(
         parent_run_id, tracking_uri, experiment, run_id, model_name, model_dir, results.path, evaluated_name,
         gate_metric, [stage1_data.path, stage2_data.path], rare_benchmarks, margin, tolerance, registered, decision,
+        level=gate_level, resamples=gate_resamples, seed=seed,
     )

@@ -300,6 +300,7 @@ def pseudo_label_step(
     labeled,
     audit,
     metrics,
+    recovery: bool = True,
 ) -> None:
     record: dict[str, Any] = {}
     with timed(record, IMPORT_SECONDS):
@@ -326,6 +327,7 @@ def pseudo_label_step(
             min_agreement=min_agreement,
             max_agreement=max_agreement,
             min_parsed=min_parsed,
+            recovery=recovery,
         )
         stage.log_config(config)
         with timed(record):
@@ -337,6 +339,7 @@ def pseudo_label_step(
             "kept": report["kept"],
             "voted": report["voted"],
             "parse_rate": result.parse_rate,
+            "recovered_rate": result.recovered_rate,
             "rejected_records": result.rejected_records,
             "precision_voted": report["precision_voted"]["precision"],
             "precision_kept": report["precision_kept"]["precision"],
@@ -345,15 +348,22 @@ def pseudo_label_step(
         }
         for bucket in report["buckets"]:
             values[f"bucket_precision.{bucket['bucket']}"] = bucket["precision"]
+        for source, section in report["by_source"].items():
+            values.update({f"{source}.yield": section["yield"], f"{source}.precision_voted": section["precision_voted"]["precision"],
+                           f"{source}.precision_kept": section["precision_kept"]["precision"]})
         stage.log_metrics(values)
+        headline = {key: value for key, value in values.items() if not key.startswith(("bucket_precision.", "dropped."))}
+        StageRun(tracker, parent_run_id, "pipeline").log_metrics({k: v for k, v in headline.items() if k not in record}, prefix="label.")
         log_kfp_metrics(metrics, values)
         stage.log_dataset(result.paths["labeled"], "pseudo-labeled", "training")
         for key in ("labeled", "json", "markdown", "png"):
             stage.log_artifact(result.paths[key], "data" if key == "labeled" else "audit")
         if not result.kept:
             raise RuntimeError(
-                f"pseudo-labelling kept no items ({report['items']} items, parse rate {result.parse_rate:.2f}, "
-                f"dropped {report['dropped']}): stage 1 has nothing to train on"
+                f"pseudo-label: kept 0 of {report['items']} synthesised questions (free-form parse rate {result.parse_rate:.2f}, "
+                f"recovered {result.recovered_rate:.2f}, dropped {report['dropped']}), so stage 1 (train-self) has nothing "
+                "to train on; raise synth_n or label_samples, widen min_agreement/max_agreement, lower min_parsed, "
+                + ("or raise label_max_tokens" if recovery else "or turn label_recovery on")
             )
         shutil.copyfile(result.paths["labeled"], labeled.path)
         labeled.metadata.update({"items": len(result.kept), "sha256": file_sha256(labeled.path)})
@@ -523,6 +533,8 @@ def evaluate_step(
     record: dict[str, Any] = {}
     with timed(record, IMPORT_SECONDS):
         from medssr.evaluation.harness import EvaluationConfig, run_evaluation
+        from medssr.evaluation.per_question import read_rows
+        from medssr.evaluation.report import headline_metrics
         from medssr.generation.base import SamplingParams
 
     out = run_folder(workspace, run_id, "evaluate")
@@ -550,8 +562,12 @@ def evaluate_step(
         values = {k.replace("/", "."): v for k, v in result.metrics().items()}
         stage.log_metrics({**values, **record})
         stage.set_tags({f"skipped.{name}": reason[:500] for name, reason in result.skipped.items()})
-        for path in result.paths.values():
-            stage.log_artifact(path, "report")
+        for key, path in result.paths.items():
+            if not key.startswith("per_question/"):
+                stage.log_artifact(path, "report")
+        for label, path in result.report["per_question"].items():
+            stage.log_table(read_rows(path), f"per_question/{label}.json")
+        StageRun(tracker, parent_run_id, "pipeline").log_metrics(headline_metrics(result.report))
         log_kfp_metrics(metrics, {**values, **record})
     shutil.copyfile(result.paths["json"], results.path)
     markdown = Path(result.paths["markdown"]).read_text(encoding="utf-8")
@@ -584,15 +600,21 @@ def register_step(
     tolerance: float,
     registered,
     decision_report,
+    baseline_name: str = "base",
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> bool:
     """Register the stage-2 folder as a new version (alias ``candidate``) tagged with its scores and
-    provenance, then run the gate as a dry run; returns whether the candidate passed (the pipeline's
-    ``dsl.If`` promotes on it)."""
+    provenance and carrying its and its base model's per-question results, then run the gate as a dry
+    run; returns whether the candidate passed (the pipeline's ``dsl.If`` promotes on it)."""
     from medssr.promotion import RegisterConfig, run_register
 
     tracker = tracker_for(tracking_uri, experiment)
     parent = tracker.call(tracker.client.get_run, parent_run_id)
     data_hash = config_hash({Path(p).name: file_sha256(p) for p in data_paths})
+    evaluation = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    per_question = evaluation.get("per_question", {})
     config = RegisterConfig(
         name=model_name,
         model_dir=model_dir,
@@ -604,14 +626,21 @@ def register_step(
             "config_sha256": parent.data.tags.get("config_sha256", ""),
             "eval_metric": gate_metric,
         },
+        per_question=per_question.get(evaluated_name, ""),
+        baseline_per_question=per_question.get(baseline_name, ""),
+        protocol=evaluation.get("protocol", ""),
         parent_run_id=parent_run_id,
         tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment),
     )
     result = run_register(config)
     registered.metadata.update({"name": result.name, "version": result.version, "source": result.source, "path": model_dir})
     Path(registered.path).write_text(json.dumps(registered.metadata) + "\n", encoding="utf-8")
+    StageRun(tracker, parent_run_id, "pipeline").set_tags(
+        {"medssr.registered_model": result.name, "medssr.registered_version": result.version}
+    )
     return decide_promotion(
-        parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, True, decision_report
+        parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, True, decision_report,
+        metric=gate_metric, level=level, resamples=resamples, seed=seed,
     )
 
 
@@ -625,22 +654,39 @@ def decide_promotion(
     tolerance: float,
     dry_run: bool,
     decision_report,
+    metric: str = "lenient",
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> bool:
-    """The gate (dry run) or the promotion itself; returns whether the candidate passed."""
+    """The gate (dry run) or the promotion itself; returns whether the candidate passed. The decision is
+    also recorded on the pipeline's parent run (metrics ``gate.*``, tags ``medssr.gate*``)."""
     from medssr.promotion import PromotionConfig, run_promotion
 
     decision = run_promotion(
         PromotionConfig(
             name=model_name,
             rare_benchmarks=split_csv(rare_benchmarks),
+            metric=metric,
             margin=margin,
             tolerance=tolerance,
+            level=level,
+            resamples=resamples,
+            seed=seed,
             dry_run=dry_run,
             parent_run_id=parent_run_id,
             tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment),
         )
     )
     Path(decision_report.path).write_text(decision.table() + "\n", encoding="utf-8")
+    parent = StageRun(tracker_for(tracking_uri, experiment), parent_run_id, "pipeline")
+    parent.log_metrics({"gate.passed": decision.passed, "gate.promoted": decision.promoted})
+    tags = {"medssr.gate": "pass" if decision.passed else "refuse", "medssr.gate_reason": decision.reason[:5000],
+            "medssr.gate_reference": decision.reference}
+    if decision.promoted:
+        tags["medssr.champion_version"] = decision.candidate_version
+    parent.set_tags(tags)
+    parent.log_text(decision.table() + "\n", "gate/decision.md")
     return decision.passed
 
 

@@ -347,6 +347,12 @@ class StageRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.tracker.call(self.client.log_text, self.run_id, text, artifact_file)
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows as an MLflow table (``mlflow.log_table``: viewable and comparable in the UI's artifact view)."""
+        import pandas as pd
+
+        self.tracker.call(self.client.log_table, self.run_id, pd.DataFrame(list(rows)), artifact_file)
+
     def log_dataset(self, path: str | os.PathLike, name: str, context: str, source: str | None = None) -> str:
         """Record a JSONL file as a dataset input of this run (content digest, row count, schema)."""
         import pandas as pd

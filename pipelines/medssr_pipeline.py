@@ -82,6 +82,7 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
         min_parsed: int = 4,
         label_max_tokens: int = 1024,
         answer_letters: str = "",
+        label_recovery: bool = True,
         generation_backend: str = "vllm",
         device: str = "auto",
         generation_batch_size: int = 64,
@@ -119,6 +120,8 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
         rare_benchmarks: str = "raredis_heldout,raredis_sub",
         margin: float = 0.01,
         tolerance: float = 0.02,
+        gate_level: float = 0.95,
+        gate_resamples: int = 2000,
         deploy_model: bool = False,
         serving_namespace: str = "",
     ):
@@ -178,6 +181,7 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
                     backend=generation_backend,
                     device=device,
                     batch_size=generation_batch_size,
+                    recovery=label_recovery,
                 ),
                 "pseudo-label",
                 gpu=True,
@@ -256,13 +260,17 @@ def build_pipeline(settings: "ClusterSettings | None" = None):
                     rare_benchmarks=rare_benchmarks,
                     margin=margin,
                     tolerance=tolerance,
+                    gate_level=gate_level,
+                    gate_resamples=gate_resamples,
+                    seed=seed,
                 ),
                 "register-and-gate",
             )
             with dsl.If(registered.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
                 promoted = wire(
                     promote(**tracking, model_name=model_name, rare_benchmarks=rare_benchmarks, margin=margin,
-                            tolerance=tolerance, dry_run=False),
+                            tolerance=tolerance, gate_metric=gate_metric, gate_level=gate_level,
+                            gate_resamples=gate_resamples, seed=seed, dry_run=False),
                     "promote",
                 )
                 with dsl.If(deploy_model == True, name="deploy-asked"):  # noqa: E712 - KFP condition

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -97,27 +98,49 @@ class LocalRun:
     wall_seconds: float
     pipeline_root: Path
     step_seconds: float  # sum of the steps' own function times (stage work + their MLflow tracking)
+    logs: Path | None  # the steps' logs (all.log and one file per step), unless streamed to the console
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = None) -> LocalRun:
-    """Run the same pipeline with kfp.local: every step a subprocess of this Python environment."""
+def local_pipeline_root(pipeline_root: str | os.PathLike | None = None) -> Path:
+    return Path(pipeline_root or Path.cwd() / ".medssr" / "kfp").resolve()
+
+
+def step_logs_folder(pipeline_root: str | os.PathLike | None, run_id: str) -> Path:
+    """Where a quiet local run keeps its steps' logs: ``all.log`` and ``<step>.log``."""
+    return local_pipeline_root(pipeline_root) / "logs" / (run_id or "run")
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = None, verbose: bool = False) -> LocalRun:
+    """Run the same pipeline with kfp.local: every step a subprocess of this Python environment. The
+    console shows one line per step and the steps' output goes to ``<root>/logs/<run id>/``, unless
+    ``verbose`` streams it all to the console."""
+    import contextlib
+
     import kfp.local
 
     from medssr.pipelines.medssr_pipeline import build_pipeline
+    from medssr.pipelines.step_logs import StepLogs
 
-    root = Path(pipeline_root or Path.cwd() / ".medssr" / "kfp").resolve()
+    root = local_pipeline_root(pipeline_root)
     root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # kfp.local warns when an image name lacks "python"; the project image is Python, and locally unused.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+    # ... and that cluster-only settings (accelerators, display names) do nothing here, which is expected.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
     pipeline = build_pipeline()
     timings = root / f"{params.get('run_id') or 'run'}.step-timings.jsonl"
     timings.unlink(missing_ok=True)
     previous = os.environ.get(STEP_TIMINGS_ENV)
     os.environ[STEP_TIMINGS_ENV] = str(timings)  # inherited by the step subprocesses
+    logs = None if verbose else step_logs_folder(root, str(params.get("run_id") or ""))
     started = time.perf_counter()
     try:
-        pipeline(**params)
+        if logs is None:
+            pipeline(**params)
+        else:
+            with contextlib.closing(StepLogs(logs, sys.stdout)) as stream, contextlib.redirect_stdout(stream):
+                pipeline(**params)
     finally:
         wall = time.perf_counter() - started
         if previous is None:
@@ -125,7 +148,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = 
         else:
             os.environ[STEP_TIMINGS_ENV] = previous
     steps = [json.loads(line) for line in timings.read_text().splitlines()] if timings.is_file() else []
-    return LocalRun(params=params, wall_seconds=wall, pipeline_root=root, step_seconds=sum(s["seconds"] for s in steps))
+    return LocalRun(params=params, wall_seconds=wall, pipeline_root=root, step_seconds=sum(s["seconds"] for s in steps), logs=logs)
 
 
 def stage_timings(pipeline_run_id: str, tracking_uri: str = "", experiment: str = "medssr") -> dict[str, dict[str, float]]:

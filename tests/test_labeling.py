@@ -254,3 +254,24 @@ def test_label_cli_reports_bad_records_and_skips_them(tiny_answerer, tmp_path, c
     printed = capsys.readouterr().out
     assert "rejected records 1" in printed and "of 4 items" in printed
     assert (tmp_path / "out.audit.png").is_file()
+
+
+@pytest.mark.slow
+def test_an_over_long_question_is_a_rejected_record_and_the_rest_are_labelled(tiny_answerer, tmp_path):
+    from medssr.data import RecordError
+
+    items = make_items(4)
+    items[2] = items[2].model_copy(update={"stem": "findings " * 1_000_000})  # about 9 MB
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, items)
+    config = LabelingConfig(
+        data=str(data), out=str(tmp_path / "labeled.jsonl"),
+        generator=GeneratorConfig(model=str(tiny_answerer), batch_size=16, max_prompt_tokens=256),
+        n_samples=2, sampling=SamplingParams(temperature=1.0, max_tokens=8, seed=0),
+        min_agreement=0.0, max_agreement=1.0, min_parsed=1, cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(RecordError, match=r"items.jsonl:3: field 'stem'.*max_prompt_tokens"):
+        run_labeling(config)
+    result = run_labeling(LabelingConfig(**{**config.__dict__, "on_error": "skip"}))
+    assert result.rejected_records == 1 and result.audit["items"] == 3
+    assert {o.item_id for o in result.outcomes} == {"q0", "q1", "q3"}

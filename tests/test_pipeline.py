@@ -205,21 +205,35 @@ def medssr_cli(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> sub
 
 
 @pytest.mark.slow
-def test_local_tiny_run_registers_a_champion_on_the_mlflow_server(mlflow_server, s3_endpoint, tmp_path):
+def test_local_tiny_runs_register_promote_refuse_and_compare_on_the_mlflow_server(mlflow_server, s3_endpoint, tmp_path):
+    """Run 1 (a gate that any candidate passes) leaves a champion; run 2 (a gate none can pass) is refused,
+    which is a normal end; both parent runs carry the headline metrics, and each run prints its summary."""
     from mlflow import MlflowClient
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-e2e"], tmp_path, env)
+    result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-e2e",
+                         "--param", "margin=-1", "--param", "tolerance=1"], tmp_path, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    print(result.stdout[result.stdout.index("pipeline tiny-e2e succeeded"):])  # timings, for the record
+    print(result.stdout[result.stdout.index("pipeline tiny-e2e succeeded"):])  # timings and summary, for the record
+    # One line per step on the console; the executor's JSON and the steps' output only in the step logs.
+    assert "  [3] pseudo-label ... success (" in result.stdout and "executor_input" not in result.stdout
+    logs = tmp_path / ".medssr" / "kfp" / "logs" / "tiny-e2e"
+    step_log = (logs / "pseudo-label.log").read_text()
+    assert "Got executor_input" in step_log and "Looking for component `pseudo_label`" in step_log
+    assert "Looking for component `evaluate`" not in step_log and (logs / "all.log").is_file()
+    summary = result.stdout[result.stdout.index("=== medssr: pipeline run tiny-e2e finished"):]
+    assert "raredis_heldout (rare)" in summary and "stage2 - base (paired)" in summary
+    assert "gate (lenient, paired bootstrap) against its base model (no champion yet): PROMOTED" in summary
+    assert "champion: v1 (this run)" in summary and f"MLflow: open {mlflow_server.url}/#/experiments/" in summary
 
     client = MlflowClient(mlflow_server.url)
     champion = client.get_model_version_by_alias("medssr-tiny", "champion")
     tags = champion.tags
-    assert {"eval.medqa", "eval.raredis_heldout", "data_sha256", "config_sha256", "medssr.run_id"} <= set(tags)
+    assert {"eval.medqa", "eval.raredis_heldout", "data_sha256", "config_sha256", "medssr.run_id", "medssr.eval_protocol"} <= set(tags)
     assert tags["medssr.run_id"] == "tiny-e2e" and tags["medssr.gate"] == "pass"
     keys = s3_endpoint.keys(mlflow_server.bucket, "mlartifacts/")
     assert any(k.endswith("/artifacts/model/model.safetensors") for k in keys)
+    assert any(k.endswith("/artifacts/gate/baseline_per_question.jsonl") for k in keys)
 
     experiment = client.get_experiment_by_name("medssr").experiment_id
     runs = client.search_runs([experiment], "tags.`medssr.pipeline_run_id` = 'tiny-e2e'")
@@ -230,12 +244,33 @@ def test_local_tiny_run_registers_a_champion_on_the_mlflow_server(mlflow_server,
     assert stages == sorted(["prepare", "synthesize", "pseudo_label", "train-self", "train-supervised", "evaluate", "register", "promote", "promote"])
     by_stage = {r.data.tags["medssr.stage"]: r for r in runs if r.data.tags.get("medssr.kind") == "stage"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in by_stage.values())
-    assert {"yield", "parse_rate"} <= set(by_stage["pseudo_label"].data.metrics)
+    assert {"yield", "parse_rate", "recovered_rate"} <= set(by_stage["pseudo_label"].data.metrics)
     assert any(key.startswith("stats.achieved.category.") for key in by_stage["synthesize"].data.metrics)
     history = client.get_metric_history(by_stage["train-self"].info.run_id, "loss")
     assert [m.step for m in history] == [1, 2]
     assert by_stage["synthesize"].inputs.dataset_inputs and by_stage["train-supervised"].inputs.dataset_inputs
     assert any(k.startswith("eval.stage2.medqa") for k in by_stage["evaluate"].data.metrics)
+    tables = [a.path for a in client.list_artifacts(by_stage["evaluate"].info.run_id, "per_question")]
+    assert tables == ["per_question/base.json", "per_question/stage1.json", "per_question/stage2.json"]
+
+    # Run 2: nothing can clear a margin of +100 points, so the gate refuses, and the run still succeeds.
+    result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-refused",
+                         "--param", "margin=1"], tmp_path, env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert f"against champion v{champion.version}: REFUSED: raredis_heldout gain" in result.stdout
+    assert client.get_model_version_by_alias("medssr-tiny", "champion").version == champion.version
+    refused = client.search_runs([experiment], "tags.`medssr.pipeline_run_id` = 'tiny-refused' and tags.`medssr.kind` = 'pipeline'")[0]
+    assert refused.info.status == "FINISHED" and refused.data.tags["medssr.gate"] == "refuse"
+
+    # The parent runs carry what they are compared by, side by side, without opening their children.
+    for run in (client.get_run(parent[0].info.run_id), refused):
+        metrics = run.data.metrics
+        for model in ("base", "stage1", "stage2"):
+            assert {f"eval.{model}.raredis_heldout.lenient", f"eval.{model}.medqa.with_recovery.ci_low"} <= set(metrics)
+        assert {"delta.stage2_vs_base.raredis_heldout.lenient.ci_high", "delta.stage1_vs_base.medqa.strict",
+                "label.yield", "label.parse_rate", "label.precision_kept", "gate.passed"} <= set(metrics)
+        assert metrics["eval.raredis_heldout.questions"] == 4.0
+    assert client.get_run(parent[0].info.run_id).data.metrics["gate.promoted"] == 1.0 and refused.data.metrics["gate.passed"] == 0.0
 
 
 @pytest.mark.slow

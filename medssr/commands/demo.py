@@ -2,9 +2,10 @@
 
 Without ``--model``: ``medssr pipeline run --local --preset smol`` (SmolLM2-135M-Instruct, built once
 from the packaged GGUF): synthesis, pseudo-labels, two GRPO stages, evaluation of base/stage 1/stage 2,
-registration and the promotion gate in a local MLflow store (``.medssr/``); then the model holding
-alias ``champion`` answers three example medical questions. With ``--model PATH`` only the questions
-are answered, by that model. Everything runs on CPU through the batched transformers backend."""
+registration and the promotion gate in a local MLflow store (``.medssr/``); then this run's model
+answers three example medical questions, named as the champion when the gate promoted it and as the
+candidate when it refused, and the run's summary closes the output. With ``--model PATH`` only the
+questions are answered, by that model. Everything runs on CPU through the batched transformers backend."""
 
 from __future__ import annotations
 
@@ -75,30 +76,40 @@ def _print_answers(rows: list[dict]) -> None:
         print(f"--- extracted: strict={row['strict'] or '-'}  lenient={row['lenient'] or '-'}  gold={item.answer}")
 
 
-def run_pipeline_demo(preset: str) -> str:
-    """Run the pipeline locally with ``preset``; print its evaluation table and timings; return the champion ref."""
-    from pathlib import Path
-
+def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
+    """Run the pipeline locally with ``preset``; return its summary, its timings, the model to ask
+    (``models:/NAME/VERSION``, this run's candidate) and what it is: the champion or a refused candidate."""
+    from medssr.cli import CLIError
     from medssr.pipelines.presets import preset_params
-    from medssr.pipelines.runner import resolved_params, run_local, stage_timings, timing_report
+    from medssr.pipelines.runner import resolved_params, run_local, stage_timings, step_logs_folder, timing_report
+    from medssr.pipelines.summary import pipeline_summary
+    from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, Tracker, TrackingConfig
 
     params = resolved_params(preset_params(preset))
     print(f"medssr demo: pipeline run {params['run_id']} (preset {preset}) with kfp.local; MLflow store under .medssr/", flush=True)
-    run = run_local(params)
-    report = Path(params["workspace"]) / params["run_id"] / "evaluate" / "results.md"
-    print("\n=== evaluation: base vs stage 1 vs stage 2 ===")
-    print(report.read_text(encoding="utf-8") if report.is_file() else f"(no report at {report})")
-    print("=== timings ===")
-    print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds))
-    return f"models:/{params['model_name']}@champion"
+    print(f"  step logs: {step_logs_folder(None, params['run_id'])}", flush=True)
+    try:
+        run = run_local(params)
+    except RuntimeError as exc:  # a step failed: its log's end is shown above
+        raise CLIError(f"demo pipeline run {params['run_id']} failed: {exc}") from None
+    timings = timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds)
+    summary = pipeline_summary(params["run_id"], params["tracking_uri"], params["experiment"], run.wall_seconds)
+    tracker = Tracker(TrackingConfig(tracking_uri=params["tracking_uri"], experiment=params["experiment"]))
+    query = f"tags.`{PIPELINE_RUN_TAG}` = '{params['run_id']}' and tags.`{KIND_TAG}` = 'pipeline'"
+    tags = tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=1)[0].data.tags
+    version = tags["medssr.registered_version"]
+    role = "champion" if tags.get("medssr.champion_version") == version else "candidate (the gate did not promote it)"
+    return summary, timings, f"models:/{params['model_name']}/{version}", role
 
 
 def _handle(args) -> int:
-    model = args.model
+    model, summary, timings = args.model, "", ""
     if not model:
-        model = run_pipeline_demo(args.preset)
-        print(f"\n=== the champion ({model}) answers ===")
+        summary, timings, model, role = run_pipeline_demo(args.preset)
+        print(f"\n=== this run's model, {model}, the {role}, answers ===")
     _print_answers(run_demo(DemoConfig(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)))
+    if summary:
+        print(f"\n=== timings ===\n{timings}\n\n{summary}")
     return 0
 
 

@@ -49,7 +49,10 @@ def _submit(args) -> int:
 def _run(args) -> int:
     from medssr.cli import CLIError
     from medssr.pipelines.presets import preset_params
-    from medssr.pipelines.runner import parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, timing_report
+    from medssr.pipelines.runner import (
+        parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder, timing_report,
+    )
+    from medssr.pipelines.summary import pipeline_summary
 
     if not args.local:
         raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
@@ -58,13 +61,15 @@ def _run(args) -> int:
     params = resolved_params(overrides)
     print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
     try:
-        run = run_local(params, args.pipeline_root)
-    except RuntimeError as exc:  # kfp.local: a task failed; its log above carries the traceback
+        run = run_local(params, args.pipeline_root, verbose=args.verbose)
+    except RuntimeError as exc:  # kfp.local: a task failed; its log (shown above) carries the traceback
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
-        raise CLIError(f"pipeline run {params['run_id']} failed: {reason}") from None
-    print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}")
+        logs = "" if args.verbose else f" (step logs: {step_logs_folder(args.pipeline_root, params['run_id'])})"
+        raise CLIError(f"pipeline run {params['run_id']} failed: {reason}{logs}") from None
+    print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}" + (f", step logs in {run.logs}" if run.logs else ""))
     print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds))
-    print(f"registered model: models:/{params['model_name']}@candidate (champion moves only when the gate passes)")
+    print()
+    print(pipeline_summary(params["run_id"], params["tracking_uri"], params["experiment"], run.wall_seconds))
     return 0
 
 
@@ -96,4 +101,5 @@ def register(subparsers) -> None:
     run.add_argument("--preset", choices=["tiny", "smol"], default="tiny", help="tiny: random tiny model; smol: SmolLM2-135M.")
     run.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
     run.add_argument("--pipeline-root", help="Where kfp.local keeps step outputs; default .medssr/kfp.")
+    run.add_argument("--verbose", action="store_true", help="Stream every step's output to the console (default: one line per step, logs under the pipeline root).")
     run.set_defaults(func=_run)

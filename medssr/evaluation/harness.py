@@ -20,12 +20,13 @@ from typing import Literal, Mapping
 from medssr.data import EvalResult, MCQItem, write_jsonl
 from medssr.evaluation.cache import CompletionCache, default_cache_root, digest, keyed_prompts, model_identity, run_key
 from medssr.evaluation.filters import PIPELINES
+from medssr.evaluation.per_question import paired_deltas, rows_from, write_rows
 from medssr.evaluation.registry import BENCHMARKS, BenchmarkUnavailable, load_benchmark, resolve_names
 from medssr.evaluation.report import macro_average, write_report
 from medssr.evaluation.scoring import score
 from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, Prompt, SamplingParams
-from medssr.prompts import build_prompt
+from medssr.prompts import PromptLimit, build_prompt
 
 
 @dataclass
@@ -64,7 +65,8 @@ class EvaluationConfig:
 
 @dataclass
 class EvaluationResult:
-    """``summary[model][benchmark]`` scores, benchmarks skipped with their reasons, and file paths."""
+    """``summary[model][benchmark]`` scores, benchmarks skipped with their reasons, and file paths.
+    ``report["paired"]["<model>_vs_<first model>"][benchmark][metric]`` holds the paired differences."""
 
     summary: dict[str, dict[str, dict]]
     skipped: dict[str, str]
@@ -82,6 +84,11 @@ class EvaluationResult:
             for metric, value in macro_average(scores).items():
                 flat[f"eval/{label}/average/{metric}"] = value
         return {k: float(v) for k, v in flat.items()}
+
+
+def protocol_digest(config: EvaluationConfig, sampling: SamplingParams) -> str:
+    """What makes two models' per-question results comparable: samples, sampling, prompt style, recovery."""
+    return digest({"n": config.n, "sampling": dataclasses.asdict(sampling), "prompt_style": config.prompt_style, "recovery": config.recovery})[:16]
 
 
 def model_labels(config: EvaluationConfig) -> list[str]:
@@ -165,13 +172,16 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
     if not config.models:
         raise ValueError("models: give at least one model")
     names = resolve_names(config.benchmarks)
+    # Prompts are bounded in tokens of the first model's tokenizer (the models compared share one).
+    prompt_limit = PromptLimit.for_generator(dataclasses.replace(config.generator, model=config.models[0]))
     loaded: dict[str, list[MCQItem]] = {}
     skipped: dict[str, str] = {}
     origins: dict[str, dict] = {}
     for name in names:
         try:
             bench = load_benchmark(
-                name, config.benchmarks_dir or None, config.limit, config.on_error, config.use_hub, config.heldout_size, config.seed
+                name, config.benchmarks_dir or None, config.limit, config.on_error, config.use_hub, config.heldout_size, config.seed,
+                prompt_limit=prompt_limit, prompt_of=lambda item: build_prompt(item, config.prompt_style),
             )
         except BenchmarkUnavailable as exc:
             skipped[name] = str(exc)
@@ -187,6 +197,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
     summary: dict[str, dict[str, dict]] = {}
     identities = {}
     timings: dict[str, dict] = {}
+    per_question: dict[str, list[dict]] = {}
     for ref, label in zip(config.models, model_labels(config)):
         generator_config = dataclasses.replace(config.generator, model=ref)
         identity = model_identity(generator_config)
@@ -198,15 +209,24 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
         generator = LazyGenerator(generator_config, (generators or {}).get(ref))
         summary[label] = {}
         results, timings[label] = evaluate_model(loaded, label, cache, generator, config, sampling)
+        per_question[label] = []
         for name, (scores, records) in results.items():
             scores.update(origins[name])
             summary[label][name] = scores
             write_jsonl(out / "samples" / label / f"{name}.jsonl", records)
+            per_question[label] += rows_from(records)
+        write_rows(out / "per_question" / f"{label}.jsonl", per_question[label])
         del generator
         gc.collect()
 
+    labels = list(per_question)
+    paired = {
+        f"{label}_vs_{labels[0]}": paired_deltas(per_question[label], per_question[labels[0]], config.bootstrap_samples, config.seed)
+        for label in labels[1:]
+    }
     report = {
         "summary": summary,
+        "paired": paired,
         "skipped": skipped,
         "models": identities,
         "timing": timings,
@@ -220,6 +240,9 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
             "benchmarks_dir": config.benchmarks_dir,
             "rare_benchmarks": [name for name in loaded if BENCHMARKS[name].rare],
         },
+        "protocol": protocol_digest(config, sampling),
+        "per_question": {label: str(out / "per_question" / f"{label}.jsonl") for label in per_question},
     }
     paths = write_report(report, out)
+    paths.update({f"per_question/{label}": path for label, path in report["per_question"].items()})
     return EvaluationResult(summary, skipped, paths, report)

@@ -87,6 +87,47 @@ def comparison_table(summary: dict[str, dict[str, dict]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline_metrics(result: dict) -> dict[str, float]:
+    """The numbers two pipeline runs are compared by, flat for MLflow: per model and benchmark each
+    accuracy with its 95% interval (``eval.<model>.<benchmark>.<metric>[.ci_low|.ci_high]``), and the
+    paired differences (``delta.<model>_vs_<first>.<benchmark>.<metric>[...]``)."""
+    flat: dict[str, float] = {}
+    for label, scores in result["summary"].items():
+        for bench, s in scores.items():
+            flat[f"eval.{bench}.questions"] = s["items"]
+            for metric in ("strict", "lenient", "with_recovery"):
+                key = f"eval.{label}.{bench}.{metric}"
+                flat[key] = s[metric]["mean"]
+                flat[f"{key}.ci_low"], flat[f"{key}.ci_high"] = s[metric]["ci95"]
+            flat[f"eval.{label}.{bench}.recovery_rate"] = s["recovery_rate"]
+    for comparison, benches in result.get("paired", {}).items():
+        for bench, metrics in benches.items():
+            for metric, d in metrics.items():
+                key = f"delta.{comparison}.{bench}.{metric}"
+                flat[key] = d["delta"]
+                flat[f"{key}.ci_low"], flat[f"{key}.ci_high"] = d["ci"]
+    return {k: float(v) for k, v in flat.items() if v is not None and not math.isnan(float(v))}
+
+
+def paired_table(paired: dict[str, dict[str, dict]]) -> str:
+    """Each model minus the first, on the questions both answered: delta in points [paired 95% interval]."""
+    lines = [
+        "#### Paired differences (points, [paired-bootstrap 95% interval] over the questions both answered)",
+        "",
+        "| comparison | benchmark | n | strict | lenient | incl. forced recovery |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for comparison, benches in paired.items():
+        for bench, metrics in benches.items():
+            cells = []
+            for metric in ("strict", "lenient", "with_recovery"):
+                d = metrics.get(metric)
+                cells.append("n/a" if d is None else f"{100 * d['delta']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]")
+            n = next(iter(metrics.values()))["n"]
+            lines.append(f"| {comparison.replace('_vs_', ' vs ')} | {bench} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(result: dict) -> str:
     settings = result["settings"]
     sampling = settings["sampling"]
@@ -108,6 +149,8 @@ def to_markdown(result: dict) -> str:
         parts.append(model_table(label, scores, rare))
     if len(result["summary"]) > 1:
         parts += [comparison_table(result["summary"], "strict"), comparison_table(result["summary"], "lenient")]
+    if result.get("paired"):
+        parts.append(paired_table(result["paired"]))
     if result["skipped"]:
         parts.append("Skipped benchmarks:\n")
         parts += [f"- {name}: {reason}" for name, reason in result["skipped"].items()]

@@ -61,3 +61,24 @@ def score(
     result["recovered"] = int(recovered_any.sum())
     result["recovered_correct"] = int(recovered_ok.sum())
     return result
+
+
+def paired_bootstrap(
+    candidate: np.ndarray, reference: np.ndarray, samples: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean difference ``candidate - reference`` over paired questions, with its percentile interval
+    when the QUESTIONS are resampled (both models' results for a question move together, so the
+    question's own difficulty cancels out: the interval is far narrower than two unpaired ones)."""
+    if candidate.shape != reference.shape:
+        raise ValueError(f"paired results must have one value per question each, got {candidate.shape} and {reference.shape}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    diff = np.asarray(candidate, dtype=float) - np.asarray(reference, dtype=float)
+    if diff.size == 0 or samples < 1:
+        return (float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, diff.size, size=(samples, diff.size))
+    stats = diff[picks].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return float(diff.mean()), float(low), float(high)

@@ -26,7 +26,7 @@ from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
 from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
 from medssr.labeling.selection import DROP_REASONS, SelectionRule
-from medssr.prompts import build_prompt
+from medssr.prompts import PromptLimit, build_prompt
 
 # Labelling samples like GRPO rollouts do (TRL's defaults: temperature 1, no top-p/top-k cut): the
 # agreement then estimates how often the policy's own rollouts hit the label, which is what decides
@@ -121,6 +121,11 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
     if not config.data or not config.out:
         raise ValueError("data and out are required")
     read = read_jsonl(config.data, MCQItem, on_error=config.on_error)
+    limit = PromptLimit.for_generator(config.generator)
+    if limit is not None:  # an over-long question is a rejected record, never a batch that eats the machine
+        read = limit.reject_long(read, config.data, lambda item: build_prompt(item, config.prompt_style))
+        if config.on_error == "raise" and read.errors:
+            raise read.errors[0]
     items: list[MCQItem] = read.records
     rule = SelectionRule(config.min_agreement, config.max_agreement, config.min_parsed)
 

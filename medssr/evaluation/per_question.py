@@ -1,0 +1,96 @@
+"""Per-question results: which question, which sample, correct or not, under each accuracy definition.
+
+Evaluation writes one such table per evaluated model (``per_question/<model>.jsonl``, also logged as
+an MLflow table); a registered version carries its own and its baseline's, so the promotion gate can
+compare two models on the questions both answered (a paired comparison) long after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+from medssr.data import EvalResult
+from medssr.storage import read_text, write_text
+
+METRICS = ("strict", "lenient", "with_recovery")
+"""strict and lenient extraction, and the reference protocol's number (strict, else the recovered letter)."""
+
+COLUMNS = ("model", "benchmark", "item_id", "sample", *METRICS)
+
+
+def rows_from(records: Iterable[EvalResult]) -> list[dict]:
+    """One row per (question, sample) with a boolean per metric."""
+    rows = []
+    for record in records:
+        recovered_ok = record.strict is None and record.recovered is not None and record.recovered == record.answer
+        rows.append(
+            {
+                "model": record.model,
+                "benchmark": record.benchmark,
+                "item_id": record.item_id,
+                "sample": record.sample,
+                "strict": record.correct_strict,
+                "lenient": record.correct_lenient,
+                "with_recovery": record.correct_strict or recovered_ok,
+            }
+        )
+    return rows
+
+
+def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    write_text(path, "".join(json.dumps({key: row[key] for key in COLUMNS}) + "\n" for row in rows))
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a per-question file; a malformed line names the file and line."""
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        missing = [key for key in COLUMNS if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: field '{missing[0]}' is missing")
+        rows.append(row)
+    return rows
+
+
+def paired_deltas(
+    rows: Iterable[dict], reference_rows: Iterable[dict], resamples: int, seed: int, level: float = 0.95
+) -> dict[str, dict[str, dict]]:
+    """``benchmark -> metric -> {n, delta, ci}``: a model minus its reference on the questions both answered,
+    with paired-bootstrap intervals (see :func:`medssr.evaluation.scoring.paired_bootstrap`)."""
+    import numpy as np
+
+    from medssr.evaluation.scoring import paired_bootstrap
+
+    rows, reference_rows = list(rows), list(reference_rows)
+    out: dict[str, dict[str, dict]] = {}
+    for metric in METRICS:
+        model, reference = accuracy_by_question(rows, metric), accuracy_by_question(reference_rows, metric)
+        for bench in model:
+            shared = sorted(set(model[bench]) & set(reference.get(bench, {})))
+            if not shared:
+                continue
+            delta, low, high = paired_bootstrap(
+                np.array([model[bench][q] for q in shared]), np.array([reference[bench][q] for q in shared]), resamples, seed, level
+            )
+            out.setdefault(bench, {})[metric] = {"n": len(shared), "delta": delta, "ci": [low, high]}
+    return out
+
+
+def accuracy_by_question(rows: Iterable[dict], metric: str) -> dict[str, dict[str, float]]:
+    """``benchmark -> item_id -> share of that question's samples correct under metric``."""
+    if metric not in METRICS:
+        raise ValueError(f"metric: must be one of {', '.join(METRICS)}, not {metric!r}")
+    sums: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        cell = sums.setdefault(row["benchmark"], {}).setdefault(str(row["item_id"]), [0.0, 0.0])
+        cell[0] += bool(row[metric])
+        cell[1] += 1
+    return {bench: {item: ok / count for item, (ok, count) in items.items()} for bench, items in sums.items()}
