@@ -1,4 +1,13 @@
-"""Training benchmark: (a) our run_training's step time against plain TRL, (b) a learning-signal run.
+"""Training benchmark: (r) rollouts, TRL's vs ours, on SmolLM2; (a) run_training's overhead over plain TRL;
+(b) a learning-signal run.
+
+(r) SmolLM2-135M GRPO on MedQA questions, the same TrainingConfig through run_training, once with
+    TRL's own rollout (``generation_backend="trl"``: ``model.generate``) and once with medssr's
+    generator as ``rollout_func`` (the default), alternating arms round by round in one process so
+    that machine load hits both. Per step: rollout time (``GRPOTrainer._generate``: tokenizing,
+    sampling, decoding), forward/backward (``training_step`` without its input preparation), and the
+    rest (rewards, padding, optimizer step, callbacks, logging). Target: our rollout >= 3x faster. A
+    third arm adds the shared-prompt forward/backward (``shared_prompt_forward``) to our rollout.
 
 (a) The same model, data and GRPO settings go through ``medssr.training.run_training`` and through a
     GRPOTrainer built by hand from TRL alone, alternately, several rounds; the per-step wall time
@@ -8,9 +17,9 @@
     model that already writes "The answer is X." with a random letter: the mean reward over the first
     steps vs the last steps, and the curve as a PNG.
 
-    .venv/bin/python bench/training.py [--out DIR] [--rounds 3] [--steps 12] [--signal-steps 60]
+    .venv/bin/python bench/training.py [--out DIR] [--parts rollouts,overhead,signal] [--rollout-rounds 2] ...
 
-The tiny model is used (SmolLM2 takes about 30 s per GRPO step on 2 CPU cores); it is taught the
+(a) and (b) use the tiny model (SmolLM2 takes about 30 s per GRPO step on 2 CPU cores), taught the
 answer format first by a few supervised steps, since a random model never states an answer.
 """
 
@@ -30,6 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LETTERS = "ABCD"
+REPO = Path(__file__).resolve().parents[1]
+MEDQA_FILES = [REPO.parent / "shared" / "benchmarks" / "medssr-eval" / "test_short_medqa.json", REPO / "tests" / "data" / "eval_benchmarks" / "test_short_medqa.json"]
 STEMS = [
     "A child presents with seizures, ataxia and hypotonia. Which diagnosis is most likely?",
     "An adult presents with intellectual disability and onset in childhood. Which gene is causal?",
@@ -87,6 +98,140 @@ def step_timer():
     return StepTimer()
 
 
+class PhaseTimer:
+    """Per optimizer step: wall and CPU time of the whole step and of its rollout and forward/backward.
+
+    Wraps three GRPOTrainer methods for as long as it is entered (both arms alike):
+    ``_generate`` (the rollout), ``_prepare_inputs`` (rollout + rewards + padding) and
+    ``training_step`` (``_prepare_inputs`` + forward + backward). CPU time of this process is the
+    steadier measure on a machine shared with other jobs: their load stretches wall time, not work.
+    """
+
+    PHASES = (("_generate", "rollout"), ("_prepare_inputs", "prepare"), ("training_step", "training_step"))
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self._current = {phase: [0.0, 0.0] for _, phase in self.PHASES}
+        self._last = None
+        self._originals = {}
+
+    @staticmethod
+    def _clocks() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def __enter__(self):
+        from trl import GRPOTrainer
+
+        for name, phase in self.PHASES:
+            original = getattr(GRPOTrainer, name)
+            self._originals[name] = original
+
+            def timed(trainer, *args, _original=original, _phase=phase, **kwargs):
+                start = self._clocks()
+                try:
+                    return _original(trainer, *args, **kwargs)
+                finally:
+                    for clock, (now, then) in enumerate(zip(self._clocks(), start)):
+                        self._current[_phase][clock] += now - then
+
+            setattr(GRPOTrainer, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        from trl import GRPOTrainer
+
+        for name, original in self._originals.items():
+            setattr(GRPOTrainer, name, original)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class StepBoundaries(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if timer._last is None:
+                    timer._last = timer._clocks()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                now = timer._clocks()
+                record = {}
+                for clock, kind in enumerate(("wall", "cpu")):
+                    phases = {phase: values[clock] for phase, values in timer._current.items()}
+                    step = now[clock] - timer._last[clock]
+                    forward_backward = phases["training_step"] - phases["prepare"]
+                    record[kind] = {
+                        "step": step, "rollout": phases["rollout"], "forward_backward": forward_backward,
+                        "rest": step - phases["rollout"] - forward_backward,
+                    }
+                timer.steps.append(record)
+                timer._current = {phase: [0.0, 0.0] for phase in timer._current}
+                timer._last = now
+
+        return StepBoundaries()
+
+
+def medqa_task(path: Path, count: int) -> Path:
+    """The first ``count`` MedQA questions (the reference benchmark file) as supervised training JSONL."""
+    from medssr.data import read_reference_benchmark, write_jsonl
+
+    source = next((p for p in MEDQA_FILES if p.is_file()), None)
+    if source is None:
+        raise SystemExit(f"no MedQA file in {', '.join(map(str, MEDQA_FILES))}")
+    items = read_reference_benchmark(source, on_error="skip").records[:count]
+    write_jsonl(path, items)
+    return path
+
+
+ARMS = {  # name: (label, generation_backend, shared_prompt_forward)
+    "trl": ("TRL rollout, TRL forward", "trl", False),
+    "medssr": ("medssr rollout, TRL forward", "medssr", False),
+    "medssr+shared": ("medssr rollout, shared-prompt forward", "medssr", True),
+}
+
+
+def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, warmup: int, completion_tokens: int) -> dict:
+    """(r): both arms alternately, ``rounds`` runs of ``steps`` steps each; medians over the steps after warm-up."""
+    from medssr.training import TrainingConfig, run_training
+
+    names = ("step", "rollout", "forward_backward", "rest")
+    measured: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    lengths: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for round_index in range(rounds):
+        order = list(ARMS)[round_index % len(ARMS):] + list(ARMS)[: round_index % len(ARMS)]  # who goes first rotates
+        for arm in order:
+            out = work / f"rollout-{arm}"
+            shutil.rmtree(out, ignore_errors=True)
+            generation_backend, shared_prompt_forward = ARMS[arm][1:]
+            config = TrainingConfig(
+                stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
+                shared_prompt_forward=shared_prompt_forward, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
+                temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
+            )
+            timer = PhaseTimer()
+            with timer:
+                result = run_training(config, callbacks=[timer.callback()])
+            kept = timer.steps[warmup:]
+            measured[arm] += kept
+            history = [json.loads(line) for line in result.history_path.read_text().splitlines()]
+            lengths[arm] += [h["completions/mean_length"] for h in history if "completions/mean_length" in h][warmup:]
+            print(f"  round {round_index + 1} {ARMS[arm][0]:34s} wall (cpu): " + ", ".join(
+                f"{name} {statistics.median(s['wall'][name] for s in kept):5.1f} ({statistics.median(s['cpu'][name] for s in kept):5.1f}) s"
+                for name in names
+            ) + f"; mean completion {statistics.fmean(lengths[arm][-len(kept):]):.1f} tokens", flush=True)
+    median = {
+        kind: {arm: {name: statistics.median(s[kind][name] for s in steps_) for name in names} for arm, steps_ in measured.items()}
+        for kind in ("wall", "cpu")
+    }
+    return {
+        "median_s": median,
+        "mean_completion_tokens": {arm: statistics.fmean(values) for arm, values in lengths.items()},
+        "rollout_speedup": {kind: median[kind]["trl"]["rollout"] / median[kind]["medssr"]["rollout"] for kind in median},
+        "step_speedup": {kind: {arm: median[kind]["trl"]["step"] / median[kind][arm]["step"] for arm in ARMS} for kind in median},
+        "steps_measured_each": len(measured["trl"]),
+    }
+
+
 def run_ours(config, timer) -> None:
     from medssr.training import run_training
 
@@ -137,6 +282,7 @@ def overhead_bench(model: Path, data: Path, work: Path, rounds: int, steps: int,
             stage="supervised", model=str(model), data=str(data), output_dir=str(work / name),
             learning_rate=1e-3, num_generations=8, per_device_train_batch_size=16, max_completion_length=16,
             max_steps=steps, save_steps=4, save_total_limit=2, logging_steps=1, seed=0,
+            generation_backend="trl", shared_prompt_forward=False,  # what the plain-TRL arm does too
         )
 
     wall = {"ours": [], "plain": []}
@@ -215,44 +361,78 @@ def learning_signal(model: Path, data: Path, work: Path, steps: int, window: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=".medssr/bench/training", help="Work folder; results.json and the PNG go here.")
-    parser.add_argument("--rounds", type=int, default=6, help="Alternating rounds of ours vs plain TRL.")
-    parser.add_argument("--steps", type=int, default=10, help="GRPO steps per overhead run.")
-    parser.add_argument("--warmup", type=int, default=2, help="Steps of each run left out of the median.")
-    parser.add_argument("--signal-steps", type=int, default=60, help="GRPO steps of the learning-signal run.")
-    parser.add_argument("--window", type=int, default=10, help="Steps averaged at the start and at the end.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny model on a shared machine).")
+    parser.add_argument("--parts", default="rollouts,overhead,signal", help="Comma-separated parts to run: rollouts, overhead, signal.")
+    parser.add_argument("--rollout-rounds", type=int, default=2, help="(r) alternating rounds of TRL's rollout vs ours.")
+    parser.add_argument("--rollout-steps", type=int, default=3, help="(r) GRPO steps per run.")
+    parser.add_argument("--rollout-warmup", type=int, default=1, help="(r) steps of each run left out of the medians.")
+    parser.add_argument("--rollout-tokens", type=int, default=64, help="(r) max_completion_length.")
+    parser.add_argument("--rollout-threads", type=int, default=2, help="(r) torch threads for SmolLM2.")
+    parser.add_argument("--rounds", type=int, default=6, help="(a) alternating rounds of ours vs plain TRL.")
+    parser.add_argument("--steps", type=int, default=10, help="(a) GRPO steps per overhead run.")
+    parser.add_argument("--warmup", type=int, default=2, help="(a) steps of each run left out of the median.")
+    parser.add_argument("--signal-steps", type=int, default=60, help="(b) GRPO steps of the learning-signal run.")
+    parser.add_argument("--window", type=int, default=10, help="(b) steps averaged at the start and at the end.")
+    parser.add_argument("--threads", type=int, default=1, help="(a), (b) torch threads (1 is fastest for the tiny model on a shared machine).")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - {"rollouts", "overhead", "signal"}:
+        parser.error(f"--parts: unknown {sorted(parts - {'rollouts', 'overhead', 'signal'})}")
 
     import torch
 
     from medssr.data import MCQItem, read_jsonl
-    from medssr.models import build_tiny_model, teach_answer_format
+    from medssr.models import build_smollm2, build_tiny_model, teach_answer_format
 
-    torch.set_num_threads(args.threads)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    random_task = write_task(work / "task-random.jsonl", 32, answer=None, seed=1)
-    fixed_task = write_task(work / "task-fixed-C.jsonl", 32, answer="C", seed=2)
-    model = teach_answer_format(
-        build_tiny_model(work / "tiny"), read_jsonl(random_task, MCQItem).records, work / "tiny-answer-format",
-        steps=60, rows_per_step=8, letters=LETTERS,
-    )
+    results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
-    print(f"(a) step time, run_training vs plain TRL GRPOTrainer: {args.rounds} alternating rounds x {args.steps} steps "
-          f"(first {args.warmup} of each left out), torch threads {args.threads}", flush=True)
-    overhead = overhead_bench(model, random_task, work, args.rounds, args.steps, args.warmup)
-    cpu_ms = {k: v * 1000 for k, v in overhead["median_step_cpu_s"].items()}
-    wall_ms = {k: v * 1000 for k, v in overhead["median_step_wall_s"].items()}
-    print(f"median step CPU time: ours {cpu_ms['ours']:.1f} ms, plain TRL {cpu_ms['plain']:.1f} ms "
-          f"-> overhead {overhead['overhead_cpu_pct']:+.1f}% (target <= 5%)")
-    print(f"median step wall time: ours {wall_ms['ours']:.1f} ms, plain TRL {wall_ms['plain']:.1f} ms "
-          f"-> {overhead['overhead_wall_pct']:+.1f}% (paired by round: {overhead['overhead_wall_paired_pct']:+.1f}%)")
-    print(f"(b) learning signal: {args.signal_steps} GRPO steps, every answer is C, model starts answering a random letter", flush=True)
-    signal = learning_signal(model, fixed_task, work, args.signal_steps, args.window, work / "learning_signal.png")
-    print(f"mean reward first {args.window} steps: {signal['reward_first']:.3f}, last {args.window} steps: {signal['reward_last']:.3f} "
-          f"(correctness {signal['correctness_first']:.3f} -> {signal['correctness_last']:.3f})")
-    print(f"curve: {signal['png']}")
-    (work / "results.json").write_text(json.dumps({"overhead": overhead, "learning_signal": signal}, indent=2))
+    if "rollouts" in parts:
+        torch.set_num_threads(args.rollout_threads)
+        print(f"(r) SmolLM2 GRPO on MedQA, 8 completions of up to {args.rollout_tokens} tokens per step, TRL's rollout vs ours: "
+              f"{args.rollout_rounds} alternating rounds x {args.rollout_steps} steps (first {args.rollout_warmup} of each left out), "
+              f"torch threads {args.rollout_threads}", flush=True)
+        rollouts = rollout_bench(build_smollm2(), medqa_task(work / "medqa.jsonl", 32), work, args.rollout_rounds,
+                                 args.rollout_steps, args.rollout_warmup, args.rollout_tokens)
+        for kind in ("wall", "cpu"):
+            for arm, (label, _, _) in ARMS.items():
+                m = rollouts["median_s"][kind][arm]
+                print(f"median {kind:4s} {label:34s}: step {m['step']:6.2f} s = rollout {m['rollout']:6.2f} + forward/backward "
+                      f"{m['forward_backward']:6.2f} + rest {m['rest']:5.2f}  (step {rollouts['step_speedup'][kind][arm]:.2f}x TRL's)")
+            print(f"{kind}: rollout {rollouts['rollout_speedup'][kind]:.2f}x faster than TRL's (target >= 3x)")
+        tokens = rollouts["mean_completion_tokens"]
+        print("mean completion length: " + ", ".join(f"{arm} {value:.1f}" for arm, value in tokens.items())
+              + f" tokens; {rollouts['steps_measured_each']} steps measured per arm")
+        results["rollouts"] = rollouts
+
+    if parts & {"overhead", "signal"}:
+        torch.set_num_threads(args.threads)
+        random_task = write_task(work / "task-random.jsonl", 32, answer=None, seed=1)
+        fixed_task = write_task(work / "task-fixed-C.jsonl", 32, answer="C", seed=2)
+        model = teach_answer_format(
+            build_tiny_model(work / "tiny"), read_jsonl(random_task, MCQItem).records, work / "tiny-answer-format",
+            steps=60, rows_per_step=8, letters=LETTERS,
+        )
+    if "overhead" in parts:
+        print(f"(a) step time, run_training vs plain TRL GRPOTrainer (both with TRL's rollout): {args.rounds} alternating rounds x "
+              f"{args.steps} steps (first {args.warmup} of each left out), torch threads {args.threads}", flush=True)
+        overhead = overhead_bench(model, random_task, work, args.rounds, args.steps, args.warmup)
+        cpu_ms = {k: v * 1000 for k, v in overhead["median_step_cpu_s"].items()}
+        wall_ms = {k: v * 1000 for k, v in overhead["median_step_wall_s"].items()}
+        print(f"median step CPU time: ours {cpu_ms['ours']:.1f} ms, plain TRL {cpu_ms['plain']:.1f} ms "
+              f"-> overhead {overhead['overhead_cpu_pct']:+.1f}% (target <= 5%)")
+        print(f"median step wall time: ours {wall_ms['ours']:.1f} ms, plain TRL {wall_ms['plain']:.1f} ms "
+              f"-> {overhead['overhead_wall_pct']:+.1f}% (paired by round: {overhead['overhead_wall_paired_pct']:+.1f}%)")
+        results["overhead"] = overhead
+    if "signal" in parts:
+        print(f"(b) learning signal: {args.signal_steps} GRPO steps, every answer is C, model starts answering a random letter", flush=True)
+        signal = learning_signal(model, fixed_task, work, args.signal_steps, args.window, work / "learning_signal.png")
+        print(f"mean reward first {args.window} steps: {signal['reward_first']:.3f}, last {args.window} steps: {signal['reward_last']:.3f} "
+              f"(correctness {signal['correctness_first']:.3f} -> {signal['correctness_last']:.3f})")
+        print(f"curve: {signal['png']}")
+        results["learning_signal"] = signal
+    results_path.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""GRPO rollouts through medssr's generator (TRL rollout_func), checked against plain forward passes of the policy."""
+"""GRPO rollouts through medssr's generator (TRL rollout_func), checked against plain forward passes of the policy,
+and the shared-prompt forward/backward, checked against TRL's own."""
 
 from __future__ import annotations
 
@@ -27,19 +28,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def build_trainer(model_dir: Path, out: Path, **sampling):
+def build_trainer(model_dir: Path, out: Path, **settings):
     """A GRPOTrainer on the tiny model with medssr's rollout, as run_training builds it."""
     from datasets import Dataset
-    from trl import GRPOTrainer
 
     from medssr.training import TrainingConfig
-    from medssr.training.grpo import build_grpo_config, build_reward_functions, load_tokenizer, rollout_function
+    from medssr.training.grpo import build_grpo_config, build_reward_functions, load_tokenizer, rollout_function, trainer_class
 
     config = TrainingConfig(
         model=str(model_dir), data=str(SELF_DATA), output_dir=str(out), num_generations=GROUP,
-        per_device_train_batch_size=GROUP * 2, max_completion_length=MAX_TOKENS, max_steps=1, **sampling,
+        per_device_train_batch_size=GROUP * 2, max_completion_length=MAX_TOKENS, max_steps=1, **settings,
     )
-    return GRPOTrainer(
+    return trainer_class(config)(
         model=str(model_dir),
         reward_funcs=build_reward_functions(),
         args=build_grpo_config(config, out / "checkpoints"),
@@ -101,6 +101,22 @@ def test_logprobs_and_completions_agree_with_a_forward_pass(tiny_model, tmp_path
         for position, token in enumerate(completion):
             rank = indices[position].tolist().index(token)  # ValueError: outside the top 5
             assert mass_before[position, rank] < 0.8 + 1e-4, "outside the top-p nucleus"
+
+
+def test_groups_of_any_size_come_back_in_prompt_order(tiny_model, tmp_path, one_thread):
+    """A process may get part of a group (its batch split across ranks): each row still gets a
+    completion of its own prompt, in the order given."""
+    import torch
+
+    trainer = build_trainer(tiny_model, tmp_path, temperature=1.0)
+    rows = load_training_rows(SELF_DATA, "self").rows
+    prompts = [rows[0]["prompt"]] * 3 + [rows[1]["prompt"]] + [rows[0]["prompt"]] + [rows[2]["prompt"]] * 2
+    out = run_rollout(trainer, prompts)
+    assert len(out["completion_ids"]) == len(prompts)
+    for prompt, prompt_ids, completion, logprobs in zip(prompts, out["prompt_ids"], out["completion_ids"], out["logprobs"]):
+        assert prompt_ids == trainer._tokenize_prompts([prompt])[0][0]
+        expected = forward_logits(trainer.model, prompt_ids + completion)[len(prompt_ids) - 1 : -1].log_softmax(-1)
+        assert torch.allclose(torch.tensor(logprobs), expected.gather(1, torch.tensor(completion)[:, None]).squeeze(1), atol=1e-4)
 
 
 def test_top_k_one_is_the_greedy_continuation_of_the_forward_pass(tiny_model, tmp_path, one_thread):
@@ -169,3 +185,56 @@ def test_a_stage_trains_through_the_medssr_rollout(tiny_model, tmp_path, monkeyp
     history = [json.loads(line) for line in result.history_path.read_text().splitlines()]
     assert [h["step"] for h in history if "reward" in h] == [1, 2, 3]
     assert any(h["reward_std"] > 0 for h in history if "reward" in h), "no reward variance: nothing to learn from"
+
+
+def test_shared_prompt_forward_gives_trls_logprobs_entropies_and_gradients(tiny_model, tmp_path, one_thread):
+    """Each prompt computed once for its rows, without padding, against TRL's padded row-by-row forward:
+    prompts of different lengths (so TRL left-pads), groups interleaved, completions of different lengths."""
+    import torch
+    from trl import GRPOTrainer
+
+    from medssr.training.shared_prompt import SharedPromptGRPOTrainer
+
+    trainer = build_trainer(tiny_model, tmp_path)
+    assert isinstance(trainer, SharedPromptGRPOTrainer)
+    rows = load_training_rows(SELF_DATA, "self").rows
+    tokenizer, pad = trainer.processing_class, trainer.processing_class.pad_token_id
+    short = tokenizer.apply_chat_template([{"role": "user", "content": "Which gene?"}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    long = tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert len(long) > len(short) + 5
+    generator = torch.Generator().manual_seed(0)
+    batch = [(long if row % 3 else short, torch.randint(5, 500, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()) for row in range(7)]
+    width, length = max(len(p) for p, _ in batch), max(len(c) for _, c in batch)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (length - len(c)) for p, c in batch])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c)) for p, c in batch])
+    completion_mask = attention_mask[:, -length:]
+
+    def scored(compute):
+        trainer.model.zero_grad()
+        logps, entropy, _ = compute(trainer, trainer.model, input_ids, attention_mask, length, compute_entropy=True)
+        ((logps * completion_mask).sum() + 0.1 * (entropy * completion_mask).sum()).backward()
+        grads = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()}
+        return logps.detach() * completion_mask, entropy.detach() * completion_mask, grads
+
+    trainer.model.train()
+    shared = scored(SharedPromptGRPOTrainer._get_per_token_logps_and_entropies)
+    reference = scored(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert torch.allclose(shared[0], reference[0], atol=1e-4)
+    assert torch.allclose(shared[1], reference[1], atol=1e-4)
+    for name, grad in reference[2].items():
+        assert torch.allclose(shared[2][name], grad, atol=1e-4, rtol=1e-3), name
+    assert any(grad.abs().sum() > 0 for grad in reference[2].values())
+
+
+def test_shared_prompt_forward_is_skipped_where_it_does_not_apply(tiny_model, tmp_path, one_thread):
+    from medssr.training.grpo import trainer_class
+    from medssr.training import TrainingConfig
+    from trl import GRPOTrainer
+
+    assert trainer_class(TrainingConfig(shared_prompt_forward=False)) is GRPOTrainer
+    trainer = build_trainer(tiny_model, tmp_path, gradient_checkpointing=True)
+    assert not trainer._can_share_prompts(trainer.model, False, {})
+    trainer = build_trainer(tiny_model, tmp_path)
+    assert trainer._can_share_prompts(trainer.model, False, {"pixel_values": None})
+    assert not trainer._can_share_prompts(trainer.model, True, {})
+    assert not trainer._can_share_prompts(trainer.model, False, {"pixel_values": object()})

@@ -61,6 +61,14 @@ class TrainingConfig:
             "on the trainer's current weights (TRL's rollout_func); 'trl' = TRL's own model.generate."
         },
     )
+    shared_prompt_forward: bool = field(
+        default=True,
+        metadata={
+            "help": "Forward/backward runs each distinct prompt once for all its completions (its key/value states shared, no "
+            "padding) instead of once per completion: the same loss and gradients on fewer positions. Single process, no "
+            "gradient checkpointing; elsewhere TRL's own forward."
+        },
+    )
     use_vllm: bool = field(default=False, metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."})
     vllm_mode: Literal["colocate"] = field(default="colocate", metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})

@@ -54,6 +54,17 @@ def rollout_function(config: TrainingConfig):
     return generator_rollout
 
 
+def trainer_class(config: TrainingConfig):
+    """TRL's GRPOTrainer, or its subclass that computes each prompt once per forward/backward."""
+    if config.shared_prompt_forward:
+        from medssr.training.shared_prompt import SharedPromptGRPOTrainer
+
+        return SharedPromptGRPOTrainer
+    from trl import GRPOTrainer
+
+    return GRPOTrainer
+
+
 def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
     """The GRPOConfig for ``config``; the benchmark builds plain TRL runs from the same function."""
     import torch
@@ -123,7 +134,6 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     from accelerate import PartialState
     from datasets import Dataset
     from transformers import TrainerState
-    from trl import GRPOTrainer
 
     from medssr.models import resolve_model
     from medssr.training import checkpoints
@@ -160,7 +170,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     with warnings.catch_warnings():
         # rollout_func is chosen on purpose; TRL's notice that it is experimental says nothing new.
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
-        trainer = GRPOTrainer(
+        trainer = trainer_class(config)(
             model=resume_from if finished else model_path,
             reward_funcs=build_reward_functions(),
             args=grpo_config,
