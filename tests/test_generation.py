@@ -376,3 +376,30 @@ def test_prefix_shared_by_a_calls_prompts_is_computed_once(generator):
         hook.remove()
     assert shapes[:3] == [(1, shared)] + sorted((1, len(ids) - shared) for ids in encoded)
     assert together == [generator.generate([prompt], sampling=GREEDY)[0] for prompt in prompts]
+
+
+def test_sample_ids_on_a_model_in_memory_returns_ids_and_their_logprobs(tiny_model):
+    """``on_model`` wraps the given module (no copy, mode untouched); ``sample_ids`` gives each prompt its own
+    count of samples, with log-probs equal to a plain forward pass at the sampling temperature."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.train()
+    generator = TransformersGenerator.on_model(model, AutoTokenizer.from_pretrained(tiny_model), batch_size=4)
+    assert generator.model is model and model.training
+    prompts = [generator._encode(PROMPTS[0]), generator._encode(CHAT)]
+    model.eval()
+    samples = generator.sample_ids(prompts, [3, 1], SamplingParams(temperature=0.5, top_k=0, top_p=1.0, max_tokens=6, seed=3))
+    assert [len(group) for group in samples] == [3, 1]
+    for ids, group in zip(prompts, samples):
+        for sample in group:
+            assert 1 <= len(sample.ids) == len(sample.logprobs) <= 6
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids + sample.ids])).logits[0, len(ids) - 1 : -1] / 0.5
+            expected = logits.log_softmax(-1).gather(1, torch.tensor(sample.ids)[:, None]).squeeze(1)
+            assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="counts"):
+        generator.sample_ids(prompts, [1], SamplingParams())
