@@ -96,4 +96,9 @@ def split_stage2_data(config: SplitConfig, out_dir: str | os.PathLike) -> SplitR
         counts[f"removed_from_eval.{config.split_benchmark}"] = len(rows) - len(eval_rows)
     train_path = out_dir / "stage2.jsonl"
     counts["stage2_items"] = write_jsonl(train_path, train)
+    if not train:
+        raise ValueError(
+            "prepare: stage 2 (train-supervised) has 0 human-annotated questions to train on: "
+            + ("stage2_data holds none" if config.stage2_data else "raise stage2_size (0 questions moved from the split benchmark)")
+        )
     return SplitResult(train_path, eval_dir, counts)

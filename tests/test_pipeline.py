@@ -332,3 +332,5 @@ def test_stage2_split_is_disjoint_from_the_evaluation_set(tmp_path):
     assert result.counts == {"removed_from_eval.medqa": 2, "removed_from_eval.nejm": 1, "stage2_items": 3}
     with pytest.raises(ValueError, match="leaves no eval questions"):
         split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=20), tmp_path / "all")
+    with pytest.raises(ValueError, match=r"prepare: stage 2 \(train-supervised\) has 0 .*raise stage2_size"):
+        split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=0), tmp_path / "none")
