@@ -21,10 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medssr.evaluation.per_question import METRICS, accuracy_by_question, read_rows
-from medssr.evaluation.scoring import paired_bootstrap
+from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_difference, read_rows
 from medssr.storage import write_text
 from medssr.tracking import (
     StageRun,
@@ -208,13 +205,11 @@ def decide(
     rare_compared: list[str] = []
     rare = set(rare_benchmarks)
     for bench in sorted(set(candidate) | set(reference)):
-        shared = sorted(set(candidate.get(bench, {})) & set(reference.get(bench, {})))
-        if not shared:
+        d = paired_difference(candidate.get(bench, {}), reference.get(bench, {}), resamples, seed, level)
+        if d is None:
             rows.append(DecisionRow(bench, 0, None, None, None, None, None, "no question answered by both: ignored", None))
             continue
-        cand = np.array([candidate[bench][q] for q in shared])
-        ref = np.array([reference[bench][q] for q in shared])
-        delta, low, high = paired_bootstrap(cand, ref, resamples, seed, level)
+        delta, (low, high) = d["delta"], d["ci"]
         if bench in rare:
             rare_compared.append(bench)
             passed = low > margin
@@ -226,7 +221,7 @@ def decide(
             rule = f"other: lower bound >= {-100 * tolerance:+.1f}"
             if not passed:
                 failures.append(f"{bench} could lose more than {100 * tolerance:.1f} points (lower bound {100 * low:+.1f})")
-        rows.append(DecisionRow(bench, len(shared), float(ref.mean()), float(cand.mean()), delta, low, high, rule, passed))
+        rows.append(DecisionRow(bench, d["n"], d["reference"], d["model"], delta, low, high, rule, passed))
     if not rare_compared:
         return False, f"no rare-disease benchmark ({', '.join(rare_benchmarks)}) was answered by both the candidate and {reference_name}", rows
     if failures:

@@ -80,6 +80,28 @@ def test_demo_answers_its_examples_with_a_given_model(tiny_model):
 
 
 @pytest.mark.slow
+def test_demo_runs_the_pipeline_answers_with_this_runs_model_and_ends_with_the_summary(tmp_path):
+    """`medssr demo --preset tiny` in a fresh folder (local sqlite store): the steps as one line each, the
+    answers of this run's model named by what the gate made of it, and the summary last."""
+    command = [str(CONSOLE_SCRIPT), "demo", "--preset", "tiny", "--max-tokens", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "  [6] evaluate ... success (" in out and "executor_input" not in out
+    summary = out[out.index("=== medssr: pipeline run "):]
+    assert out.index("--- model answer ---") < out.index("=== medssr: pipeline run ")  # the summary closes the output
+    promoted = ": PROMOTED: " in summary
+    assert promoted or ": REFUSED: " in summary
+    role = "the champion" if promoted else "the candidate (the gate did not promote it)"
+    assert f"=== this run's model, models:/medssr-tiny/1, {role}, answers ===" in out
+    assert "pseudo-labels: " in summary and "registered: models:/medssr-tiny/1 (alias candidate)" in summary
+    assert f"--backend-store-uri sqlite:///{tmp_path.resolve()}/.medssr/mlflow.db" in summary
+    assert len(summary.splitlines()) <= 12
+
+
+@pytest.mark.slow
 def test_models_tiny_builds_a_loadable_model(tmp_path):
     result = run_cli("models", "tiny", str(tmp_path / "tiny"))
     assert result.returncode == 0, result.stderr

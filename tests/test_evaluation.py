@@ -201,6 +201,19 @@ def test_harness_end_to_end_with_cache_and_skips(tiny_answerer, tiny_model, tmp_
     assert list(both.summary) == ["answerer", "random"]
     compared = Path(both.paths["markdown"]).read_text()
     assert "strict accuracy % (Δ vs answerer)" in compared and "### random" in compared
+    # Per-question results of every model, and the paired difference of the second to the first.
+    from medssr.evaluation.per_question import read_rows
+
+    for label in ("answerer", "random"):
+        rows = read_rows(both.report["per_question"][label])
+        assert len(rows) == both.summary[label]["pubmedqa"]["items"] * both.summary[label]["pubmedqa"]["n"]
+        assert {row["model"] for row in rows} == {label}
+        strict = sum(row["strict"] for row in rows) / len(rows)
+        assert strict == pytest.approx(both.summary[label]["pubmedqa"]["strict"]["mean"])
+    paired = both.report["paired"]["random_vs_answerer"]["pubmedqa"]["strict"]
+    difference = both.summary["random"]["pubmedqa"]["strict"]["mean"] - both.summary["answerer"]["pubmedqa"]["strict"]["mean"]
+    assert paired["delta"] == pytest.approx(difference) and paired["ci"][0] <= paired["delta"] <= paired["ci"][1]
+    assert "| random vs answerer | pubmedqa |" in compared
 
 
 @pytest.mark.slow

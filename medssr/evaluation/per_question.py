@@ -60,27 +60,35 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def paired_deltas(
-    rows: Iterable[dict], reference_rows: Iterable[dict], resamples: int, seed: int, level: float = 0.95
-) -> dict[str, dict[str, dict]]:
-    """``benchmark -> metric -> {n, delta, ci}``: a model minus its reference on the questions both answered,
-    with paired-bootstrap intervals (see :func:`medssr.evaluation.scoring.paired_bootstrap`)."""
+def paired_difference(
+    model: dict[str, float], reference: dict[str, float], resamples: int, seed: int, level: float = 0.95
+) -> dict | None:
+    """A model minus its reference on the questions both answered (``question -> accuracy`` each):
+    ``{n, model, reference, delta, ci}`` with a paired-bootstrap interval, or None when none is shared."""
     import numpy as np
 
     from medssr.evaluation.scoring import paired_bootstrap
 
+    shared = sorted(set(model) & set(reference))
+    if not shared:
+        return None
+    ours, theirs = np.array([model[q] for q in shared]), np.array([reference[q] for q in shared])
+    delta, low, high = paired_bootstrap(ours, theirs, resamples, seed, level)
+    return {"n": len(shared), "model": float(ours.mean()), "reference": float(theirs.mean()), "delta": delta, "ci": [low, high]}
+
+
+def paired_deltas(
+    rows: Iterable[dict], reference_rows: Iterable[dict], resamples: int, seed: int, level: float = 0.95
+) -> dict[str, dict[str, dict]]:
+    """``benchmark -> metric -> paired_difference(...)`` of a model's per-question rows against its reference's."""
     rows, reference_rows = list(rows), list(reference_rows)
     out: dict[str, dict[str, dict]] = {}
     for metric in METRICS:
         model, reference = accuracy_by_question(rows, metric), accuracy_by_question(reference_rows, metric)
         for bench in model:
-            shared = sorted(set(model[bench]) & set(reference.get(bench, {})))
-            if not shared:
-                continue
-            delta, low, high = paired_bootstrap(
-                np.array([model[bench][q] for q in shared]), np.array([reference[bench][q] for q in shared]), resamples, seed, level
-            )
-            out.setdefault(bench, {})[metric] = {"n": len(shared), "delta": delta, "ci": [low, high]}
+            difference = paired_difference(model[bench], reference.get(bench, {}), resamples, seed, level)
+            if difference is not None:
+                out.setdefault(bench, {})[metric] = difference
     return out
 
 
