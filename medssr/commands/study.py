@@ -1,0 +1,65 @@
+"""``medssr study``: every arm of a MedSSR study (base, prior, rl-real, self, medssr, oracle), resumable, then the report.
+
+Every StudyConfig field is an option (``--field-name``); a rerun with the same settings continues the study in
+its folder, and ``--arms`` runs it in parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import typing
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    from medssr.study.config import StudyConfig
+
+    hints = typing.get_type_hints(StudyConfig)
+    for spec in dataclasses.fields(StudyConfig):
+        if spec.name == "command":
+            continue  # set from the command line itself
+        kind = hints[spec.name]
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            dest=spec.name,
+            type=_parse_bool if kind is bool else kind,
+            default=spec.default,
+            help=f"{spec.metadata['help']} (default: {spec.default})",
+        )
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    import logging
+
+    from medssr.study import StudyConfig, run_study
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig) if f.name != "command"}
+    config = StudyConfig(**values, command=shlex.join(["medssr", *sys.argv[1:]]))
+    result = run_study(config)
+    print(f"study {result.out_dir}: finished arms {', '.join(result.finished_arms) or 'none'}"
+          + (f"; still to run: {', '.join(result.missing_arms)}" if result.missing_arms else ""))
+    if result.report:
+        print(f"report: {result.report}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="Measure MedSSR: arms base, prior, rl-real, self, medssr, oracle on the same questions; resumable; writes the report.",
+        description=__doc__,
+    )
+    add_study_arguments(parser)
+    parser.set_defaults(func=run_study_command)
