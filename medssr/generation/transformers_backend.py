@@ -20,6 +20,9 @@ of one prompt), not ``model.generate``:
 - :meth:`TransformersGenerator.generate_with_follow_up` continues a finished row's own cache with the
   follow-up turn's tokens, so a second question about a completion costs those few tokens instead of
   a new prefill of the prompt and completion.
+- :meth:`TransformersGenerator.sample_ids` returns token ids with each token's log-probability, and
+  :meth:`TransformersGenerator.on_model` runs a model already in memory: together they are the GRPO
+  rollout on the trainer's own weights (:mod:`medssr.training.rollout`).
 
 Greedy decoding (temperature 0) generates each prompt once and repeats the completion, since the
 ``n`` samples would be identical. With ``seed`` set, a call is reproducible for the same prompts,
@@ -370,7 +373,7 @@ class TransformersGenerator:
         copies = [1 if greedy else count for count in counts]
         tokens, logprobs, _ = self._decode([list(ids) for ids in prompt_ids], copies, sampling, with_logprobs=True)
         return [
-            [SampledIds(tokens[p, 0 if greedy else s], logprobs[p, 0 if greedy else s]) for s in range(count)]
+            [SampledIds(list(tokens[p, 0 if greedy else s]), list(logprobs[p, 0 if greedy else s])) for s in range(count)]
             for p, count in enumerate(counts)
         ]
 
