@@ -1,7 +1,7 @@
 """The ``medssr`` command line: finds the subcommands in ``medssr.commands`` and runs one.
 
-Expected failures (a bad path, a bad option, a bad record) print one clear line and exit 2; a
-traceback means a bug.
+Expected failures (a bad path, a bad option, a bad record, a service that does not answer) print one
+clear line and exit 2; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import medssr
 import medssr.commands
 from medssr.data import RecordError
+from medssr.dependencies import DependencyUnavailable
 from medssr.storage import StorageError, what_is_wrong
 
 
@@ -22,7 +23,7 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-USER_ERRORS = (CLIError, RecordError, StorageError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+USER_ERRORS = (CLIError, DependencyUnavailable, RecordError, StorageError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -26,6 +26,57 @@ APP_NAME = "medssr"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+@dataclass(frozen=True)
+class KubeApiSettings:
+    """How long a Kubernetes API call waits: urllib3's Retry in the client is the one retry layer (connection
+    failures of any call, failed reads of idempotent ones: a create is never re-sent blindly). A stopped API
+    server is reported within about 2 s, a silent one after (max_retries + 1) x read_timeout_s."""
+
+    connect_timeout_s: float = field(default=5.0, metadata={"help": "seconds to open a connection to the API server"})
+    read_timeout_s: float = field(
+        default=12.0, metadata={"help": "seconds a (non-streaming) API call waits for its answer; watches and log streams are bounded by the server"}
+    )
+    max_retries: int = field(default=3, metadata={"help": "retries of an API call that found no server"})
+    backoff_factor: float = field(default=0.5, metadata={"help": "urllib3 backoff between retries: factor x 2**(retry-1) s"})
+
+
+KUBE_API = KubeApiSettings()
+KUBE_API_SETTINGS_TEXT = "medssr.cluster.KubeApiSettings (connect_timeout_s, read_timeout_s, max_retries)"
+
+
+def bounded_api_client(configuration, settings: KubeApiSettings = KUBE_API):
+    """A ``kubernetes.client.ApiClient`` for ``configuration`` whose calls retry and time out as ``settings`` say."""
+    import urllib3
+    from kubernetes import client
+
+    configuration.retries = urllib3.Retry(total=settings.max_retries, backoff_factor=settings.backoff_factor)
+    api = client.ApiClient(configuration)
+    request = api.rest_client.request
+
+    # The client has no default timeout (a call to a silent server waits forever): give every call one,
+    # except that a stream (watch, followed log) keeps reading as long as the server sends.
+    def request_with_timeouts(method, url, *args, _preload_content=True, _request_timeout=None, **kwargs):
+        if _request_timeout is None:
+            _request_timeout = (settings.connect_timeout_s, settings.read_timeout_s if _preload_content else None)
+        return request(method, url, *args, _preload_content=_preload_content, _request_timeout=_request_timeout, **kwargs)
+
+    api.rest_client.request = request_with_timeouts
+    return api
+
+
+def is_kube_unreachable(exc: BaseException) -> bool:
+    import urllib3.exceptions
+
+    return isinstance(exc, (urllib3.exceptions.MaxRetryError, urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError))
+
+
+def kube_reachable(api_client):
+    """API calls in this block that find no server answering raise DependencyUnavailable naming it."""
+    from medssr.dependencies import reported_unreachable
+
+    return reported_unreachable("Kubernetes API server", api_client.configuration.host, KUBE_API_SETTINGS_TEXT, is_kube_unreachable)
+
+
 def validate_label_value(value: str, field: str) -> str:
     """Return ``value`` if Kubernetes accepts it as a label value, else raise ValueError naming ``field``."""
     if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):

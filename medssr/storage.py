@@ -12,8 +12,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from medssr.dependencies import reported_unreachable
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -30,11 +33,52 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client():
-    import boto3
+@dataclass(frozen=True)
+class S3Settings:
+    """How long an S3 call waits (botocore's own timeouts and "standard" retries: the one retry layer). A stopped
+    endpoint is reported within about 3 s of backoff, a silent one after max_attempts x read_timeout_s."""
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    connect_timeout_s: float = field(default=5.0, metadata={"help": "seconds to open a connection to the S3 endpoint"})
+    read_timeout_s: float = field(default=15.0, metadata={"help": "seconds an S3 call waits for the next bytes of an answer"})
+    max_attempts: int = field(
+        default=3, metadata={"help": "tries of each S3 call, the first included (AWS_MAX_ATTEMPTS wins when set)"}
+    )
+
+
+S3 = S3Settings()
+
+
+def s3_endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or ""
+
+
+def s3_client(settings: S3Settings | None = None):
+    import boto3
+    from botocore.config import Config
+
+    settings = settings or S3
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or settings.max_attempts)
+    config = Config(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"mode": "standard", "total_max_attempts": attempts},
+    )
+    return boto3.client("s3", endpoint_url=s3_endpoint() or None, config=config)
+
+
+def _is_s3_unreachable(exc: BaseException) -> bool:
+    from botocore.exceptions import ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    # boto3's transfer manager (upload_file, download_file) wraps them in its own errors, with their text.
+    return isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)) or (
+        "Could not connect to the endpoint URL" in str(exc) or "Read timeout on endpoint URL" in str(exc)
+    )
+
+
+def _s3_reachable():
+    """S3 calls in this block that find no endpoint answering raise DependencyUnavailable naming it."""
+    settings = "AWS_MAX_ATTEMPTS and medssr.storage.S3Settings (connect_timeout_s, read_timeout_s, max_attempts)"
+    return reported_unreachable("S3 endpoint", s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL)", settings, _is_s3_unreachable)
 
 
 class StorageError(OSError):
@@ -88,7 +132,8 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None
 def write_text(uri: str | os.PathLike, text: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
+        with _s3_reachable():
+            s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
         return
     with atomic_writer(uri) as handle:
         handle.write(text)
@@ -97,14 +142,16 @@ def write_text(uri: str | os.PathLike, text: str) -> None:
 def read_text(uri: str | os.PathLike) -> str:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        with _s3_reachable():
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     return Path(uri).read_text(encoding="utf-8")
 
 
 def exists(uri: str | os.PathLike) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        listing = s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        with _s3_reachable():
+            listing = s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
         return listing.get("KeyCount", 0) > 0
     return Path(uri).exists()
 
@@ -116,9 +163,10 @@ def upload_dir(local_dir: str | os.PathLike, uri: str) -> None:
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
         client = s3_client()
-        for file in files:
-            key = f"{prefix.rstrip('/')}/{file.relative_to(local_dir).as_posix()}".lstrip("/")
-            client.upload_file(str(file), bucket, key)
+        with _s3_reachable():
+            for file in files:
+                key = f"{prefix.rstrip('/')}/{file.relative_to(local_dir).as_posix()}".lstrip("/")
+                client.upload_file(str(file), bucket, key)
         return
     target = Path(uri)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -141,13 +189,14 @@ def download_dir(uri: str, local_dir: str | os.PathLike) -> Path:
     client = s3_client()
     paginator = client.get_paginator("list_objects_v2")
     found = False
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            found = True
-            rel = obj["Key"][len(prefix) :]
-            dest = local_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(dest))
+    with _s3_reachable():
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found = True
+                rel = obj["Key"][len(prefix) :]
+                dest = local_dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(dest))
     if not found:
         raise FileNotFoundError(f"nothing stored under {uri}")
     return local_dir
@@ -160,8 +209,9 @@ def list_prefixes(uri: str) -> list[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         client = s3_client()
         names: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        with _s3_reachable():
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
         return sorted(names)
     path = Path(uri)
     return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []

@@ -2,9 +2,11 @@
 
 Standard MLflow settings are honoured (``MLFLOW_TRACKING_URI``, ``MLFLOW_S3_ENDPOINT_URL``, AWS
 credentials). Without them the store is ``sqlite:///<cwd>/.medssr/mlflow.db`` with artifacts under
-``<cwd>/.medssr/mlartifacts``. Every call that reaches the tracking server goes through
-:meth:`Tracker.call`, which retries connection errors and 5xx answers with exponential backoff, so a
-server that is briefly unreachable delays a run instead of losing it.
+``<cwd>/.medssr/mlartifacts``. MLflow itself retries every REST call (urllib3 ``Retry``); that is the one
+retry layer, bounded by :class:`TrackingConfig`'s ``http_*`` settings (or the ``MLFLOW_HTTP_REQUEST_*``
+variables when set), so a dead server is reported within a minute, by :meth:`Tracker.call`, as
+:class:`~medssr.dependencies.DependencyUnavailable`. Run creation is not idempotent: it is never
+retried blindly, but looked for by a token tag before it is tried again (:meth:`Tracker.create_run`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from medssr.dependencies import DependencyUnavailable, looks_unreachable, reported_unreachable, short_cause
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ STAGE_TAG = "medssr.stage"
 KIND_TAG = "medssr.kind"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+CREATE_TOKEN_TAG = "medssr.create_token"  # finds a run whose creation answer was lost
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_CHARS = 6000
@@ -51,9 +56,21 @@ class TrackingConfig:
         metadata={"help": "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else sqlite under ./.medssr"},
     )
     experiment: str = field(default="medssr", metadata={"help": "MLflow experiment name"})
-    retry_attempts: int = field(default=8, metadata={"help": "tries per MLflow call before giving up"})
-    retry_initial_delay: float = field(default=0.5, metadata={"help": "seconds before the first retry"})
-    retry_max_delay: float = field(default=30.0, metadata={"help": "cap on the wait between retries (s)"})
+    # MLflow's own retry policy (its MLFLOW_HTTP_REQUEST_* variables win when set). Defaults: a stopped
+    # server is reported after about 6-9 s of backoff (0 + 2 + 4 s plus jitter), a silent one after 4 x 10 s.
+    http_max_retries: int = field(
+        default=3, metadata={"help": "retries of a failed MLflow REST call (MLFLOW_HTTP_REQUEST_MAX_RETRIES)"}
+    )
+    http_backoff_factor: int = field(
+        default=1,
+        metadata={"help": "MLflow's backoff between retries: factor x 2**(retry-1) s, the first at once "
+                          "(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, whole seconds)"},
+    )
+    http_timeout_s: int = field(
+        default=10,
+        metadata={"help": "seconds an MLflow REST call waits for an answer (MLFLOW_HTTP_REQUEST_TIMEOUT); raise "
+                          "it for large artifact uploads through a slow artifact proxy"},
+    )
     artifacts_destination: str = field(
         default="",
         metadata={
@@ -75,50 +92,31 @@ def resolve_tracking_uri(config: TrackingConfig | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------- retries
 
+HTTP_SETTINGS = {  # TrackingConfig field -> the MLflow variable that sets it
+    "http_max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "http_backoff_factor": "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "http_timeout_s": "MLFLOW_HTTP_REQUEST_TIMEOUT",
+}
 
-def is_transient(exc: BaseException) -> bool:
-    """Connection failures and 5xx answers are worth retrying; 4xx (bad request, not found) are not."""
-    import requests
+
+# Variables the user set before medssr ran: those win over TrackingConfig.
+USER_HTTP_SETTINGS = frozenset(variable for variable in HTTP_SETTINGS.values() if variable in os.environ)
+
+
+def apply_http_settings(config: TrackingConfig) -> dict[str, int]:
+    """Give MLflow's REST client (which reads its variables at each call) our retry policy; returns the policy in force."""
+    effective = {}
+    for name, variable in HTTP_SETTINGS.items():
+        if variable not in USER_HTTP_SETTINGS:
+            os.environ[variable] = str(getattr(config, name))
+        effective[name] = int(os.environ[variable])
+    return effective
+
+
+def is_server_error(exc: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
-        return True
-    if isinstance(exc, MlflowException):
-        status = exc.get_http_status_code()
-        if status >= 500:
-            return True
-        return bool(re.search(r"Max retries exceeded|Connection refused|timed out|RemoteDisconnected", str(exc)))
-    return False
-
-
-def with_retries(
-    fn: Callable[..., T],
-    *args: Any,
-    attempts: int = 8,
-    initial_delay: float = 0.5,
-    max_delay: float = 30.0,
-    **kwargs: Any,
-) -> T:
-    """Call ``fn``; on a transient failure wait (exponential backoff with jitter) and call again."""
-    delay = initial_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            wait = min(max_delay, delay) * (0.5 + random.random() / 2)
-            log.warning(
-                "MLflow call %s failed (%s); retry %d/%d in %.1fs",
-                getattr(fn, "__name__", fn),
-                str(exc).splitlines()[0][:200],
-                attempt,
-                attempts - 1,
-                wait,
-            )
-            time.sleep(wait)
-            delay *= 2
-    raise AssertionError("unreachable")
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() >= 500
 
 
 # ---------------------------------------------------------------------------------------------- params
@@ -194,7 +192,7 @@ def numeric_items(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]
 
 
 class Tracker:
-    """An MLflow client bound to one tracking URI and experiment, with every call retried."""
+    """An MLflow client bound to one tracking URI and experiment; a server it cannot reach is reported by name."""
 
     def __init__(self, config: TrackingConfig | None = None):
         from mlflow import MlflowClient
@@ -204,18 +202,64 @@ class Tracker:
         self.is_local_default = self.tracking_uri == local_tracking_uri()
         if self.is_local_default:
             (Path.cwd() / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
+        self.http = apply_http_settings(self.config)
+        self.is_rest = self.tracking_uri.startswith(("http://", "https://"))
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self._experiment_id: str | None = None
 
+    @property
+    def wait_settings(self) -> str:
+        return ", ".join(f"{variable}={self.http[name]}" for name, variable in HTTP_SETTINGS.items())
+
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return with_retries(
-            fn,
-            *args,
-            attempts=self.config.retry_attempts,
-            initial_delay=self.config.retry_initial_delay,
-            max_delay=self.config.retry_max_delay,
-            **kwargs,
-        )
+        """``fn(*args, **kwargs)``, retried by MLflow alone; a server it could not reach is DependencyUnavailable."""
+        if not self.is_rest:
+            return fn(*args, **kwargs)
+        with reported_unreachable("MLflow tracking server", self.tracking_uri, self.wait_settings):
+            return fn(*args, **kwargs)
+
+    def create_run(self, tags: Mapping[str, str]) -> str:
+        """Create a run in the experiment; returns its id. A POST is not idempotent, so MLflow's blind retry is
+        off for it: after a failed try the run is looked for by a one-off token tag (the server may have created
+        it before the answer was lost), and only tried again when it is not there."""
+        tags = {**tags, CREATE_TOKEN_TAG: uuid.uuid4().hex}
+        experiment_id = self.experiment_id
+        if not self.is_rest:
+            return self.client.create_run(experiment_id, tags=tags).info.run_id
+        started = time.monotonic()
+        for retry in range(self.http["http_max_retries"] + 1):
+            try:
+                return self._post_create_run(experiment_id, tags)
+            except Exception as exc:
+                if not (looks_unreachable(exc) or is_server_error(exc)):
+                    raise
+                query = f"tags.`{CREATE_TOKEN_TAG}` = '{tags[CREATE_TOKEN_TAG]}'"
+                found = self.call(self.client.search_runs, [experiment_id], filter_string=query, max_results=1)
+                if found:
+                    return found[0].info.run_id
+                if retry == self.http["http_max_retries"]:
+                    raise DependencyUnavailable("MLflow tracking server", self.tracking_uri, short_cause(exc),
+                                                time.monotonic() - started, self.wait_settings) from exc
+                wait = self.http["http_backoff_factor"] * 2**retry
+                log.warning("creating an MLflow run failed (%s); looked for it, not there; trying again in %d s",
+                            short_cause(exc), wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _post_create_run(self, experiment_id: str, tags: Mapping[str, str]) -> str:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/runs/create"
+        body = {
+            "experiment_id": experiment_id,
+            "start_time": int(time.time() * 1000),
+            "run_name": tags.get(RUN_NAME_TAG, ""),
+            "tags": [{"key": key, "value": str(value)} for key, value in tags.items()],
+        }
+        store = self.client._tracking_client.store  # the RestStore: its host and credentials
+        response = http_request(store.get_host_creds(), endpoint, "POST", max_retries=0,
+                                timeout=self.http["http_timeout_s"], json=body)
+        return verify_rest_response(response, endpoint).json()["run"]["info"]["run_id"]
 
     @property
     def experiment_id(self) -> str:
@@ -247,8 +291,7 @@ class Tracker:
             return existing[0].info.run_id
         all_tags = {PIPELINE_RUN_TAG: pipeline_run_id, KIND_TAG: "pipeline", RUN_NAME_TAG: f"pipeline-{pipeline_run_id}"}
         all_tags.update(tags or {})
-        run = self.call(self.client.create_run, self.experiment_id, tags=all_tags)
-        return run.info.run_id
+        return self.create_run(all_tags)
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.call(self.client.set_terminated, run_id, status)
@@ -264,8 +307,7 @@ class Tracker:
             if pipeline_run_id:
                 all_tags[PIPELINE_RUN_TAG] = pipeline_run_id
         all_tags.update(tags or {})
-        run = self.call(self.client.create_run, self.experiment_id, tags=all_tags)
-        stage_run = StageRun(self, run.info.run_id, stage)
+        stage_run = StageRun(self, self.create_run(all_tags), stage)
         started = time.perf_counter()
         try:
             yield stage_run
@@ -284,7 +326,7 @@ class Tracker:
 
 
 class StageRun:
-    """Logging helpers for one MLflow run; all calls retried through the tracker."""
+    """Logging helpers for one MLflow run; all calls go through the tracker."""
 
     def __init__(self, tracker: Tracker, run_id: str, stage: str):
         self.tracker, self.run_id, self.stage = tracker, run_id, stage

@@ -6,11 +6,13 @@ PyTorchJob, or a Kubeflow Trainer v2 TrainJob, picked from a typed config.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import fields
 
+from medssr.cluster import kube_reachable
 from medssr.launch.base import (
     JobHandle,
     JobSpec,
@@ -21,6 +23,7 @@ from medssr.launch.base import (
     VolumeMount,
     job_name,
 )
+from medssr.launch.kubernetes import CustomJobLauncher
 from medssr.launch.local import LocalLauncher, LocalLauncherConfig
 from medssr.launch.pytorchjob import PyTorchJobLauncher, PyTorchJobLauncherConfig
 from medssr.launch.trainjob import TrainJobLauncher, TrainJobLauncherConfig
@@ -86,13 +89,16 @@ def run_training_job(
     the job's reason.
     """
     launcher = build_launcher(launcher_config)
-    handle = launcher.submit(spec)
-    log.info("submitted %s job %s", handle.backend, handle.name)
-    follower = None
-    if log_sink is not None:
-        follower = threading.Thread(target=_follow_logs, args=(launcher, handle, log_sink), daemon=True, name=f"follow-{handle.name}")
-        follower.start()
-    status = launcher.wait(handle, timeout=timeout)
+    # A cluster backend's API server that stops answering is reported by name, not as a urllib3 traceback.
+    reachable = kube_reachable(launcher.api) if isinstance(launcher, CustomJobLauncher) else contextlib.nullcontext()
+    with reachable:
+        handle = launcher.submit(spec)
+        log.info("submitted %s job %s", handle.backend, handle.name)
+        follower = None
+        if log_sink is not None:
+            follower = threading.Thread(target=_follow_logs, args=(launcher, handle, log_sink), daemon=True, name=f"follow-{handle.name}")
+            follower.start()
+        status = launcher.wait(handle, timeout=timeout)
     if follower is not None:
         # The stream ends with the job; a cluster without reachable pod logs must not hold the step up.
         follower.join(timeout=10)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from medssr.cluster import standard_labels
+from medssr.cluster import bounded_api_client, standard_labels
 from medssr.launch.base import SHM_VOLUME_NAME, JobHandle, JobSpec, JobStatus, last_lines
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,17 @@ class KubernetesLauncherConfig:
 
 
 def api_client_for(config: KubernetesLauncherConfig):
-    """An ApiClient from the kubeconfig, the in-cluster service account, or ~/.kube/config (in that order)."""
+    """An ApiClient (bounded retries and timeouts) from the kubeconfig, the in-cluster service account, or
+    ~/.kube/config (in that order)."""
     from kubernetes import client
     from kubernetes import config as kube_config
 
-    if config.kubeconfig:
-        return kube_config.new_client_from_config(config_file=config.kubeconfig, context=config.context)
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not config.context:
-        configuration = client.Configuration()
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not config.context and not config.kubeconfig:
         kube_config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return kube_config.new_client_from_config(context=config.context)
+    else:
+        kube_config.load_kube_config(config_file=config.kubeconfig, context=config.context, client_configuration=configuration)
+    return bounded_api_client(configuration)
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
