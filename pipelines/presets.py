@@ -108,6 +108,32 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def study_preset() -> dict:
+    """``medssr study``'s settings at its defaults (StudyConfig, their only declaration) as pipeline parameters:
+    the pipeline then runs the study's medssr arm (base, stage 1, stage 2). Its one evaluation limit covers both
+    benchmarks, so it evaluates the first max(split_eval_size, heldout_size) questions of each: the study's own
+    questions and, for the split benchmark, a few more."""
+    from medssr.study.config import StudyConfig
+
+    study = StudyConfig()
+    same = ("base_model", "split_benchmark", "stage2_size", "synth_n", "rare_ratio", "options_per_item", "label_samples",
+            "min_agreement", "max_agreement", "min_parsed", "label_max_tokens", "label_recovery", "generation_batch_size",
+            "stage1_max_steps", "stage2_max_steps", "num_generations", "train_batch_size", "learning_rate", "beta",
+            "max_completion_length", "train_temperature", "save_steps", "eval_samples", "eval_max_tokens", "heldout_size",
+            "prompt_style", "seed")
+    return {
+        **{name: getattr(study, name) for name in same},
+        "decontaminate": True,
+        "eval_benchmarks": f"{study.split_benchmark},raredis_heldout",
+        "eval_limit": max(study.split_eval_size, study.heldout_size),
+        "gate_metric": "with_recovery",
+        "model_name": "medssr-study",
+    }
+
+
+PRESETS["study"] = study_preset()
+
+
 def preset_params(name: str, root: Path | None = None) -> dict:
     if name not in PRESETS:
         raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, not {name!r}")

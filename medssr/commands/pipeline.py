@@ -48,9 +48,11 @@ def _submit(args) -> int:
 
 def _run(args) -> int:
     from medssr.cli import CLIError
+    from medssr.lifetime import RunInProgress
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import (
-        parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder, timing_report,
+        last_local_run, parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder,
+        timing_report,
     )
     from medssr.pipelines.summary import pipeline_summary
 
@@ -58,10 +60,17 @@ def _run(args) -> int:
         raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
     overrides = preset_params(args.preset)
     overrides.update(parse_overrides(args.param or [], pipeline_defaults()))
+    if args.resume:
+        last = last_local_run(args.pipeline_root)
+        if overrides.get("run_id", "") not in ("", last):
+            raise CLIError(f"--resume continues the last run, {last}; to resume {overrides['run_id']}, give only --param run_id=...")
+        overrides["run_id"] = last
     params = resolved_params(overrides)
     print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
     try:
         run = run_local(params, args.pipeline_root, verbose=args.verbose)
+    except RunInProgress as exc:
+        raise CLIError(str(exc)) from None
     except RuntimeError as exc:  # kfp.local: a task failed; its log (shown above) carries the traceback
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
         logs = "" if args.verbose else f" (step logs: {step_logs_folder(args.pipeline_root, params['run_id'])})"
@@ -74,6 +83,8 @@ def _run(args) -> int:
 
 
 def register(subparsers) -> None:
+    from medssr.pipelines.presets import PRESETS
+
     parser = subparsers.add_parser("pipeline", help="Compile, submit or locally run the MedSSR Kubeflow pipeline.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -83,7 +94,7 @@ def register(subparsers) -> None:
     compile_.set_defaults(func=_compile)
 
     params = actions.add_parser("params", help="List the pipeline parameters and their defaults (or a preset's values).")
-    params.add_argument("--preset", choices=["tiny", "smol"], help="Show a local preset's values.")
+    params.add_argument("--preset", choices=list(PRESETS), help="Show a local preset's values.")
     params.set_defaults(func=_params)
 
     submit = actions.add_parser("submit", help="Submit the compiled pipeline as a run to a KFP API server.")
@@ -98,8 +109,12 @@ def register(subparsers) -> None:
 
     run = actions.add_parser("run", help="Run the pipeline here with kfp.local (each step a subprocess).")
     run.add_argument("--local", action="store_true", help="Run with kfp.local (required: the only mode here).")
-    run.add_argument("--preset", choices=["tiny", "smol"], default="tiny", help="tiny: random tiny model; smol: SmolLM2-135M.")
+    run.add_argument("--preset", choices=list(PRESETS), default="tiny",
+                     help="tiny: random tiny model; smol: SmolLM2-135M demo; study: the medssr arm of `medssr study` at its defaults.")
     run.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+    run.add_argument("--resume", action="store_true",
+                     help="Continue the last local run under this pipeline root (its run id): the stages that finished are "
+                          "reused, the rest run. The same as --param run_id=THAT_ID.")
     run.add_argument("--pipeline-root", help="Where kfp.local keeps step outputs; default .medssr/kfp.")
     run.add_argument("--verbose", action="store_true", help="Stream every step's output to the console (default: one line per step, logs under the pipeline root).")
     run.set_defaults(func=_run)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import sys
 import typing
 
 
@@ -45,8 +44,11 @@ def run_study_command(args: argparse.Namespace) -> int:
     from medssr.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(StudyConfig) if f.name != "command"}
-    config = StudyConfig(**values, command=shlex.join(["medssr", *sys.argv[1:]]))
+    fields = [f for f in dataclasses.fields(StudyConfig) if f.name != "command"]
+    values = {f.name: getattr(args, f.name) for f in fields}
+    # The command as it would be typed again: every option that differs from its default.
+    given = [item for f in fields if values[f.name] != f.default for item in (f"--{f.name.replace('_', '-')}", str(values[f.name]))]
+    config = StudyConfig(**values, command=shlex.join(["medssr", "study", *given]))
     result = run_study(config)
     print(f"study {result.out_dir}: finished arms {', '.join(result.finished_arms) or 'none'}"
           + (f"; still to run: {', '.join(result.missing_arms)}" if result.missing_arms else ""))

@@ -115,8 +115,8 @@ def label(study, prepared: dict, synthesized: dict, folder: Path) -> dict:
     result = run_labeling(labeling)
     if not result.kept:
         raise ValueError(f"labelling kept no question of {result.audit['items']} (see {result.paths['markdown']}); widen the agreement bounds")
-    keyed = [item.model_copy(update={"label": kb_key(item)}) for item in result.kept if kb_key(item) is not None]
-    write_jsonl(folder / "kb_labels.jsonl", [LabeledItem.model_validate(item.model_dump()) for item in keyed])
+    keyed = [LabeledItem.model_validate({**item.model_dump(), "label": kb_key(item)}) for item in result.kept if kb_key(item) is not None]
+    write_jsonl(folder / "kb_labels.jsonl", keyed)
     return {
         "pseudo_labels": str(folder / "pseudo_labels.jsonl"),
         "kb_labels": str(folder / "kb_labels.jsonl"),

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from medssr.study.run import DONE, Study, write_json
-from medssr.tracking import StageRun, Tracker, TrackingConfig
+from medssr.tracking import PARENT_TAG, STAGE_TAG, StageRun, Tracker, TrackingConfig
 
 LOGGED = "mlflow.json"
 
@@ -36,9 +36,16 @@ class StudyTracking:
             if logged.is_file() and json.loads(logged.read_text(encoding="utf-8"))["tracking_uri"] == self.tracker.tracking_uri:
                 continue
             done = json.loads(marker.read_text(encoding="utf-8"))
+            self._drop_partial_run(folder.name)
             with self.tracker.stage(folder.name, self.parent) as run:
                 self._log_step(run, folder.name, done)
             write_json(logged, {"tracking_uri": self.tracker.tracking_uri, "run_id": run.run_id})
+
+    def _drop_partial_run(self, step: str) -> None:
+        """A run of ``step`` that a killed part began but did not finish logging."""
+        query = f"tags.`{PARENT_TAG}` = '{self.parent}' and tags.`{STAGE_TAG}` = '{step}'"
+        for run in self.tracker.call(self.tracker.client.search_runs, [self.tracker.experiment_id], filter_string=query):
+            self.tracker.call(self.tracker.client.delete_run, run.info.run_id)
 
     def _log_step(self, run: StageRun, step: str, done: dict) -> None:
         run.log_metrics({"wall_seconds": done["wall_seconds"]})

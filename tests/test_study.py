@@ -1,0 +1,150 @@
+"""``medssr study`` on the tiny model: killed after its first arm it resumes without redoing finished arms,
+ends with the report and one MLflow parent run; the prior arm and the study's settings on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medssr.data import LabeledItem, MCQItem
+from medssr.study import ARMS, StudyConfig
+from medssr.study.config import PAIRED_COMPARISONS
+from medssr.study.prior import AnswerPrior
+
+TINY = {
+    "base_model": "tiny", "stage2_size": 8, "split_eval_size": 4, "heldout_size": 4, "synth_n": 16, "min_agreement": 0.0,
+    "label_max_tokens": 8, "stage1_max_steps": 2, "stage2_max_steps": 2, "num_generations": 2, "train_batch_size": 2,
+    "learning_rate": 1e-4, "max_completion_length": 8, "save_steps": 1, "eval_samples": 2, "eval_max_tokens": 8,
+    "generation_batch_size": 16, "bootstrap_samples": 50,
+}
+
+
+def options(letters: str = "ABCD") -> dict[str, str]:
+    return {letter: f"option {letter}" for letter in letters}
+
+
+def test_prior_answers_the_most_common_target_of_the_question_type():
+    labelled = [
+        LabeledItem(id=f"s{i}", stem="q", options=options(), answer="A", label=label, agreement=1.0, metadata={"question_type": "inheritance"})
+        for i, label in enumerate("CCB")
+    ]
+    gold = [MCQItem(id=f"g{i}", stem="q", options=options(), answer=answer) for i, answer in enumerate("DDA")]
+    prior = AnswerPrior().add(labelled, "synthesis").add(gold, "medqa")
+    # the pseudo-label is the target of a labelled item, not its answer
+    assert prior.predict(MCQItem(id="h", stem="q", options=options(), metadata={"question_type": "inheritance"}), "raredis_heldout") == "C"
+    assert prior.predict(MCQItem(id="m", stem="q", options=options()), "medqa") == "D"
+    # a type never trained on: all targets together (C 2, D 2, B 1, A 1; the tie goes to the earlier letter)
+    assert prior.predict(MCQItem(id="x", stem="q", options=options(), metadata={"question_type": "diagnosis"}), "raredis_heldout") == "C"
+    # only the question's own letters: among A-C, C is the most common
+    assert prior.predict(MCQItem(id="y", stem="q", options=options("ABC")), "medqa") == "A"
+
+
+def test_settings_are_checked_and_the_identity_leaves_out_what_a_part_chooses(tmp_path):
+    with pytest.raises(ValueError, match="arms: unknown"):
+        StudyConfig(arms="base,rl_real")
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        StudyConfig(num_generations=4, train_batch_size=6)
+    assert StudyConfig(arms="oracle,base").selected_arms() == ["base", "oracle"]
+    assert StudyConfig(arms="base").identity_hash() == StudyConfig(arms="all", report="x.md").identity_hash()
+    assert StudyConfig(stage1_max_steps=3).identity_hash() != StudyConfig().identity_hash()
+
+
+def test_the_cli_has_an_option_per_setting():
+    from medssr.cli import build_parser
+
+    args = build_parser().parse_args(["study", "--arms", "base,prior", "--stage1-max-steps", "3", "--label-recovery", "false"])
+    assert (args.arms, args.stage1_max_steps, args.label_recovery, args.heldout_size) == ("base,prior", 3, False, StudyConfig().heldout_size)
+
+
+def study_options(out_dir: Path, tracking: str) -> list[str]:
+    options = ["--out-dir", str(out_dir), "--report", str(out_dir.parent / "report" / "study-tiny.md"), "--tracking-uri", tracking]
+    for key, value in TINY.items():
+        options += [f"--{key.replace('_', '-')}", str(value)]
+    return options
+
+
+def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_report(tmp_path, monkeypatch):
+    out_dir = tmp_path / "study"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medssr.cli", "study", *study_options(out_dir, tracking)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    first_trained = out_dir / "arm-rl-real" / "done.json"
+    deadline = time.monotonic() + 900
+    try:
+        while not first_trained.is_file():
+            assert process.poll() is None, "the study ended before its first trained arm"
+            assert time.monotonic() < deadline, "no arm finished in 15 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished_before = {arm for arm in ARMS if (out_dir / f"arm-{arm}" / "done.json").is_file()}
+    assert {"base", "prior", "rl-real"} <= finished_before and finished_before != set(ARMS)
+    markers_before = {arm: (out_dir / f"arm-{arm}" / "done.json").read_text() for arm in finished_before}
+    rl_real_model = (out_dir / "train-rl-real" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    from medssr.evaluation import harness
+    from medssr.study import steps
+    from medssr.cli import main
+
+    trained, evaluated = [], []
+    real_train, real_evaluate = steps.train, harness.run_evaluation
+    monkeypatch.setattr(steps, "train", lambda study, run, *args: trained.append(run) or real_train(study, run, *args))
+    monkeypatch.setattr("medssr.evaluation.run_evaluation", lambda config, *a: evaluated.append(config.model_names[0]) or real_evaluate(config, *a))
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", *study_options(out_dir, tracking)]) == 0
+
+    assert "rl-real" not in trained and not set(evaluated) & finished_before
+    assert set(trained) <= {"self", "medssr", "oracle-stage1", "oracle"} and "oracle" in trained
+    assert {arm: (out_dir / f"arm-{arm}" / "done.json").read_text() for arm in finished_before} == markers_before
+    assert (out_dir / "train-rl-real" / "model" / "model.safetensors").stat().st_mtime_ns == rl_real_model
+    report_path = tmp_path / "report" / "study-tiny.md"
+    report = report_path.read_text(encoding="utf-8")
+    for a, b in PAIRED_COMPARISONS:
+        assert f"| {a} vs {b} | raredis_heldout | 4 |" in report
+    assert "## `raredis_heldout` by question type" in report and "| = 1.00 |" in report
+    assert report.count("- part ") == 2 and "medssr study --out-dir" in report
+    figures = report_path.with_suffix("")
+    assert sorted(p.name for p in figures.glob("*.png")) == ["accuracy.png", "by_type.png", "labels.png", "paired.png", "training.png"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking)
+    runs = client.search_runs([client.get_experiment_by_name("medssr-study").experiment_id])
+    parents = [run for run in runs if run.data.tags.get("medssr.kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    nested = sorted(run.data.tags["medssr.stage"] for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
+    # each step logged once, even the ones finished by the killed part
+    assert nested == sorted(["prepare", "synthesize", "label", *(f"train-{r}" for r in ("rl-real", "self", "medssr", "oracle-stage1", "oracle")),
+                             *(f"arm-{arm}" for arm in ARMS)])
+    assert "paired.medssr_vs_rl-real.raredis_heldout.with_recovery.delta" in parents[0].data.metrics
+    assert json.loads((out_dir / "study.json").read_text())["identity"]["synth_n"] == TINY["synth_n"]
+
+
+def test_a_folder_holding_another_study_is_refused(tmp_path):
+    from medssr.study.run import Study
+
+    Study(StudyConfig(out_dir=str(tmp_path), **TINY)).claim()
+    with pytest.raises(ValueError, match="synth_n: 16 there"):
+        Study(StudyConfig(out_dir=str(tmp_path), **{**TINY, "synth_n": 17})).claim()
+
+
+def test_the_pipeline_preset_has_the_study_settings():
+    from medssr.pipelines.presets import preset_params
+
+    params, defaults = preset_params("study"), StudyConfig()
+    for name in ("synth_n", "label_samples", "stage1_max_steps", "stage2_max_steps", "learning_rate", "max_completion_length",
+                 "eval_samples", "eval_max_tokens", "heldout_size", "train_batch_size", "num_generations"):
+        assert params[name] == getattr(defaults, name), name
+    assert params["eval_limit"] >= max(defaults.split_eval_size, defaults.heldout_size)
+    assert set(params["eval_benchmarks"].split(",")) == {defaults.split_benchmark, "raredis_heldout"}
