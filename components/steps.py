@@ -33,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medssr.lifetime import watch_runner
+from medssr.pipelines.resume import resumable, runner_lock_tag
 from medssr.tracking import StageRun, Tracker, TrackingConfig, config_hash, file_sha256
 
 COMPUTE_SECONDS = "compute_seconds"
@@ -64,6 +66,7 @@ def end_process_fast_after_success(step: Callable) -> Callable:
 
     @functools.wraps(step)
     def wrapper(*args, **kwargs):
+        watch_runner()  # a local run's step ends with its runner, even one killed by SIGKILL
         started = time.perf_counter()
         result = step(*args, **kwargs)
         record_step_time(step.__name__, time.perf_counter() - started)
@@ -172,6 +175,7 @@ def resolve_base_model(base_model: str, folder: Path) -> str:
 
 
 @end_process_fast_after_success
+@resumable("prepare", ignore=("kfp_run_id",))
 def prepare_step(
     run_id: str,
     kfp_run_id: str,
@@ -196,7 +200,7 @@ def prepare_step(
     params = json.loads(pipeline_params) if pipeline_params else {}
     tracker = tracker_for(tracking_uri, experiment)
     tags = {"medssr.kfp_run_id": kfp_run_id} if kfp_run_id and "{{" not in kfp_run_id else {}
-    parent = tracker.start_pipeline_run(run_id, tags=tags)
+    parent = tracker.start_pipeline_run(run_id, tags={**tags, **runner_lock_tag()})
     StageRun(tracker, parent, "pipeline").log_config(params)  # params + config_sha256 on the parent run
     with tracker.stage("prepare", parent) as stage:
         config = split_config(benchmarks_dir, split_benchmark, stage2_size, stage2_data, seed)
@@ -214,6 +218,7 @@ def prepare_step(
 
 
 @end_process_fast_after_success
+@resumable("synthesize")
 def synthesize_step(
     n: int,
     rare_ratio: float,
@@ -261,7 +266,14 @@ def synthesize_step(
 
 
 def log_synthesis_run(tracker: Tracker, parent: str, items_path: str, stats_path: str) -> None:
-    """The nested ``synthesize`` run, written from the (possibly cached) synthesis artifacts."""
+    """The nested ``synthesize`` run, written from the (possibly cached) synthesis artifacts, once per parent
+    (a resumed run that redoes pseudo-labelling has it already)."""
+    from medssr.tracking import KIND_TAG, PARENT_TAG, STAGE_TAG
+
+    query = (f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{KIND_TAG}` = 'stage' and tags.`{STAGE_TAG}` = 'synthesize' "
+             "and attributes.status = 'FINISHED'")
+    if tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=1):
+        return
     summary = json.loads(Path(stats_path).read_text(encoding="utf-8"))
     with tracker.stage("synthesize", parent) as stage:
         stage.log_config(summary["config"])
@@ -281,6 +293,7 @@ def generator_config(model: str, backend: str, device: str, batch_size: int):
 
 
 @end_process_fast_after_success
+@resumable("pseudo_label")
 def pseudo_label_step(
     parent_run_id: str,
     tracking_uri: str,
@@ -395,6 +408,7 @@ def launcher_config(launcher: str, namespace: str, work_dir: str):
 
 
 @end_process_fast_after_success
+@resumable("train-{stage}")
 def train_step(
     parent_run_id: str,
     tracking_uri: str,
@@ -504,6 +518,7 @@ def train_step(
 
 
 @end_process_fast_after_success
+@resumable("evaluate")
 def evaluate_step(
     parent_run_id: str,
     tracking_uri: str,
@@ -584,6 +599,7 @@ def scores_from_results(results_path: str, model_name: str, metric: str) -> dict
 
 
 @end_process_fast_after_success
+@resumable("register")
 def register_step(
     parent_run_id: str,
     tracking_uri: str,
@@ -690,7 +706,7 @@ def decide_promotion(
     return decision.passed
 
 
-promote_step = end_process_fast_after_success(decide_promotion)
+promote_step = end_process_fast_after_success(resumable("promote")(decide_promotion))
 
 
 def pipeline_run_id(run_id: str, kfp_run_id: str) -> str:
@@ -723,6 +739,7 @@ def finish_step(run_id: str, kfp_run_id: str, tracking_uri: str, experiment: str
 
 
 @end_process_fast_after_success
+@resumable("deploy")
 def deploy_step(
     parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, model_name: str, alias: str, namespace: str
 ) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from medssr.components.steps import STEP_TIMINGS_ENV
 from medssr.pipelines.settings import ClusterSettings
 
 COMPILED = Path(__file__).resolve().parent / "compiled" / "medssr.yaml"
+LAST_RUN_FILE = "last-run"  # under the local pipeline root: the run id `--resume` continues
 
 
 def pipeline_defaults(settings: ClusterSettings | None = None) -> dict[str, Any]:
@@ -71,25 +73,62 @@ def compile_pipeline(out: str | os.PathLike, settings: ClusterSettings | None = 
     return out
 
 
+@dataclass(frozen=True)
+class KfpApiSettings:
+    """How long `medssr pipeline submit` waits for the KFP API server before it reports it unreachable."""
+
+    connect_timeout_s: float = field(default=5.0, metadata={"help": "seconds to open a connection to the KFP API server"})
+    read_timeout_s: float = field(default=12.0, metadata={"help": "seconds the health check waits for an answer"})
+    max_retries: int = field(default=3, metadata={"help": "retries of the health check that found no server"})
+    backoff_factor: float = field(default=0.5, metadata={"help": "urllib3 backoff between retries: factor x 2**(retry-1) s"})
+
+
+KFP_API = KfpApiSettings()
+KFP_API_SETTINGS_TEXT = "medssr.pipelines.runner.KfpApiSettings (connect_timeout_s, read_timeout_s, max_retries)"
+
+
+def check_kfp_host(host: str, settings: KfpApiSettings = KFP_API) -> None:
+    """GET the health endpoint with bounded retries and timeouts: kfp.Client has no timeout of its own, so a
+    silent server would hold it forever. Any HTTP answer (even 401 behind an auth proxy) means it is there."""
+    import urllib3
+
+    pool = urllib3.PoolManager(
+        retries=urllib3.Retry(total=settings.max_retries, backoff_factor=settings.backoff_factor, raise_on_status=False),
+        timeout=urllib3.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s),
+    )
+    pool.request("GET", f"{host.rstrip('/')}/apis/v2beta1/healthz")
+
+
+def _is_kfp_unreachable(exc: BaseException) -> bool:
+    import urllib3.exceptions
+
+    return isinstance(exc, (urllib3.exceptions.MaxRetryError, urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError))
+
+
 def submit(host: str, params: dict[str, Any], experiment: str = "medssr", package: str | os.PathLike | None = None,
            run_name: str | None = None, namespace: str | None = None,
            service_account: str | None = "medssr-pipeline"):
-    """Upload-free submission of the compiled package as a run; returns kfp's RunPipelineResult."""
+    """Upload-free submission of the compiled package as a run; returns kfp's RunPipelineResult. A host that
+    does not answer raises DependencyUnavailable naming it."""
     import kfp
+
+    from medssr.dependencies import reported_unreachable
 
     package = Path(package or COMPILED)
     if not package.is_file():
         raise FileNotFoundError(f"no compiled pipeline at {package} (run `medssr pipeline compile`)")
-    client = kfp.Client(host=host, namespace=namespace)
-    return client.create_run_from_pipeline_package(
-        str(package),
-        arguments=params,
-        run_name=run_name or params.get("run_id") or None,
-        experiment_name=experiment,
-        enable_caching=None,  # keep each task's own setting: synthesis cached, the rest not
-        # the least-privilege account of manifests/base (launching PyTorchJobs, reading pod logs)
-        service_account=service_account or None,
-    )
+    with reported_unreachable("KFP API server", host, KFP_API_SETTINGS_TEXT, _is_kfp_unreachable):
+        check_kfp_host(host)
+        client = kfp.Client(host=host, namespace=namespace)
+        return client.create_run_from_pipeline_package(
+            str(package),
+            arguments=params,
+            run_name=run_name or params.get("run_id") or None,
+            experiment_name=experiment,
+            enable_caching=None,  # keep each task's own setting: synthesis cached, the rest not
+            # the least-privilege account of manifests/base (launching PyTorchJobs, reading pod logs)
+            service_account=service_account or None,
+        )
 
 
 @dataclass
@@ -113,16 +152,62 @@ def step_logs_folder(pipeline_root: str | os.PathLike | None, run_id: str) -> Pa
 def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = None, verbose: bool = False) -> LocalRun:
     """Run the same pipeline with kfp.local: every step a subprocess of this Python environment. The
     console shows one line per step and the steps' output goes to ``<root>/logs/<run id>/``, unless
-    ``verbose`` streams it all to the console."""
-    import contextlib
+    ``verbose`` streams it all to the console.
 
+    The run holds a lock on its run folder (``<workspace>/<run id>``): its steps end when this process ends,
+    even by SIGKILL. Run again with the same run id, it resumes: the MLflow runs the killed attempt left
+    RUNNING are marked KILLED, the parent run goes on, and the stages that finished are reused."""
+    from medssr.lifetime import RUN_FOLDER_ENV, RunnerLock
+    from medssr.pipelines.resume import close_abandoned_runs, reopen_parent_run
+    from medssr.tracking import Tracker, TrackingConfig
+
+    root = local_pipeline_root(pipeline_root)
+    root.mkdir(parents=True, exist_ok=True)
+    run_id = str(params["run_id"])
+    run_folder = Path(params["workspace"]).expanduser().resolve() / run_id
+    lock = RunnerLock(run_folder).acquire()  # held until this process ends, however it ends
+    try:
+        (root / LAST_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
+        tracker = Tracker(TrackingConfig(tracking_uri=params["tracking_uri"], experiment=params["experiment"]))
+        closed = close_abandoned_runs(tracker, run_id)
+        if closed:
+            print(f"  marked KILLED: MLflow run(s) {', '.join(closed)}, left RUNNING by a runner that was killed", flush=True)
+        if parent := reopen_parent_run(tracker, run_id):
+            print(f"  resuming run {run_id} in its MLflow parent run {parent}: finished stages are reused", flush=True)
+        with _environment(RUN_FOLDER_ENV, str(run_folder)):
+            return _run_pipeline(params, root, verbose)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """``os.environ[name] = value`` while the block runs (the step subprocesses inherit it)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def last_local_run(pipeline_root: str | os.PathLike | None = None) -> str:
+    """The run id of the last local run started with this pipeline root (for ``--resume``)."""
+    path = local_pipeline_root(pipeline_root) / LAST_RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no local run to resume: {path} does not exist (start one with `medssr pipeline run --local`)")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _run_pipeline(params: dict[str, Any], root: Path, verbose: bool) -> LocalRun:
     import kfp.local
 
     from medssr.pipelines.medssr_pipeline import build_pipeline
     from medssr.pipelines.step_logs import StepLogs
 
-    root = local_pipeline_root(pipeline_root)
-    root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     # kfp.local warns when an image name lacks "python"; the project image is Python, and locally unused.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
@@ -131,22 +216,17 @@ def run_local(params: dict[str, Any], pipeline_root: str | os.PathLike | None = 
     pipeline = build_pipeline()
     timings = root / f"{params.get('run_id') or 'run'}.step-timings.jsonl"
     timings.unlink(missing_ok=True)
-    previous = os.environ.get(STEP_TIMINGS_ENV)
-    os.environ[STEP_TIMINGS_ENV] = str(timings)  # inherited by the step subprocesses
     logs = None if verbose else step_logs_folder(root, str(params.get("run_id") or ""))
     started = time.perf_counter()
     try:
-        if logs is None:
-            pipeline(**params)
-        else:
-            with contextlib.closing(StepLogs(logs, sys.stdout)) as stream, contextlib.redirect_stdout(stream):
+        with _environment(STEP_TIMINGS_ENV, str(timings)):
+            if logs is None:
                 pipeline(**params)
+            else:
+                with contextlib.closing(StepLogs(logs, sys.stdout)) as stream, contextlib.redirect_stdout(stream):
+                    pipeline(**params)
     finally:
         wall = time.perf_counter() - started
-        if previous is None:
-            os.environ.pop(STEP_TIMINGS_ENV, None)
-        else:
-            os.environ[STEP_TIMINGS_ENV] = previous
     steps = [json.loads(line) for line in timings.read_text().splitlines()] if timings.is_file() else []
     return LocalRun(params=params, wall_seconds=wall, pipeline_root=root, step_seconds=sum(s["seconds"] for s in steps), logs=logs)
 

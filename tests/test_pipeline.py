@@ -182,12 +182,13 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
     assert code == 0 and "submitted run run-42" in capsys.readouterr().out
     paths = [(r["method"], r["path"].split("?")[0]) for r in RecordingKfpApi.requests]
     assert paths == [
+        ("GET", "/apis/v2beta1/healthz"),  # medssr's bounded check: kfp.Client has no timeout of its own
         ("GET", "/apis/v2beta1/healthz"),
         ("GET", "/apis/v2beta1/experiments"),  # looked up by name first
         ("POST", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/runs"),
     ]
-    assert RecordingKfpApi.requests[2]["body"]["display_name"] == "rare-v2"
+    assert RecordingKfpApi.requests[3]["body"]["display_name"] == "rare-v2"
     run = RecordingKfpApi.requests[-1]["body"]
     assert run["experiment_id"] == "exp-1" and run["display_name"] == "run-test-1"
     assert run["service_account"] == "medssr-pipeline"  # the least-privilege account of manifests/base

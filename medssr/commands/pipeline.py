@@ -48,9 +48,11 @@ def _submit(args) -> int:
 
 def _run(args) -> int:
     from medssr.cli import CLIError
+    from medssr.lifetime import RunInProgress
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import (
-        parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder, timing_report,
+        last_local_run, parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder,
+        timing_report,
     )
     from medssr.pipelines.summary import pipeline_summary
 
@@ -58,10 +60,17 @@ def _run(args) -> int:
         raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
     overrides = preset_params(args.preset)
     overrides.update(parse_overrides(args.param or [], pipeline_defaults()))
+    if args.resume:
+        last = last_local_run(args.pipeline_root)
+        if overrides.get("run_id", "") not in ("", last):
+            raise CLIError(f"--resume continues the last run, {last}; to resume {overrides['run_id']}, give only --param run_id=...")
+        overrides["run_id"] = last
     params = resolved_params(overrides)
     print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
     try:
         run = run_local(params, args.pipeline_root, verbose=args.verbose)
+    except RunInProgress as exc:
+        raise CLIError(str(exc)) from None
     except RuntimeError as exc:  # kfp.local: a task failed; its log (shown above) carries the traceback
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
         logs = "" if args.verbose else f" (step logs: {step_logs_folder(args.pipeline_root, params['run_id'])})"
@@ -103,6 +112,9 @@ def register(subparsers) -> None:
     run.add_argument("--preset", choices=list(PRESETS), default="tiny",
                      help="tiny: random tiny model; smol: SmolLM2-135M demo; study: the medssr arm of `medssr study` at its defaults.")
     run.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+    run.add_argument("--resume", action="store_true",
+                     help="Continue the last local run under this pipeline root (its run id): the stages that finished are "
+                          "reused, the rest run. The same as --param run_id=THAT_ID.")
     run.add_argument("--pipeline-root", help="Where kfp.local keeps step outputs; default .medssr/kfp.")
     run.add_argument("--verbose", action="store_true", help="Stream every step's output to the console (default: one line per step, logs under the pipeline root).")
     run.set_defaults(func=_run)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from medssr.launch.base import JobHandle, JobSpec, JobStatus, last_lines, torchrun_command
+from medssr.lifetime import die_with_parent, forget_child_group, register_child_group
 
 
 @dataclass
@@ -62,7 +63,9 @@ class LocalLauncher:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # one process group: delete() stops torchrun and every rank together
+            preexec_fn=die_with_parent,  # torchrun (which stops its ranks) ends with this process
         )
+        register_child_group(process.pid)
         pump = threading.Thread(target=_copy_output, args=(process, log_file), daemon=True, name=f"log-{name}")
         pump.start()
         self._jobs[name] = _LocalJob(process, log_path, pump)
@@ -79,6 +82,7 @@ class LocalLauncher:
         code = job.process.poll()
         if code is None:
             return JobStatus("Running")
+        forget_child_group(job.process.pid)
         job.pump.join(timeout=5)  # the log is complete before we quote it
         if code == 0:
             return JobStatus("Succeeded", "Completed", f"exit status 0; log {job.log_path}")
