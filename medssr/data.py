@@ -6,6 +6,7 @@ and field; with ``on_error="skip"`` good lines are kept and the rejected ones co
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -154,28 +155,58 @@ def parse_record(data: Any, record_type: type[Record], path="<record>", line: in
         raise _errors_of(exc, path, line)[0] from None
 
 
+class _UniqueIds:
+    """Remembers where each record id was first seen; a second record with it is a RecordError."""
+
+    def __init__(self, path, unit: str):
+        self.path, self.unit, self.first_at = path, unit, {}
+
+    def check(self, record: BaseModel, line: int) -> None:
+        record_id = getattr(record, "id", None)
+        if record_id is None:
+            return
+        if record_id in self.first_at:
+            raise RecordError(self.path, line, "id", f"duplicate id {record_id!r} (first at {self.unit} {self.first_at[record_id]})")
+        self.first_at[record_id] = line
+
+
+def _decoded_line(raw: bytes, path, number: int) -> str:
+    """One line as text; bytes that are not UTF-8 reject this line only (a BOM before the first is dropped)."""
+    if number == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(path, number, "record", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)") from None
+
+
 def read_jsonl(
     path: str | os.PathLike,
     record_type: type[Record] = MCQItem,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> ReadResult:
-    """Read and validate a JSONL file. ``on_error="skip"`` keeps good lines and collects the errors."""
+    """Read and validate a JSONL file. ``on_error="skip"`` keeps good lines and collects the errors: invalid
+    JSON or UTF-8, failed validation, a second record with an id already read. Blank lines are ignored."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     result = ReadResult(records=[])
-    with path.open(encoding="utf-8") as handle:
+    ids = _UniqueIds(path, "line")
+    with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
             try:
+                text = _decoded_line(raw, path, number)
+                if not text.strip():
+                    continue
                 try:
-                    data = json.loads(raw)
+                    data = json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise RecordError(path, number, "record", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-                result.records.append(parse_record(data, record_type, path, number))
+                record = parse_record(data, record_type, path, number)
+                ids.check(record, number)
+                result.records.append(record)
                 result.lines.append(number)
             except RecordError as err:
                 if on_error == "raise":
@@ -195,6 +226,7 @@ def write_jsonl(path: str | os.PathLike, records) -> int:
     return count
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
 _OPTION_LINE = re.compile(r"^\s*([A-J])[.)](?:\s+(.*?))?\s*$")
 
 
@@ -236,7 +268,9 @@ def read_reference_benchmark(
     """Read a benchmark in the MedSSR reference format: a JSON list of ``{id, question, gold, ...}``."""
     path = Path(path)
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        # A BOM is dropped; bytes that are not UTF-8 survive decoding as lone surrogates, so that only the
+        # questions holding them are rejected, not the whole file.
+        rows = json.loads(path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape"))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path}") from None
     except json.JSONDecodeError as exc:
@@ -244,11 +278,14 @@ def read_reference_benchmark(
     if not isinstance(rows, list):
         raise RecordError(path, 1, "record", "expected a JSON list of questions")
     result = ReadResult(records=[])
+    ids = _UniqueIds(path, "question")
     name = path.stem.removeprefix("test_short_")
     for index, row in enumerate(rows, start=1):
         try:
             if not isinstance(row, dict):
                 raise RecordError(path, index, "record", "expected a JSON object")
+            if _NOT_UTF8.search(json.dumps(row, ensure_ascii=False)):
+                raise RecordError(path, index, "record", "not valid UTF-8 (a byte that decodes to no character)")
             for key in ("id", "question", "gold"):
                 if key not in row:
                     raise RecordError(path, index, key, "missing")
@@ -265,7 +302,9 @@ def read_reference_benchmark(
                 "source": str(row.get("name") or name),
                 "metadata": extra,
             }
-            result.records.append(parse_record(data, MCQItem, path, index))
+            record = parse_record(data, MCQItem, path, index)
+            ids.check(record, index)
+            result.records.append(record)
             result.lines.append(index)
         except RecordError as err:
             if on_error == "raise":

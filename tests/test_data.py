@@ -159,6 +159,71 @@ def test_malformed_jsonl_keeps_good_lines_under_skip(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
+def jsonl_bytes(*records: dict) -> list[bytes]:
+    return [json.dumps(record, ensure_ascii=False).encode("utf-8") for record in records]
+
+
+def test_jsonl_with_a_bom_keeps_its_first_record(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(jsonl_bytes(GOOD, {**GOOD, "id": "q2"})) + b"\n")
+    result = read_jsonl(path)  # on_error="raise": nothing is wrong with this file
+    assert [item.id for item in result.records] == ["q1", "q2"] and result.lines == [1, 2]
+
+
+def test_a_line_that_is_not_utf8_is_rejected_by_file_and_line_and_the_rest_kept(tmp_path):
+    path = tmp_path / "items.jsonl"
+    first, bad, last = jsonl_bytes(GOOD, {**GOOD, "id": "q2", "stem": "Which gene causes Rett syndrome \u00e9?"}, {**GOOD, "id": "q3"})
+    bad = bad.replace("\u00e9".encode("utf-8"), b"\xe9")  # latin-1, as a spreadsheet export writes it
+    path.write_bytes(b"\n".join([first, bad, last]) + b"\n")
+    with pytest.raises(RecordError, match=rf"^{path}:2: field 'record': not valid UTF-8 \(byte 0xe9 at byte \d+ of the line\)$"):
+        read_jsonl(path)
+    result = read_jsonl(path, on_error="skip")
+    assert [item.id for item in result.records] == ["q1", "q3"] and result.lines == [1, 3]
+    assert [(e.line, e.field) for e in result.errors] == [(2, "record")]
+
+
+def test_duplicate_ids_are_reported_not_overwritten(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b"\n".join(jsonl_bytes(GOOD, {**GOOD, "id": "q2"}, {**GOOD, "stem": "Another question?"})) + b"\n")
+    with pytest.raises(RecordError, match=rf"^{path}:3: field 'id': duplicate id 'q1' \(first at line 1\)$"):
+        read_jsonl(path)
+    result = read_jsonl(path, on_error="skip")
+    assert [(item.id, item.stem) for item in result.records] == [("q1", GOOD["stem"]), ("q2", GOOD["stem"])]
+    assert result.rejected == 1
+
+
+def test_blank_and_whitespace_lines_are_ignored_and_line_numbers_kept(tmp_path):
+    path = tmp_path / "items.jsonl"
+    first, second = jsonl_bytes(GOOD, {**GOOD, "id": "q2"})
+    path.write_bytes(b"\n".join([b"", first, b"   ", b"\t", second, b""]) + b"\r\n\n")
+    result = read_jsonl(path)
+    assert [item.id for item in result.records] == ["q1", "q2"] and result.lines == [2, 5] and result.rejected == 0
+
+
+def reference_rows(*ids: str) -> list[dict]:
+    return [{"id": i, "question": f"Question {i}?\nA. one\nB. two\nC. three", "gold": "B"} for i in ids]
+
+
+def test_reference_benchmark_with_a_bom_loads_whole(tmp_path):
+    path = tmp_path / "test_short_bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(reference_rows("r1", "r2")).encode())
+    result = read_reference_benchmark(path)
+    assert [item.id for item in result.records] == ["r1", "r2"]
+
+
+def test_reference_benchmark_rejects_only_the_question_that_is_not_utf8_and_duplicate_ids(tmp_path):
+    path = tmp_path / "test_short_mixed.json"
+    rows = reference_rows("r1", "r2", "r1", "r4")
+    rows[1]["question"] = "Caf\u00e9 au lait spots?\nA. one\nB. two"
+    path.write_bytes(json.dumps(rows, ensure_ascii=False).encode("utf-8").replace("\u00e9".encode("utf-8"), b"\xe9"))
+    with pytest.raises(RecordError, match=rf"^{path}:2: field 'record': not valid UTF-8"):
+        read_reference_benchmark(path)
+    result = read_reference_benchmark(path, on_error="skip")
+    assert [item.id for item in result.records] == ["r1", "r4"] and result.lines == [1, 4]
+    assert [(e.line, e.field) for e in result.errors] == [(2, "record"), (3, "id")]
+    assert str(result.errors[1]).endswith("duplicate id 'r1' (first at question 1)")
+
+
 def test_write_then_read_round_trip(tmp_path):
     items = [MCQItem.model_validate({**GOOD, "id": f"q{i}", "metadata": {"kb": "ORPHA:778", "evidence": ["HP:0002376"]}}) for i in range(3)]
     path = tmp_path / "nested" / "out.jsonl"
