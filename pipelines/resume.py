@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, Tracker, file_sha256
 MARKER = ".medssr-step.json"
 OUTPUTS = "outputs"
 RUNNER_LOCK_TAG = "medssr.runner_lock"  # on a local run's parent: the lock its live runner holds
+RUNNER_HOST_TAG = "medssr.runner_host"  # ... on this machine (an MLflow server may be shared)
 ABANDONED_TAG = "medssr.abandoned"
 
 
@@ -138,8 +140,10 @@ def close_abandoned_runs(tracker: Tracker, run_id: str) -> list[str]:
     for parent in _running_runs(tracker, f"tags.`{KIND_TAG}` = 'pipeline'"):
         lock = parent.data.tags.get(RUNNER_LOCK_TAG)
         pipeline_run = parent.data.tags.get(PIPELINE_RUN_TAG, "")
-        if not lock or (pipeline_run != run_id and lock_is_held(lock)):
-            continue  # a cluster run, or a local run still going
+        if not lock or parent.data.tags.get(RUNNER_HOST_TAG) != socket.gethostname():
+            continue  # a cluster run, or a local run of another machine (its lock is not here to check)
+        if pipeline_run != run_id and lock_is_held(lock):
+            continue  # a local run still going
         for stage in _running_runs(tracker, f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}' and tags.`{KIND_TAG}` = 'stage'"):
             tracker.call(tracker.client.set_tag, stage.info.run_id, ABANDONED_TAG, "its pipeline runner was killed mid-stage")
             tracker.finish_run(stage.info.run_id, "KILLED")
@@ -163,6 +167,6 @@ def reopen_parent_run(tracker: Tracker, run_id: str) -> str | None:
 
 
 def runner_lock_tag() -> dict[str, str]:
-    """The tag a local run's parent carries: where its runner's lock is (none outside a local run)."""
+    """The tags a local run's parent carries: where its runner's lock is (none outside a local run)."""
     folder = os.environ.get(RUN_FOLDER_ENV)
-    return {RUNNER_LOCK_TAG: str(runner_lock_path(folder))} if folder else {}
+    return {RUNNER_LOCK_TAG: str(runner_lock_path(folder)), RUNNER_HOST_TAG: socket.gethostname()} if folder else {}

@@ -209,3 +209,41 @@ def test_a_pipeline_killed_in_stage_2_resumes_reusing_the_finished_stages(tmp_pa
     assert {p: p.stat().st_mtime_ns for p in stage1_model.rglob("*") if p.is_file()} == stage1_files
     assert {stage for stage, _, state in after if state == "FINISHED"} >= {"evaluate", "register", "promote"}
     assert all(state in ("FINISHED", "KILLED") for _, _, state in after)
+
+
+def test_only_parents_whose_runner_is_gone_on_this_machine_are_marked_killed(tmp_path, mlflow_empty_db):
+    import socket
+
+    from medssr.lifetime import RunnerLock, runner_lock_path
+    from medssr.pipelines.resume import RUNNER_HOST_TAG, RUNNER_LOCK_TAG, close_abandoned_runs, reopen_parent_run
+    from medssr.tracking import Tracker, TrackingConfig
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_empty_db, db)
+    tracker = Tracker(TrackingConfig(tracking_uri=f"sqlite:///{db}", experiment="sweep"))
+    here = socket.gethostname()
+    alive_lock = RunnerLock(tmp_path / "alive").acquire()
+    try:
+        tags = {
+            "killed": {RUNNER_LOCK_TAG: str(runner_lock_path(tmp_path / "killed")), RUNNER_HOST_TAG: here},
+            "alive": {RUNNER_LOCK_TAG: str(alive_lock.path), RUNNER_HOST_TAG: here},
+            "elsewhere": {RUNNER_LOCK_TAG: str(runner_lock_path(tmp_path / "elsewhere")), RUNNER_HOST_TAG: "another-host"},
+            "cluster": {},
+        }
+        parents = {name: tracker.start_pipeline_run(name, tags=t) for name, t in tags.items()}
+        stage_tags = {"medssr.pipeline_run_id": "killed", "medssr.kind": "stage"}
+        finished = tracker.create_run({**stage_tags, "medssr.stage": "train-self"})
+        tracker.finish_run(finished)
+        stage = tracker.create_run({**stage_tags, "medssr.stage": "evaluate"})  # running when the runner was killed
+
+        assert close_abandoned_runs(tracker, "resumed-elsewhere") == [parents["killed"]]
+        status = {name: tracker.client.get_run(run).info.status for name, run in parents.items()}
+        assert status == {"killed": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING", "cluster": "RUNNING"}
+        assert tracker.client.get_run(stage).info.status == "KILLED"
+        assert tracker.client.get_run(finished).info.status == "FINISHED"
+        assert reopen_parent_run(tracker, "killed") == parents["killed"]
+        reopened = tracker.client.get_run(parents["killed"])
+        assert reopened.info.status == "RUNNING" and reopened.data.tags["medssr.attempts"] == "2"
+        assert reopen_parent_run(tracker, "never-started") is None
+    finally:
+        alive_lock.release()
