@@ -70,16 +70,17 @@ PRESETS: dict[str, dict] = {
         "model_name": "medssr-tiny",
     },
     # SmolLM2-135M-Instruct (built once from the packaged GGUF): `make demo`. Sized so that nothing in it
-    # depends on luck: SmolLM2 states a final answer in about a fifth of its samples, so labelling asks
-    # the others again (recovery) and every sample votes; 64 questions leave dozens of labels whatever
-    # the machine's rounding. Evaluation has 50 + 50 questions x 4 samples, enough for intervals that
-    # mean something, and the gate reads the reference protocol's accuracy (forced recovery counted),
-    # the number the paper reports. About 8 minutes on 2 cores.
+    # depends on luck: SmolLM2 states a final answer in about a quarter of its samples, so labelling asks
+    # the others again (recovery) and every sample votes; ~37 questions after dedup leave dozens of labels
+    # whatever the machine's rounding. Rollouts get 96 tokens, as labelling does: at 48 SmolLM2 almost never
+    # reaches "The answer is X", every reward was 0 and GRPO had no gradient. Evaluation has 40 + 40
+    # questions x 4 samples, and the gate reads the reference protocol's accuracy (forced recovery
+    # counted), the number the paper reports.
     "smol": {
         "base_model": "smollm2",
         "split_benchmark": "medqa",
         "stage2_size": 32,
-        "synth_n": 64,
+        "synth_n": 48,
         "rare_ratio": 0.5,
         "options_per_item": 4,
         "decontaminate": True,
@@ -90,18 +91,18 @@ PRESETS: dict[str, dict] = {
         "label_max_tokens": 96,
         "label_recovery": True,
         "generation_batch_size": 64,
-        "stage1_max_steps": 8,
-        "stage2_max_steps": 8,
+        "stage1_max_steps": 6,
+        "stage2_max_steps": 6,
         "num_generations": 4,
         "train_batch_size": 4,
         "learning_rate": 1e-5,
-        "max_completion_length": 48,
-        "save_steps": 4,
+        "max_completion_length": 96,
+        "save_steps": 3,
         "eval_benchmarks": "medqa,raredis_heldout",
-        "eval_limit": 50,
+        "eval_limit": 40,
         "eval_samples": 4,
         "eval_max_tokens": 96,
-        "heldout_size": 50,
+        "heldout_size": 40,
         "gate_metric": "with_recovery",
         "model_name": "medssr-smol",
     },
