@@ -200,6 +200,8 @@ class Tracker:
         self.config = config or TrackingConfig()
         self.tracking_uri = resolve_tracking_uri(self.config)
         self.is_local_default = self.tracking_uri == local_tracking_uri()
+        # MLflow announces the creation of a new sqlite store's tables at INFO on the console; not news to users.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         if self.is_local_default:
             (Path.cwd() / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
         self.http = apply_http_settings(self.config)
