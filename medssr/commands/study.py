@@ -12,17 +12,9 @@ import shlex
 import typing
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     from medssr.study.config import StudyConfig
+    from medssr.training.config import parse_bool
 
     hints = typing.get_type_hints(StudyConfig)
     for spec in dataclasses.fields(StudyConfig):
@@ -32,7 +24,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,
-            type=_parse_bool if kind is bool else kind,
+            type=parse_bool if kind is bool else kind,
             default=spec.default,
             help=f"{spec.metadata['help']} (default: {spec.default})",
         )

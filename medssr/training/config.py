@@ -138,7 +138,8 @@ def _field_type(annotation: Any) -> tuple[type, tuple | None]:
     return hints, None
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """An argparse type for true/false options (1/0, yes/no, on/off)."""
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -157,7 +158,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,
-            type=_parse_bool if kind is bool else kind,
+            type=parse_bool if kind is bool else kind,
             choices=choices,
             default=None,
             help=spec.metadata.get("help"),
