@@ -104,6 +104,18 @@ def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return pod_volumes, mounts
 
 
+def pod_placement(config: KubernetesLauncherConfig) -> dict[str, Any]:
+    """The pod-spec fields that place a training pod: service account, node selector, tolerations (those set)."""
+    placement: dict[str, Any] = {}
+    if config.service_account_name:
+        placement["serviceAccountName"] = config.service_account_name
+    if config.node_selector:
+        placement["nodeSelector"] = dict(config.node_selector)
+    if config.tolerations:
+        placement["tolerations"] = list(config.tolerations)
+    return placement
+
+
 def true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The object's conditions with status True, by type."""
     conditions = (obj.get("status") or {}).get("conditions") or []

@@ -11,6 +11,7 @@ from medssr.launch.kubernetes import (
     KubernetesLauncherConfig,
     env_list,
     job_labels,
+    pod_placement,
     resources,
     true_conditions,
     volumes,
@@ -58,12 +59,7 @@ class PyTorchJobLauncher(CustomJobLauncher):
         pod_spec: dict[str, Any] = {"containers": [container]}
         if pod_volumes:
             pod_spec["volumes"] = pod_volumes
-        if self.config.service_account_name:
-            pod_spec["serviceAccountName"] = self.config.service_account_name
-        if self.config.node_selector:
-            pod_spec["nodeSelector"] = dict(self.config.node_selector)
-        if self.config.tolerations:
-            pod_spec["tolerations"] = list(self.config.tolerations)
+        pod_spec.update(pod_placement(self.config))
 
         def replica(count: int) -> dict[str, Any]:
             return {

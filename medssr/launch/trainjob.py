@@ -11,6 +11,7 @@ from medssr.launch.kubernetes import (
     KubernetesLauncherConfig,
     env_list,
     job_labels,
+    pod_placement,
     resources,
     true_conditions,
     volumes,
@@ -76,12 +77,7 @@ class TrainJobLauncher(CustomJobLauncher):
         if pod_volumes:
             pod_spec["volumes"] = pod_volumes
             pod_spec["containers"] = [{"name": TRAINER_NODE, "volumeMounts": mounts}]
-        if self.config.service_account_name:
-            pod_spec["serviceAccountName"] = self.config.service_account_name
-        if self.config.node_selector:
-            pod_spec["nodeSelector"] = dict(self.config.node_selector)
-        if self.config.tolerations:
-            pod_spec["tolerations"] = list(self.config.tolerations)
+        pod_spec.update(pod_placement(self.config))
         pod_template: dict[str, Any] = {"metadata": {"labels": labels}}
         if pod_spec:
             pod_template["spec"] = pod_spec
