@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,25 +105,60 @@ def _reported_as_unwritable(path: Path) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {what_is_wrong(exc, path.parent)}") from exc
 
 
+_NOT_A_FILE = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def write_target(path: Path) -> Path:
+    """The file a write to ``path`` must replace: a symlink's final target (the link stays a link). Anything
+    but a regular file there is refused: renaming over a device or a FIFO would put a plain file in its place."""
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        kind = stat.S_IFMT(target.stat().st_mode)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {what_is_wrong(exc, target.parent)}") from exc
+    if kind != stat.S_IFREG:
+        shown = path if target == path else f"{path} (a link to {target})"
+        raise StorageError(f"cannot write {shown}: it is {_NOT_A_FILE.get(kind, 'not a regular file')}, not a regular file")
+    return target
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (mkstemp's 0600 would hide outputs from the group)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):  # Linux states the umask without changing it
+        status = Path("/proc/self/status").read_text()
+        return 0o666 & ~int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temp file beside ``path``; on clean exit fsync and rename it over ``path``.
 
-    OS errors of the writer's own steps (making the folder, flushing, renaming) raise StorageError.
+    A symlink's target is what gets replaced, a device or FIFO is refused (StorageError), an existing file keeps
+    its mode and a new one gets ``new_file_mode()``. OS errors of the writer's own steps (making the folder,
+    flushing, renaming) raise StorageError.
     """
     path = Path(path)
+    target = write_target(path)
     with _reported_as_unwritable(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
+            with _reported_as_unwritable(path):
+                os.fchmod(handle.fileno(), stat.S_IMODE(target.stat().st_mode) if target.exists() else new_file_mode())
             yield handle
             with _reported_as_unwritable(path):
                 handle.flush()
                 os.fsync(handle.fileno())
         with _reported_as_unwritable(path):
-            os.replace(tmp, path)
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

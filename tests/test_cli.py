@@ -55,7 +55,8 @@ def test_user_errors_are_one_line_exit_2_without_traceback(args, message):
     [
         (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{file}/x.jsonl"), "cannot write {file}/x.jsonl: {file} is a file, not a folder"),
         (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{file}/sub/x.jsonl"), "cannot write {file}/sub/x.jsonl: {file} is a file, not a folder"),
-        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{folder}"), "cannot write {folder}: Is a directory"),
+        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "{folder}"), "cannot write {folder}: it is a folder, not a regular file"),
+        (("synthesize", "--n", "5", "--rare-ratio", "1", "--out", "/dev/full"), "cannot write /dev/full: it is a character device, not a regular file"),
         (("models", "tiny", "{file}"), "cannot use {file}: {file} is a file, not a folder"),
     ],
 )
