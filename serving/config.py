@@ -25,10 +25,17 @@ class ServeConfig:
         default=0, metadata={"help": "CPU threads for torch (0 keeps torch's default); 1 suits very small models."}
     )
     max_batch_size: int = field(
-        default=16, metadata={"help": "Prompts gathered into one generate call (1 disables dynamic batching)."}
+        default=16,
+        metadata={"help": "Prompts decoding together in the running batch, each with one row per sample (1: one at a time)."},
+    )
+    admission: str = field(
+        default="step",
+        metadata={"help": "step: a request joins the running batch at the next decode step; batch: only an empty "
+                          "batch takes requests, gathered for max_wait_ms, and runs until its last row ends "
+                          "(the earlier policy, kept for comparison)."},
     )
     max_wait_ms: float = field(
-        default=10.0, metadata={"help": "How long a batch waits for more requests before it runs."}
+        default=10.0, metadata={"help": "admission=batch: how long an empty batch waits for more requests before it runs."}
     )
     max_queue: int = field(
         default=64,
@@ -50,7 +57,14 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.admission not in ("step", "batch"):
+            raise ValueError(f"admission must be 'step' or 'batch', got {self.admission!r}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise ValueError("default_max_tokens must be between 1 and max_tokens_limit")
+
+    @property
+    def max_rows(self) -> int:
+        """Rows the running batch holds: every prompt with its largest ``n``."""
+        return self.max_batch_size * self.max_n

@@ -16,15 +16,22 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
-BATCH_SIZE = Histogram(
-    "medssr_serving_batch_size", "Prompts per batched generate call.", buckets=(1, 2, 4, 8, 16, 32, 64)
+STEP_ROWS = Histogram(
+    "medssr_serving_step_rows",
+    "Rows (one per sample of a prompt) decoded by each forward pass of the running batch.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+ADMITTED = Histogram(
+    "medssr_serving_admitted_prompts", "Prompts joining the running batch at one step.", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
 QUEUE_WAIT = Histogram(
     "medssr_serving_queue_wait_seconds",
-    "Time a prompt waited before its batch started.",
+    "Time a prompt waited before it joined the running batch.",
     buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 4, 8, 16, 32),
 )
-QUEUE_DEPTH = Gauge("medssr_serving_queue_depth", "Prompts waiting for a batch.")
+DECODING_ROWS = Gauge("medssr_serving_decoding_rows", "Rows decoding after the latest step.")
+CANCELLED_ROWS = Counter("medssr_serving_cancelled_rows", "Decoding rows stopped because their client went away.")
+QUEUE_DEPTH = Gauge("medssr_serving_queue_depth", "Prompts waiting to join the running batch.")
 GENERATED_TOKENS = Counter("medssr_serving_generated_tokens", "Completion tokens generated.")
 PROMPT_TOKENS = Counter("medssr_serving_prompt_tokens", "Prompt tokens processed.")
 ABANDONED = Counter("medssr_serving_abandoned", "Queued prompts dropped because their client went away.")

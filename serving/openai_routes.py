@@ -1,42 +1,50 @@
 """OpenAI-compatible routes on the KServe model server's app, for CPU serving without vLLM.
 
 KServe serves ``/openai/v1/...`` only through its vLLM-backed layer; these routes give the same paths
-with the transformers backend. Responses follow OpenAI's schema (the official client parses them);
-a multiple-choice question adds one extension field, ``medssr``: ``{"answer", "letters", "answers",
-"agreement"}``. Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape.
+with the transformers backend. Responses follow OpenAI's schema (the official client parses them),
+streamed as server-sent events with ``stream: true``. A multiple-choice question adds one extension
+field, ``medssr`` (see :meth:`medssr.serving.predictor.JobResult.answer_summary`); streamed, it comes
+in the last chunk. A request may send ``"medssr": {"n": ..., "abstain_below": ...}`` to vote over
+samples and abstain when they agree too little. Errors use OpenAI's ``{"error": {"message", "type",
+"param", "code"}}`` shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from medssr.serving.predictor import JobResult, MedssrPredictor
+from medssr.serving.predictor import JobResult, MedssrPredictor, RequestRun
 from medssr.serving.protocol import (
+    EXTENSION,
     RequestError,
     chat_job,
     completion_jobs,
     parse_json_body,
     parse_settings,
+    parse_stream,
     require_model,
 )
 
 OPENAI_PREFIX = "/openai/v1"
 # Not sent to anyone (the client is gone); recorded in the request metrics, as nginx does.
 CLIENT_CLOSED_REQUEST = 499
-DISCONNECT_POLL_S = 0.1  # how soon a gone client's queued prompts are dropped; one cheap receive check
+DISCONNECT_POLL_S = 0.1  # how soon a gone client's prompts are stopped; one cheap receive check
+DONE = "data: [DONE]\n\n"
 
 
 class ClientDisconnected(Exception):
-    """The client closed the connection while its request waited: its queued prompts were dropped."""
+    """The client closed the connection while its request waited or decoded: its prompts were stopped."""
 
 
 async def unless_disconnected(request: Request, work):
-    """Await ``work``, but cancel it when the client goes away, so abandoned prompts never reach the model."""
+    """Await ``work``, but cancel it when the client goes away, so abandoned prompts stop using the model."""
     task = asyncio.ensure_future(work)
     while True:
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
@@ -45,6 +53,27 @@ async def unless_disconnected(request: Request, work):
         if await request.is_disconnected():
             task.cancel()
             raise ClientDisconnected()
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events of one request's run. However the response ends (the client gone included:
+    Starlette then cancels the stream), what the run still decodes is stopped."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[str], run: RequestRun):
+        super().__init__(events, headers={"Cache-Control": "no-cache"})
+        self.run = run
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.close()
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
 
 
 def error_response(error: RequestError) -> JSONResponse:
@@ -56,6 +85,14 @@ def _usage(results: list[JobResult]) -> dict:
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _extension(results: list[JobResult], abstain_below: float | None) -> dict | None:
+    """One prompt's answer summary, or ``{"prompts": [...]}`` with one per prompt (None where not multiple-choice)."""
+    answers = [result.answer_summary(abstain_below) for result in results]
+    if not any(answers):
+        return None
+    return answers[0] if len(answers) == 1 else {"prompts": answers}
 
 
 class OpenAIRoutes:
@@ -71,67 +108,90 @@ class OpenAIRoutes:
         require_model(body, self.predictor.name)
         return body
 
-    async def chat_completions(self, request: Request) -> JSONResponse:
+    async def chat_completions(self, request: Request):
+        return await self._answer(request, "messages")
+
+    async def completions(self, request: Request):
+        return await self._answer(request, "prompt")
+
+    async def _answer(self, request: Request, param: str):
+        chat = param == "messages"
         try:
             body = await self._read(request)
-            job = chat_job(body)
+            stream, include_usage = parse_stream(body)
+            jobs = [chat_job(body)] if chat else completion_jobs(body)
             settings = parse_settings(body, self.predictor.config)
-            [result] = await unless_disconnected(request, self.predictor.complete([job], settings, param="messages"))
+            if stream:
+                run = await self.predictor.submit(jobs, settings, param=param)
+                return EventStream(self._events(run, chat, include_usage), run)
+            results = await unless_disconnected(request, self.predictor.complete(jobs, settings, param=param))
         except RequestError as error:
             return error_response(error)
         except ClientDisconnected:
             return JSONResponse(status_code=CLIENT_CLOSED_REQUEST, content={})
-        response = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.predictor.name,
-            "choices": [
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "logprobs": None,
-                    "finish_reason": completion.finish_reason,
-                }
-                for index, completion in enumerate(result.completions)
-            ],
-            "usage": _usage([result]),
-        }
-        summary = result.answer_summary()
-        if summary:
-            response["medssr"] = summary
+        response = self._head(chat)
+        n = settings.n
+        response["object"] = "chat.completion" if chat else "text_completion"
+        response["choices"] = [
+            self._choice(chat, prompt * n + index, completion.text, completion.finish_reason, whole=True)
+            for prompt, result in enumerate(results)
+            for index, completion in enumerate(result.completions)
+        ]
+        response["usage"] = _usage(results)
+        extension = _extension(results, settings.abstain_below)
+        if extension:
+            response[EXTENSION] = extension
         return JSONResponse(response)
 
-    async def completions(self, request: Request) -> JSONResponse:
-        try:
-            body = await self._read(request)
-            jobs = completion_jobs(body)
-            settings = parse_settings(body, self.predictor.config)
-            results = await unless_disconnected(request, self.predictor.complete(jobs, settings, param="prompt"))
-        except RequestError as error:
-            return error_response(error)
-        except ClientDisconnected:
-            return JSONResponse(status_code=CLIENT_CLOSED_REQUEST, content={})
-        choices, answers = [], []
-        for result in results:
-            for completion in result.completions:
-                choices.append(
-                    {"index": len(choices), "text": completion.text, "logprobs": None,
-                     "finish_reason": completion.finish_reason}
-                )
-            answers.append(result.answer_summary())
-        response = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
+    def _head(self, chat: bool) -> dict:
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()),
             "model": self.predictor.name,
-            "choices": choices,
-            "usage": _usage(results),
         }
-        if any(answers):
-            # One entry per prompt (None for a prompt that is not multiple-choice).
-            response["medssr"] = answers[0] if len(answers) == 1 else {"prompts": answers}
-        return JSONResponse(response)
+
+    @staticmethod
+    def _choice(chat: bool, index: int, text: str, finish: str | None, whole: bool = False, role: bool = False) -> dict:
+        if not chat:
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        if whole:
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                    "finish_reason": finish}
+        delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    async def _events(self, run: RequestRun, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+        """OpenAI's chunks: (chat) a first one with the role, the text as decoded, one with each choice's
+        finish reason; the answer summary in the last; the usage chunk (``choices`` empty) when asked."""
+        head, n = self._head(chat), run.settings.n
+        usage = {"usage": None} if include_usage else {}
+
+        def chunk(choices: list[dict], **extra) -> str:
+            return _event({**head, "choices": choices, **usage, **extra})
+
+        if chat:
+            yield chunk([self._choice(chat, index, "", None, role=True) for index in range(n * len(run.jobs))])
+        try:
+            async for prompt, choice, text, finish in run.stream():
+                index = prompt * n + choice
+                if text and (chat or finish is None):
+                    yield chunk([self._choice(chat, index, text, None)])
+                if finish is not None:
+                    extra = {}
+                    if run.finished and not include_usage:
+                        extension = _extension(run.results(), run.settings.abstain_below)
+                        extra = {EXTENSION: extension} if extension else {}
+                    yield chunk([self._choice(chat, index, "" if chat else text, finish)], **extra)
+        except Exception as exc:  # the batch's step failed: the client learns it in the stream
+            yield _event({"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
+                                    "code": None}})
+            return
+        if include_usage:
+            results = run.results()
+            extension = _extension(results, run.settings.abstain_below)
+            yield _event({**head, "choices": [], "usage": _usage(results), **({EXTENSION: extension} if extension else {})})
+        yield DONE
 
     async def models(self) -> JSONResponse:
         return JSONResponse(

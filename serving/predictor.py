@@ -1,17 +1,18 @@
-"""The KServe predictor: a Hugging Face causal LM behind the v1 and v2 protocols, with dynamic batching.
+"""The KServe predictor: a Hugging Face causal LM behind the v1 and v2 protocols, decoded step by step.
 
-One ``complete()`` coroutine serves every route (v1, v2 and the OpenAI-compatible ones): it checks
-the prompt against the token limits, queues it on the batcher, cuts completions at stop sequences,
-and for a multiple-choice question reads the chosen letter with :mod:`medssr.answers`.
+One ``submit()`` coroutine serves every route (v1, v2 and the OpenAI-compatible ones): it checks the
+prompt against the token limits (tokenizing off the event loop) and queues it on the scheduler, which
+admits it into the running batch at the next decode step. The returned :class:`RequestRun` yields the
+text as it is decoded (the streaming routes) and, once every sample has ended, the results, with the
+letter a multiple-choice question's completions chose read by :mod:`medssr.answers` and voted on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from medssr.serving.kserve_import import import_kserve
@@ -22,10 +23,10 @@ from kserve import Model  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
 
 from medssr.answers import extract_answer, majority_vote  # noqa: E402
-from medssr.generation.base import Prompt, SamplingParams  # noqa: E402
-from medssr.serving.batcher import DynamicBatcher, QueueFull  # noqa: E402
+from medssr.generation.base import Prompt  # noqa: E402
+from medssr.generation.step_decoder import DecodeJob, StepDecoder  # noqa: E402
 from medssr.serving.config import ServeConfig  # noqa: E402
-from medssr.serving.metrics import GENERATED_TOKENS, PROMPT_TOKENS, REJECTED  # noqa: E402
+from medssr.serving.metrics import PROMPT_TOKENS, REJECTED  # noqa: E402
 from medssr.serving.protocol import (  # noqa: E402
     GenerationSettings,
     PromptJob,
@@ -35,25 +36,9 @@ from medssr.serving.protocol import (  # noqa: E402
     parse_settings,
     require_unicode_text,
 )
+from medssr.serving.scheduler import DecodeScheduler, QueueFull, Ticket  # noqa: E402
 
 V2_TEXT_INPUTS = ("text_input", "prompt", "input")
-# "NAME@ALIAS" on the command line is shorthand for the MLflow registry reference models:/NAME@ALIAS.
-REGISTRY_SHORTHAND = re.compile(r"^[\w.\-]+@[\w\-]+$")
-
-
-def resolve_model_source(ref: str) -> str:
-    """A model reference as a local folder or hub id: registry references go through MLflow first."""
-    from medssr.models import resolve_model
-
-    if REGISTRY_SHORTHAND.match(ref) and not Path(ref).exists():
-        ref = f"models:/{ref}"
-    if ref.startswith("models:/"):
-        from medssr.tracking import resolve_model_reference
-
-        ref = resolve_model_reference(ref)
-    return resolve_model(ref)
-
-
 @dataclass
 class Completion:
     text: str
@@ -78,16 +63,84 @@ class JobResult:
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.completions)
 
-    def answer_summary(self) -> dict[str, Any] | None:
-        """``{"answer", "letters", "answers", "agreement"}`` for a multiple-choice question, else None.
-
-        With ``n`` > 1 the answer is the majority vote over the completions (None on a tie).
+    def answer_summary(self, abstain_below: float | None = None) -> dict[str, Any] | None:
+        """For a multiple-choice question (else None): the majority letter of the completions (None on a
+        tie), its agreement (share of the parsed answers that chose it), the votes per letter and each
+        completion's letter, by :func:`medssr.answers.majority_vote`, the vote labelling uses. With
+        ``abstain_below``, ``abstained`` says whether agreement fell below it; then ``answer`` is None
+        and ``majority`` still names the letter.
         """
         if not self.options:
             return None
         answers = [c.answer for c in self.completions]
         vote = majority_vote(answers)
-        return {"answer": vote.label, "letters": self.letters, "answers": answers, "agreement": vote.agreement}
+        summary = {"answer": vote.label, "majority": vote.label, "agreement": vote.agreement, "votes": vote.votes,
+                   "parsed": vote.parsed, "letters": self.letters, "answers": answers}
+        if abstain_below is not None:
+            abstained = vote.agreement < abstain_below
+            summary.update(abstain_below=abstain_below, abstained=abstained, answer=None if abstained else vote.label)
+        return summary
+
+
+class RequestRun:
+    """The prompts of one request in the running batch: their text as it comes, then their results.
+
+    Choice ``c`` of prompt ``p`` is sample ``c`` (greedy decoding runs one sample and repeats it ``n``
+    times). The text a completion streams is exactly the text it ends with (stop sequences cut before
+    they are sent)."""
+
+    def __init__(self, scheduler: DecodeScheduler, jobs: list[PromptJob], tickets: list[Ticket], prompt_tokens: list[int],
+                 settings: GenerationSettings, events: asyncio.Queue):
+        self.scheduler, self.jobs, self.tickets, self.prompt_tokens = scheduler, jobs, tickets, prompt_tokens
+        self.settings, self._events = settings, events
+        self._prompt_of = {ticket.job.key: index for index, ticket in enumerate(tickets)}
+        self._greedy = settings.sampling.temperature == 0
+        n = settings.n
+        self.texts = [[""] * n for _ in jobs]
+        self.tokens = [[0] * n for _ in jobs]
+        self.finish_reasons: list[list[str | None]] = [[None] * n for _ in jobs]
+        self._unfinished = sum(ticket.job.samples for ticket in tickets)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every choice of every prompt has ended."""
+        return all(reason is not None for reasons in self.finish_reasons for reason in reasons)
+
+    async def stream(self) -> AsyncIterator[tuple[int, int, str, str | None]]:
+        """``(prompt, choice, text, finish_reason)`` as decoded; raises what failed the batch's step."""
+        while self._unfinished:
+            event = await self._events.get()
+            if isinstance(event, Exception):
+                self._unfinished = 0
+                raise event
+            prompt = self._prompt_of[event.key]
+            for choice in range(self.settings.n) if self._greedy else (event.sample,):
+                self.texts[prompt][choice] += event.text
+                self.tokens[prompt][choice] = event.tokens
+                self.finish_reasons[prompt][choice] = event.finish_reason
+                yield prompt, choice, event.text, event.finish_reason
+            if event.finish_reason is not None:
+                self._unfinished -= 1
+
+    def close(self) -> None:
+        """Stop what is still decoding or waiting (the client went away)."""
+        if self._unfinished:
+            self.scheduler.cancel(self.tickets)
+            self._unfinished = 0
+
+    def result(self, prompt: int) -> JobResult:
+        options = self.jobs[prompt].options
+        letters = "".join(options)
+        completions = [
+            Completion(text=text, tokens=tokens, finish_reason=finish,
+                       answer=extract_answer(text, letters, mode="lenient", options=options) if options else None)
+            for text, tokens, finish in zip(self.texts[prompt], self.tokens[prompt], self.finish_reasons[prompt])
+        ]
+        return JobResult(completions=completions, prompt_tokens=self.prompt_tokens[prompt], options=options)
+
+    def results(self) -> list[JobResult]:
+        return [self.result(prompt) for prompt in range(len(self.jobs))]
+
 
 
 class MedssrPredictor(Model):
@@ -98,19 +151,20 @@ class MedssrPredictor(Model):
         self.config = config
         self.tokenizer = None
         self.generator = None
-        self.batcher: DynamicBatcher | None = None
+        self.scheduler: DecodeScheduler | None = None
         self.context_window: int | None = None
 
     def load(self) -> bool:
         from transformers import AutoConfig, AutoTokenizer
 
         from medssr.generation import GeneratorConfig, build_generator
+        from medssr.models import resolve_model
 
         if self.config.torch_threads:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        path = resolve_model_source(self.config.model)
+        path = resolve_model(self.config.model)
         trust = self.config.trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         # A folder without tokenizer files still loads an empty tokenizer; refuse it here, not at every request.
@@ -123,36 +177,37 @@ class MedssrPredictor(Model):
             GeneratorConfig(
                 backend="transformers",
                 model=path,
-                # A whole dynamic batch (every prompt times n) must be one forward batch.
-                batch_size=self.config.max_batch_size * self.config.max_n,
+                batch_size=self.config.max_rows,
                 device=self.config.device,
                 dtype=self.config.dtype,
                 trust_remote_code=trust,
                 progress=False,
             )
         )
-        self.batcher = DynamicBatcher(
-            self._run_batch, self.config.max_batch_size, self.config.max_wait_ms, self.config.max_queue
+        self.scheduler = DecodeScheduler(
+            StepDecoder(self.generator, self.config.max_rows), self.config.max_batch_size, self.config.max_queue,
+            self.config.admission, self.config.max_wait_ms,
         )
         self.ready = True
         return self.ready
 
     def stop(self):
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
         super().stop()
 
     # ------------------------------------------------------------------------------------ generation
 
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
-        """Tokens the model will read, encoded the way the transformers backend encodes them."""
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """The token ids the model reads: a chat prompt through the tokenizer's template, as the
+        transformers backend encodes it."""
         if isinstance(prompt, str):
-            return len(self.tokenizer.encode(prompt, add_special_tokens=True))
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
         if not self.tokenizer.chat_template:
             raise RequestError(400, f"model '{self.name}' has no chat template; use /openai/v1/completions",
                                param="messages", code="unsupported")
         text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _check_length(self, tokens: int, settings: GenerationSettings, param: str) -> None:
         limit = self.config.max_prompt_tokens
@@ -171,53 +226,42 @@ class MedssrPredictor(Model):
                 code="context_length_exceeded",
             )
 
-    def _run_batch(self, prompts: list[Prompt], group: tuple[int, SamplingParams, int]) -> list[list[Completion]]:
-        """Runs in the batcher's thread: one generate call for the whole batch."""
-        n, sampling, min_tokens = group
-        extra = {"min_new_tokens": min_tokens} if min_tokens else {}
-        texts = self.generator.generate(prompts, n=n, sampling=sampling, **extra)
-        results = []
-        for per_prompt in texts:
-            completions = []
-            for text in per_prompt:
-                tokens = min(len(self.tokenizer.encode(text, add_special_tokens=False)), sampling.max_tokens)
-                finish = "length" if tokens >= sampling.max_tokens else "stop"
-                completions.append(Completion(text=text, tokens=tokens, finish_reason=finish))
-            results.append(completions)
-        GENERATED_TOKENS.inc(sum(c.tokens for per_prompt in results for c in per_prompt))
-        return results
-
-    async def complete(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> list[JobResult]:
-        """Generate for every job (one request), all queued together; RequestError on any client error."""
+    async def submit(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> RequestRun:
+        """Queue every job of one request for the running batch; RequestError on any client error (429 when
+        the queue is full)."""
         if len(jobs) > self.config.max_queue:
             raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
                                     f"{self.config.max_queue}", param=param, code="limit_exceeded")
         require_unicode_text(jobs, param)
         # A prompt near the body limit takes a while to tokenize: never on the event loop, which must keep
         # answering health probes and other requests meanwhile.
-        prompt_tokens = await asyncio.to_thread(lambda: [self.count_prompt_tokens(job.prompt) for job in jobs])
-        for tokens in prompt_tokens:
-            self._check_length(tokens, settings, param)
+        encoded = await asyncio.to_thread(lambda: [self.encode_prompt(job.prompt) for job in jobs])
+        for ids in encoded:
+            self._check_length(len(ids), settings, param)
+        samples = 1 if settings.sampling.temperature == 0 else settings.n
+        decode_jobs = [
+            DecodeJob(key=self.scheduler.new_key(), prompt_ids=ids, samples=samples, sampling=settings.sampling,
+                      min_tokens=settings.min_tokens, stop=settings.stop)
+            for ids in encoded
+        ]
+        events: asyncio.Queue = asyncio.Queue()
         try:
-            outputs = await self.batcher.submit([job.prompt for job in jobs], settings.batch_group)
+            tickets = self.scheduler.submit(decode_jobs, events)
         except QueueFull as exc:
             REJECTED.labels(reason="queue_full").inc()
             raise RequestError(429, f"server is at capacity: {exc}; retry later", code="server_overloaded") from None
-        PROMPT_TOKENS.inc(sum(prompt_tokens))
-        results = []
-        for job, tokens, completions in zip(jobs, prompt_tokens, outputs):
-            finished = [self._finish(c, settings.stop, job.options) for c in completions]
-            results.append(JobResult(completions=finished, prompt_tokens=tokens, options=job.options))
-        return results
+        PROMPT_TOKENS.inc(sum(map(len, encoded)))
+        return RequestRun(self.scheduler, jobs, tickets, [len(ids) for ids in encoded], settings, events)
 
-    @staticmethod
-    def _finish(completion: Completion, stop: tuple[str, ...], options: dict[str, str]) -> Completion:
-        text, finish = completion.text, completion.finish_reason
-        cuts = [text.find(s) for s in stop if s in text]
-        if cuts:
-            text, finish = text[: min(cuts)], "stop"
-        answer = extract_answer(text, "".join(options), mode="lenient", options=options) if options else None
-        return Completion(text=text, tokens=completion.tokens, finish_reason=finish, answer=answer)
+    async def complete(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> list[JobResult]:
+        """Every job's completions, once all have ended (a cancelled caller stops them)."""
+        run = await self.submit(jobs, settings, param)
+        try:
+            async for _ in run.stream():
+                pass
+        finally:
+            run.close()
+        return run.results()
 
     # -------------------------------------------------------------------------------- KServe protocols
 
@@ -240,10 +284,10 @@ class MedssrPredictor(Model):
         settings = parse_settings(parameters, self.config)
         jobs = [instance_job(instance, index) for index, instance in enumerate(instances)]
         results = await self.complete(jobs, settings, param="instances")
-        return {"predictions": [self._prediction(result) for result in results]}
+        return {"predictions": [self._prediction(result, settings.abstain_below) for result in results]}
 
     @staticmethod
-    def _prediction(result: JobResult) -> dict:
+    def _prediction(result: JobResult, abstain_below: float | None) -> dict:
         prediction: dict[str, Any] = {
             "text": result.completions[0].text,
             "finish_reason": result.completions[0].finish_reason,
@@ -252,7 +296,7 @@ class MedssrPredictor(Model):
         }
         if len(result.completions) > 1:
             prediction["texts"] = [c.text for c in result.completions]
-        summary = result.answer_summary()
+        summary = result.answer_summary(abstain_below)
         if summary:
             prediction.update(summary)
         return prediction

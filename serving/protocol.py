@@ -22,6 +22,7 @@ from medssr.serving.metrics import REJECTED
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
+EXTENSION = "medssr"  # the request and reply field of what OpenAI's schema has no place for
 
 
 class RequestError(Exception):
@@ -43,17 +44,13 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How every prompt of one request is sampled; requests with equal settings share batches."""
+    """How every prompt of one request is sampled, and the agreement below which its vote abstains."""
 
     n: int
     sampling: SamplingParams
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
-
-    @property
-    def batch_group(self) -> tuple:
-        """What must be equal for prompts to share one generate call (stop sequences are applied after)."""
-        return (self.n, self.sampling, self.min_tokens)
+    abstain_below: float | None = None
 
 
 @dataclass
@@ -150,8 +147,10 @@ def require_model(body: dict, served_name: str) -> None:
                            code="model_not_found")
 
 
-def _integer(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+def _integer(body: dict, name: str, default: int | None, low: int, high: int | None = None,
+             where: str | None = None) -> int | None:
     value = body.get(name)
+    name = where or name
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
@@ -164,8 +163,10 @@ def _integer(body: dict, name: str, default: int | None, low: int, high: int | N
     return value
 
 
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False,
+            where: str | None = None) -> float:
     value = body.get(name)
+    name = where or name
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -178,12 +179,11 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
 
 def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> GenerationSettings:
     """Sampling fields common to all routes; unset fields take the server's defaults."""
-    if body.get("stream"):
-        raise RequestError(400, "streaming is not supported by this server; send stream=false", param="stream",
-                           code="unsupported")
     max_tokens = _integer(body, "max_completion_tokens", None, 1, config.max_tokens_limit)
     max_tokens = _integer(body, "max_tokens", max_tokens or config.default_max_tokens, 1, config.max_tokens_limit)
     n = _integer(body, "n", 1, 1, config.max_n) if n_allowed else 1
+    vote = _vote_extension(body, n, config) if n_allowed else {}
+    n = vote.get("n", n)
     top_k = body.get("top_k")
     if top_k == -1:  # vLLM's spelling of "no top-k"
         body = {**body, "top_k": 0}
@@ -196,7 +196,51 @@ def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> G
     )
     # vLLM's extension: no end-of-sequence before this many tokens (fixed-length work for benchmarks).
     min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
-    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens)
+    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens,
+                              abstain_below=vote.get("abstain_below"))
+
+
+VOTE_FIELDS = ("n", "abstain_below")
+
+
+def _vote_extension(body: dict, n: int, config: ServeConfig) -> dict:
+    """The ``medssr`` extension: ``{"n": samples to vote over, "abstain_below": agreement}``, both optional."""
+    extension = body.get(EXTENSION)
+    if extension is None:
+        return {}
+    if not isinstance(extension, dict):
+        raise RequestError(400, f"'{EXTENSION}' must be an object with {' and/or '.join(VOTE_FIELDS)}", param=EXTENSION,
+                           code="invalid_type")
+    unknown = sorted(set(extension) - set(VOTE_FIELDS))
+    if unknown:
+        raise RequestError(400, f"'{EXTENSION}.{unknown[0]}' is not a field of the extension (it takes "
+                                f"{', '.join(VOTE_FIELDS)})", param=f"{EXTENSION}.{unknown[0]}", code="invalid_value")
+    vote = {}
+    if "n" in extension:
+        vote["n"] = _integer(extension, "n", None, 1, config.max_n, where=f"{EXTENSION}.n")
+        if body.get("n") is not None and body["n"] != vote["n"]:
+            raise RequestError(400, f"'n' ({n}) and '{EXTENSION}.n' ({vote['n']}) disagree; send one of them",
+                               param=f"{EXTENSION}.n", code="invalid_value")
+    if extension.get("abstain_below") is not None:
+        vote["abstain_below"] = _number(extension, "abstain_below", 0.0, 0.0, 1.0, where=f"{EXTENSION}.abstain_below")
+    return vote
+
+
+def parse_stream(body: dict) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage``, checked as OpenAI checks them."""
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise RequestError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise RequestError(400, "'stream_options' is only allowed with stream=true", param="stream_options",
+                           code="invalid_value")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
+                           param="stream_options", code="invalid_type")
+    return stream, options.get("include_usage", False)
 
 
 def _stop_sequences(stop: Any) -> tuple[str, ...]:

@@ -78,10 +78,11 @@ def letter_token_ids(tokenizer, letters: Sequence[str]) -> dict[int, str]:
     return ids
 
 
-def sample_tokens(logits, sampling: SamplingParams):
+def sample_tokens(logits, sampling: SamplingParams, generator=None):
     """One token per row: argmax at temperature 0; else temperature, top-k, top-p (the order of
-    ``model.generate``), then a draw. Top-p keeps the most likely tokens until the mass of those
-    before a token reaches ``top_p`` (at least one), computed among the top-k when top-k is set."""
+    ``model.generate``), then a draw (from ``generator``, a ``torch.Generator``, when given). Top-p keeps
+    the most likely tokens until the mass of those before a token reaches ``top_p`` (at least one),
+    computed among the top-k when top-k is set."""
     import torch
 
     if sampling.temperature == 0:
@@ -95,7 +96,7 @@ def sample_tokens(logits, sampling: SamplingParams):
     if sampling.top_p < 1.0:
         mass_before = probs.cumsum(-1) - probs
         probs = probs.masked_fill(mass_before >= sampling.top_p, 0.0)
-    choice = torch.multinomial(probs, 1)
+    choice = torch.multinomial(probs, 1, generator=generator)
     return indices.gather(-1, choice).squeeze(-1)
 
 
