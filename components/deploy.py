@@ -1,4 +1,4 @@
-"""Component: deploy the promoted model (models:/NAME@ALIAS) as a KServe InferenceService and wait for Ready."""
+"""Component: deploy the promoted model (models:/NAME@champion) as a KServe InferenceService and wait for Ready."""
 
 from kfp import dsl
 
@@ -7,8 +7,9 @@ from medssr.components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def deploy(
-    parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, model_name: str, alias: str, namespace: str
+    parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, workspace: str, registration: dict, deployment: dict
 ) -> str:
-    from medssr.components.steps import deploy_step
+    from medssr.components.steps import run_stage
 
-    return deploy_step(parent_run_id, tracking_uri, experiment, run_id, model_name, alias, namespace)
+    run = {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "experiment": experiment, "run_id": run_id, "workspace": workspace}
+    return run_stage("deploy", "deployment", run, deployment, {"name": registration["name"]}, {})

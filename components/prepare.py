@@ -10,26 +10,15 @@ from medssr.components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare(
-    run_id: str,
-    kfp_run_id: str,
-    workspace: str,
-    tracking_uri: str,
-    experiment: str,
-    base_model: str,
-    benchmarks_dir: str,
-    split_benchmark: str,
-    stage2_size: int,
-    stage2_data: str,
-    seed: int,
-    pipeline_params: str,
-    stage2: Output[Dataset],
+    run_id: str, kfp_run_id: str, workspace: str, tracking_uri: str, experiment: str, pipeline_params: str, base_model: str,
+    split: dict, stage2: Output[Dataset],
 ) -> NamedTuple("Prepared", parent_run_id=str, run_id=str, base_model=str, eval_benchmarks_dir=str):
     from collections import namedtuple
 
-    from medssr.components.steps import prepare_step
+    from medssr.components.steps import open_pipeline_run, run_stage
 
-    out = prepare_step(
-        run_id, kfp_run_id, workspace, tracking_uri, experiment, base_model, benchmarks_dir,
-        split_benchmark, stage2_size, stage2_data, seed, pipeline_params, stage2,
-    )
-    return namedtuple("Prepared", list(out))(**out)
+    ids = open_pipeline_run(run_id, kfp_run_id, tracking_uri, experiment, pipeline_params)
+    run = {**ids, "tracking_uri": tracking_uri, "experiment": experiment, "workspace": workspace}
+    out = run_stage("prepare", "split", run, split, {"base_model": base_model}, {"stage2": stage2})
+    return namedtuple("Prepared", ["parent_run_id", "run_id", "base_model", "eval_benchmarks_dir"])(
+        ids["parent_run_id"], ids["run_id"], out["base_model"], out["eval_benchmarks_dir"])

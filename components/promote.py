@@ -1,4 +1,4 @@
-"""Component: the promotion gate (dry run) or the promotion itself; returns whether the candidate passed."""
+"""Component: the promotion gate for real (moves alias champion when it passes); returns whether it passed."""
 
 from kfp import dsl
 from kfp.dsl import Markdown, Output
@@ -8,23 +8,11 @@ from medssr.components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def promote(
-    parent_run_id: str,
-    tracking_uri: str,
-    experiment: str,
-    model_name: str,
-    rare_benchmarks: str,
-    margin: float,
-    tolerance: float,
-    gate_metric: str,
-    gate_level: float,
-    gate_resamples: int,
-    seed: int,
-    dry_run: bool,
-    decision: Output[Markdown],
+    parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, workspace: str,
+    registration: dict, promotion: dict, decision: Output[Markdown],
 ) -> bool:
-    from medssr.components.steps import promote_step
+    from medssr.components.steps import run_stage
 
-    return promote_step(
-        parent_run_id, tracking_uri, experiment, model_name, rare_benchmarks, margin, tolerance, dry_run, decision,
-        metric=gate_metric, level=gate_level, resamples=gate_resamples, seed=seed,
-    )
+    run = {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "experiment": experiment, "run_id": run_id, "workspace": workspace}
+    return run_stage("promote", "promotion", run, promotion, {"name": registration["name"], "dry_run": False},
+                     {"decision": decision})

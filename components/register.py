@@ -9,30 +9,14 @@ from medssr.components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
-    parent_run_id: str,
-    tracking_uri: str,
-    experiment: str,
-    run_id: str,
-    model_name: str,
-    model_dir: str,
-    results: Input[Artifact],
-    evaluated_name: str,
-    gate_metric: str,
-    stage1_data: Input[Dataset],
-    stage2_data: Input[Dataset],
-    rare_benchmarks: str,
-    margin: float,
-    tolerance: float,
-    gate_level: float,
-    gate_resamples: int,
-    seed: int,
-    registered: Output[Model],
-    decision: Output[Markdown],
+    parent_run_id: str, tracking_uri: str, experiment: str, run_id: str, workspace: str,
+    model_dir: str, results: Input[Artifact], stage1_data: Input[Dataset], stage2_data: Input[Dataset],
+    registration: dict, promotion: dict, registered: Output[Model], decision: Output[Markdown],
 ) -> bool:
-    from medssr.components.steps import register_step
+    from medssr.components.steps import run_stage
 
-    return register_step(
-        parent_run_id, tracking_uri, experiment, run_id, model_name, model_dir, results.path, evaluated_name,
-        gate_metric, [stage1_data.path, stage2_data.path], rare_benchmarks, margin, tolerance, registered, decision,
-        level=gate_level, resamples=gate_resamples, seed=seed,
-    )
+    run = {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "experiment": experiment, "run_id": run_id, "workspace": workspace}
+    inputs = {"model_dir": model_dir, "results": results.path, "data": [stage1_data.path, stage2_data.path], "promotion": promotion}
+    run_stage("register", "registration", run, registration, inputs, {"registered": registered})
+    name = registration["name"]
+    return run_stage("gate", "promotion", run, promotion, {"name": name, "dry_run": True}, {"decision": decision})

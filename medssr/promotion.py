@@ -43,8 +43,8 @@ PROTOCOL_TAG = "medssr.eval_protocol"
 class RegisterConfig:
     """Register a trained model folder as a new version of NAME with alias ``candidate``."""
 
-    name: str = field(metadata={"help": "registered model name"})
-    model_dir: str = field(metadata={"help": "Hugging Face model folder (safetensors + tokenizer)"})
+    name: str = field(default="medssr", metadata={"help": "registered model name"})
+    model_dir: str = field(default="", metadata={"help": "Hugging Face model folder (safetensors + tokenizer)"})
     scores: dict[str, float] = field(
         default_factory=dict, metadata={"help": "benchmark -> score of this model (higher is better)"}
     )
@@ -93,7 +93,7 @@ def run_register(config: RegisterConfig, stage_run: StageRun | None = None) -> R
 class PromotionConfig:
     """Which version competes with the champion, and the rules it must pass."""
 
-    name: str = field(metadata={"help": "registered model name"})
+    name: str = field(default="medssr", metadata={"help": "registered model name"})
     candidate: str = field(default="candidate", metadata={"help": "candidate alias, or a version number"})
     champion_alias: str = field(default="champion", metadata={"help": "alias the gate moves"})
     rare_benchmarks: list[str] = field(

@@ -1,9 +1,11 @@
-"""Parameter presets for local runs: ``tiny`` (seconds per stage, for tests) and ``smol`` (SmolLM2-135M demo).
+"""Pipeline presets: YAML files of run parameters and stage mappings (``presets/*.yaml``: tiny, smol, paper),
+plus ``study`` (``medssr study``'s settings at their defaults). Each is validated against the stage configs
+by the same path as ``--param``, so a preset can only name settings that exist.
 
-Both split the stage-2 data off one benchmark file by question id (``split_benchmark``): its train part
-is stage 2's human-annotated data and the synthesis seed pool, and the run evaluates only the rest, so
-no evaluated question is ever trained on. ``benchmarks_dir`` comes from MEDSSR_BENCHMARKS_DIR, else the
-shared folder beside the repository.
+The local presets split the stage-2 data off one benchmark file by question id (``split.split_benchmark``):
+its train part is stage 2's human-annotated data and the synthesis seed pool, and the run evaluates only
+the rest. ``split.benchmarks_dir`` of a local run comes from MEDSSR_BENCHMARKS_DIR, else the shared folder
+beside the repository.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+PRESETS = (*sorted(p.stem for p in PRESET_DIR.glob("*.yaml")), "study")
 
 
 def default_benchmarks_dir() -> str:
@@ -22,121 +26,67 @@ def default_benchmarks_dir() -> str:
 
 
 def local_defaults(root: Path | None = None) -> dict:
-    """What every local run needs: local launcher and generation on CPU, the workspace under ``.medssr``."""
+    """What every local run needs: the workspace under ``.medssr``, the benchmarks here, generation on CPU."""
     root = (root or Path.cwd()).resolve()
     return {
         "workspace": str(root / ".medssr" / "workspace"),
-        "benchmarks_dir": default_benchmarks_dir(),
-        "launcher": "local",
-        "generation_backend": "transformers",
-        "device": "cpu",
-        "nproc_per_node": 1,
-        "num_workers": 0,
-        "gpus_per_node": 0,
-        "use_vllm": False,
+        "split": {"benchmarks_dir": default_benchmarks_dir()},
+        "labeling": {"device": "cpu"},
+        "evaluation": {"device": "cpu"},
     }
 
 
-PRESETS: dict[str, dict] = {
-    # A random tiny Qwen2 built on the fly: exercises every step and the registry in about a minute.
-    # A random model never writes "The answer is X", so its votes are single letters sampled under a
-    # letter constraint (answer_letters); that is the labelling backend's constrained mode, not a shortcut.
-    "tiny": {
-        "base_model": "tiny",
-        "split_benchmark": "medqa",
-        "stage2_size": 8,
-        "synth_n": 8,
-        "rare_ratio": 0.5,
-        "options_per_item": 4,
-        "decontaminate": True,
-        "label_samples": 4,
-        "min_agreement": 0.0,
-        "max_agreement": 1.0,
-        "min_parsed": 2,
-        "answer_letters": "ABCD",
-        "generation_batch_size": 16,
-        "stage1_max_steps": 2,
-        "stage2_max_steps": 2,
-        "num_generations": 2,
-        "train_batch_size": 2,
-        "learning_rate": 1e-4,
-        "max_completion_length": 8,
-        "save_steps": 2,
-        "eval_benchmarks": "medqa,raredis_heldout",
-        "eval_limit": 4,
-        "eval_samples": 1,
-        "eval_max_tokens": 8,
-        "heldout_size": 4,
-        "model_name": "medssr-tiny",
-    },
-    # SmolLM2-135M-Instruct (built once from the packaged GGUF): `make demo`. Sized so that nothing in it
-    # depends on luck: SmolLM2 states a final answer in about a quarter of its samples, so labelling asks
-    # the others again (recovery) and every sample votes; ~37 questions after dedup leave dozens of labels
-    # whatever the machine's rounding. Rollouts get 96 tokens, as labelling does: at 48 SmolLM2 almost never
-    # reaches "The answer is X", every reward was 0 and GRPO had no gradient. Evaluation has 40 + 40
-    # questions x 4 samples at 64 tokens (the forced second pass reads what is not stated; evaluation
-    # was 460 of 784 s at 96), and the gate reads the reference protocol's accuracy (forced recovery
-    # counted), the number the paper reports. A cold run took 14.8 min with the venv on 2 cores.
-    "smol": {
-        "base_model": "smollm2",
-        "split_benchmark": "medqa",
-        "stage2_size": 32,
-        "synth_n": 48,
-        "rare_ratio": 0.5,
-        "options_per_item": 4,
-        "decontaminate": True,
-        "label_samples": 4,
-        "min_agreement": 0.5,
-        "max_agreement": 1.0,
-        "min_parsed": 2,
-        "label_max_tokens": 96,
-        "label_recovery": True,
-        "generation_batch_size": 64,
-        "stage1_max_steps": 6,
-        "stage2_max_steps": 6,
-        "num_generations": 4,
-        "train_batch_size": 4,
-        "learning_rate": 1e-5,
-        "max_completion_length": 96,
-        "save_steps": 3,
-        "eval_benchmarks": "medqa,raredis_heldout",
-        "eval_limit": 40,
-        "eval_samples": 4,
-        "eval_max_tokens": 64,
-        "heldout_size": 40,
-        "gate_metric": "with_recovery",
-        "model_name": "medssr-smol",
-    },
-}
+def preset_file(name: str) -> Path:
+    return PRESET_DIR / f"{name}.yaml"
 
 
 def study_preset() -> dict:
     """``medssr study``'s settings at its defaults (StudyConfig, their only declaration) as pipeline parameters:
     the pipeline then runs the study's medssr arm (base, stage 1, stage 2). Its one evaluation limit covers both
-    benchmarks, so it evaluates the first max(split_eval_size, heldout_size) questions of each: the study's own
-    questions and, for the split benchmark, a few more."""
+    benchmarks, so it evaluates the first max(split_eval_size, heldout_size) questions of each."""
     from medssr.study.config import StudyConfig
 
     study = StudyConfig()
-    same = ("base_model", "split_benchmark", "stage2_size", "synth_n", "rare_ratio", "options_per_item", "label_samples",
-            "min_agreement", "max_agreement", "min_parsed", "label_max_tokens", "label_recovery", "generation_batch_size",
-            "stage1_max_steps", "stage2_max_steps", "num_generations", "train_batch_size", "learning_rate", "beta",
-            "max_completion_length", "train_temperature", "save_steps", "eval_samples", "eval_max_tokens", "heldout_size",
-            "prompt_style", "seed")
+    training = {"num_generations": study.num_generations, "per_device_train_batch_size": study.train_batch_size,
+                "learning_rate": study.learning_rate, "beta": study.beta, "max_completion_length": study.max_completion_length,
+                "temperature": study.train_temperature, "save_steps": study.save_steps, "seed": study.seed}
+    generation = {"batch_size": study.generation_batch_size, "prompt_style": study.prompt_style}
     return {
-        **{name: getattr(study, name) for name in same},
-        "decontaminate": True,
-        "eval_benchmarks": f"{study.split_benchmark},raredis_heldout",
-        "eval_limit": max(study.split_eval_size, study.heldout_size),
-        "gate_metric": "with_recovery",
-        "model_name": "medssr-study",
+        "base_model": study.base_model,
+        "split": {"split_benchmark": study.split_benchmark, "train_size": study.stage2_size, "seed": study.seed},
+        "synthesis": {"n": study.synth_n, "rare_ratio": study.rare_ratio, "options_per_item": study.options_per_item, "seed": study.seed},
+        "labeling": {"n_samples": study.label_samples, "min_agreement": study.min_agreement, "max_agreement": study.max_agreement,
+                     "min_parsed": study.min_parsed, "max_tokens": study.label_max_tokens, "recovery": study.label_recovery,
+                     "seed": study.seed, **generation},
+        "train_self": {**training, "max_steps": study.stage1_max_steps},
+        "train_supervised": {**training, "max_steps": study.stage2_max_steps},
+        "evaluation": {"benchmarks": [study.split_benchmark, "raredis_heldout"], "limit": max(study.split_eval_size, study.heldout_size),
+                       "n": study.eval_samples, "max_tokens": study.eval_max_tokens, "heldout_size": study.heldout_size,
+                       "seed": study.seed, "use_hub": False, "on_error": "skip", **generation},
+        "registration": {"name": "medssr-study"},
+        "promotion": {"metric": "with_recovery"},
     }
 
 
-PRESETS["study"] = study_preset()
+def preset_values(name: str) -> dict:
+    """A preset's parameters as written (run parameters and ``{stage: {setting: value}}``), checked."""
+    import yaml
 
+    from medssr.stages import STAGES
 
-def preset_params(name: str, root: Path | None = None) -> dict:
     if name not in PRESETS:
         raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, not {name!r}")
-    return {**local_defaults(root), **PRESETS[name]}
+    values = study_preset() if name == "study" else yaml.safe_load(preset_file(name).read_text(encoding="utf-8")) or {}
+    for stage, settings in values.items():
+        if isinstance(settings, dict):
+            if stage not in STAGES:
+                raise ValueError(f"preset {name}: no stage {stage!r} (stages: {', '.join(STAGES)})")
+            values[stage] = STAGES[stage].check(settings)  # unknown settings and bad values fail here, naming them
+    return values
+
+
+def preset_params(name: str, root: Path | None = None, local: bool = True) -> dict:
+    """The preset over the local defaults (``local``), as overrides of the pipeline's defaults."""
+    from medssr.pipelines.runner import merged
+
+    return merged(local_defaults(root) if local else {}, preset_values(name))

@@ -57,6 +57,8 @@ def input_fingerprint(value: Any, run_folder: Path) -> Any:
     run folder (the workspace) is the run's own place, known by its path."""
     if isinstance(value, (list, tuple)):
         return [input_fingerprint(item, run_folder) for item in value]
+    if isinstance(value, dict):
+        return {key: input_fingerprint(item, run_folder) for key, item in value.items()}
     if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value):
         path = Path(value).resolve()
         if path.is_file():
@@ -98,6 +100,9 @@ def resumable(stage: str, ignore: tuple[str, ...] = ()) -> Callable:
             arguments = bound.arguments
             folder = run_folder / stage.format(**arguments)
             outputs = {name: value for name, value in arguments.items() if _is_artifact(value)}
+            for name, value in list(arguments.items()):  # a mapping of output artifacts (the generic step's `outputs`)
+                if isinstance(value, dict) and value and all(_is_artifact(v) for v in value.values()):
+                    outputs.update(arguments.pop(name))
             key = step_key({n: v for n, v in arguments.items() if n not in outputs and n not in ignore}, run_folder)
             marker = folder / MARKER
             done = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None

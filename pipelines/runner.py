@@ -29,34 +29,46 @@ def pipeline_defaults(settings: ClusterSettings | None = None) -> dict[str, Any]
 
 
 def parse_overrides(pairs: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``["k=v", ...]`` -> typed values (the type of each parameter's default)."""
+    """``["labeling.max_tokens=96", "run_id=x", ...]`` -> typed values: ``STAGE.SETTING`` by the stage config's
+    field type, a run parameter by the type of its default. Stage values come back as ``{stage: {setting: v}}``."""
+    from medssr.configs import coerce
+    from medssr.stages import STAGES
+
     parsed: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
-            raise ValueError(f"--param {pair!r}: expected KEY=VALUE")
-        if key not in defaults:
+            raise ValueError(f"--param {pair!r}: expected KEY=VALUE or STAGE.SETTING=VALUE")
+        stage, dot, name = key.partition(".")
+        if dot:
+            if stage not in STAGES:
+                raise ValueError(f"--param {key}: no stage {stage!r} (stages: {', '.join(STAGES)})")
+            settings = {s.name: s for s in STAGES[stage].settings()}
+            if name not in settings:
+                raise ValueError(f"--param {key}: no such pipeline parameter (see `medssr pipeline params`)")
+            parsed.setdefault(stage, {})[name] = coerce(text, settings[name].annotation, key)
+            continue
+        if key not in defaults or isinstance(defaults[key], dict):
             raise ValueError(f"--param {key}: no such pipeline parameter (see `medssr pipeline params`)")
-        kind = type(defaults[key])
-        try:
-            if kind is bool:
-                lowered = text.strip().lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                parsed[key] = lowered in ("true", "1", "yes")
-            else:
-                parsed[key] = kind(text)
-        except ValueError:
-            raise ValueError(f"--param {key}={text!r}: expected a {kind.__name__}") from None
+        parsed[key] = coerce(text, type(defaults[key]), key)
     return parsed
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` laid over ``base``; a stage's mapping is merged setting by setting."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
 
 
 def resolved_params(overrides: dict[str, Any], settings: ClusterSettings | None = None) -> dict[str, Any]:
     """Defaults + overrides, a run id, and ``pipeline_params``: the whole set as JSON for the parent run."""
     from medssr.components.steps import new_run_id
 
-    params = {**pipeline_defaults(settings), **overrides}
+    params = merged(pipeline_defaults(settings), overrides)
+    params = {k: {n: v for n, v in value.items() if v is not None} if isinstance(value, dict) else value for k, value in params.items()}
     params["run_id"] = params.get("run_id") or new_run_id()
     params["pipeline_params"] = json.dumps({k: v for k, v in sorted(params.items()) if k != "pipeline_params"})
     return params

@@ -181,7 +181,7 @@ def test_run_labeling_end_to_end(tiny_answerer, tmp_path):
     assert Path(result.paths["png"]).read_bytes()[:4] == b"\x89PNG"
     assert json.loads(Path(result.paths["json"]).read_text())["kept"] == len(kept)
     metrics = result.metrics()
-    assert metrics["labeling/kept"] == len(kept) and metrics["labeling/items"] == 12.0
+    assert metrics["kept"] == len(kept) and metrics["items"] == 12.0
     assert all(isinstance(value, float) for value in metrics.values())
 
     # A rerun with other bounds reuses every cached completion: nothing is generated again.
@@ -235,7 +235,7 @@ def test_recovery_keeps_items_free_form_parsing_drops(tiny_answerer, tmp_path):
     markdown = Path(result.paths["markdown"]).read_text()
     assert "| free-form votes | 0 | 0 | 0 | 0.0% |" in markdown and "| recovered votes | 32 |" in markdown
     metrics = result.metrics()
-    assert metrics["labeling/recovered_rate"] == 1.0 and metrics["labeling/free/yield"] == 0.0
+    assert metrics["recovered_rate"] == 1.0 and metrics["free.yield"] == 0.0
 
 
 @pytest.mark.slow

@@ -97,14 +97,15 @@ def test_config_from_yaml_with_overrides_and_errors(tmp_path):
 
 def test_cli_options_override_the_yaml(tmp_path):
     from medssr.cli import build_parser
-    from medssr.training.config import config_from_args
+    from medssr.configs import from_args
+    from medssr.training.config import TrainingConfig
 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"learning_rate": 5e-7, "use_vllm": True, "save_steps": 7}))
     args = build_parser().parse_args(
         ["train", "--stage", "self", "--model", "M", "--data", "D", "--out", "O", "--config", str(path), "--max-steps", "9", "--use-vllm", "false"]
     )
-    config = config_from_args(args, args.config)
+    config = from_args(TrainingConfig, args, output_dir=args.output_dir)
     assert (config.output_dir, config.max_steps, config.learning_rate, config.save_steps, config.use_vllm) == ("O", 9, 5e-7, 7, False)
 
 

@@ -102,7 +102,7 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     tags = tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=1)[0].data.tags
     version = tags["medssr.registered_version"]
     role = "champion" if tags.get("medssr.champion_version") == version else "candidate (the gate did not promote it)"
-    return summary, timings, f"models:/{params['model_name']}/{version}", role
+    return summary, timings, f"models:/{tags['medssr.registered_model']}/{version}", role
 
 
 def _handle(args) -> int:

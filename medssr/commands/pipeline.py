@@ -22,22 +22,29 @@ def _compile(args) -> int:
 
 
 def _params(args) -> int:
+    """Every run parameter and every setting of every stage, with its value (default, or the preset's) and help."""
     from medssr.pipelines.presets import preset_params
-    from medssr.pipelines.runner import pipeline_defaults
+    from medssr.pipelines.runner import merged, pipeline_defaults
+    from medssr.stages import STAGES
 
     values = pipeline_defaults()
     if args.preset:
-        values.update(preset_params(args.preset))
-    width = max(len(k) for k in values)
-    for key, value in values.items():
-        print(f"{key:<{width}}  {json.dumps(value)}")
+        values = merged(values, preset_params(args.preset))
+    rows = [(key, json.dumps(value), "") for key, value in values.items() if not isinstance(value, dict)]
+    for name, stage in STAGES.items():
+        rows += [(f"{name}.{s.name}", json.dumps(values[name].get(s.name)), s.help) for s in stage.settings()]
+    width = max(len(row[0]) for row in rows)
+    value_width = min(24, max(len(row[1]) for row in rows))
+    for key, value, help_text in rows:
+        print(f"{key:<{width}}  {value:<{value_width}}  {help_text}".rstrip())
     return 0
 
 
 def _submit(args) -> int:
-    from medssr.pipelines.runner import parse_overrides, pipeline_defaults, resolved_params, submit
+    from medssr.pipelines.presets import preset_params
+    from medssr.pipelines.runner import merged, parse_overrides, pipeline_defaults, resolved_params, submit
 
-    overrides = parse_overrides(args.param or [], pipeline_defaults())
+    overrides = merged(preset_params(args.preset, local=False), parse_overrides(args.param or [], pipeline_defaults()))
     overrides.setdefault("experiment", args.experiment)
     params = resolved_params(overrides)
     result = submit(args.host, params, experiment=args.experiment, package=args.package, namespace=args.namespace,
@@ -51,15 +58,14 @@ def _run(args) -> int:
     from medssr.lifetime import RunInProgress
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import (
-        last_local_run, parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings, step_logs_folder,
-        timing_report,
+        last_local_run, merged, parse_overrides, pipeline_defaults, resolved_params, run_local, stage_timings,
+        step_logs_folder, timing_report,
     )
     from medssr.pipelines.summary import pipeline_summary
 
     if not args.local:
         raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
-    overrides = preset_params(args.preset)
-    overrides.update(parse_overrides(args.param or [], pipeline_defaults()))
+    overrides = merged(preset_params(args.preset), parse_overrides(args.param or [], pipeline_defaults()))
     if args.resume:
         last = last_local_run(args.pipeline_root)
         if overrides.get("run_id", "") not in ("", last):
@@ -93,14 +99,17 @@ def register(subparsers) -> None:
     compile_.add_argument("--settings", help="YAML of cluster settings (Secrets, ConfigMap, PVC, GPUs); default: manifests/ names.")
     compile_.set_defaults(func=_compile)
 
-    params = actions.add_parser("params", help="List the pipeline parameters and their defaults (or a preset's values).")
-    params.add_argument("--preset", choices=list(PRESETS), help="Show a local preset's values.")
+    params = actions.add_parser("params", help="List every pipeline parameter (STAGE.SETTING) with its default and help, or a preset's values.")
+    params.add_argument("--preset", choices=list(PRESETS), help="Show a preset's values (as a local run gets them).")
     params.set_defaults(func=_params)
 
     submit = actions.add_parser("submit", help="Submit the compiled pipeline as a run to a KFP API server.")
     submit.add_argument("--host", required=True, help="KFP API server URL, e.g. http://localhost:8888.")
     submit.add_argument("--experiment", default="medssr", help="KFP experiment (also the MLflow experiment).")
-    submit.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+    submit.add_argument("--preset", choices=list(PRESETS), default="paper",
+                        help="Parameters to start from (pipelines/presets/NAME.yaml); default paper: Qwen3-8B-Base on GPUs.")
+    submit.add_argument("--param", action="append", metavar="KEY=VALUE",
+                        help="Override one parameter: a run parameter (run_id=...) or a stage's setting (labeling.max_tokens=96); repeatable.")
     submit.add_argument("--package", help="Compiled pipeline YAML; default: the committed pipelines/compiled/medssr.yaml.")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs).")
     submit.add_argument("--service-account", default="medssr-pipeline",
@@ -110,8 +119,10 @@ def register(subparsers) -> None:
     run = actions.add_parser("run", help="Run the pipeline here with kfp.local (each step a subprocess).")
     run.add_argument("--local", action="store_true", help="Run with kfp.local (required: the only mode here).")
     run.add_argument("--preset", choices=list(PRESETS), default="tiny",
-                     help="tiny: random tiny model; smol: SmolLM2-135M demo; study: the medssr arm of `medssr study` at its defaults.")
-    run.add_argument("--param", action="append", metavar="KEY=VALUE", help="Pipeline parameter override (repeatable).")
+                     help="tiny: random tiny model; smol: SmolLM2-135M demo; study: the medssr arm of `medssr study` at its defaults "
+                          "(pipelines/presets/NAME.yaml; `medssr pipeline params --preset NAME` lists one).")
+    run.add_argument("--param", action="append", metavar="KEY=VALUE",
+                     help="Override one parameter: a run parameter (run_id=...) or a stage's setting (labeling.max_tokens=96); repeatable.")
     run.add_argument("--resume", action="store_true",
                      help="Continue the last local run under this pipeline root (its run id): the stages that finished are "
                           "reused, the rest run. The same as --param run_id=THAT_ID.")

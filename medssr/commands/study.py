@@ -14,7 +14,7 @@ import typing
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     from medssr.study.config import StudyConfig
-    from medssr.training.config import parse_bool
+    from medssr.configs import parse_bool
 
     hints = typing.get_type_hints(StudyConfig)
     for spec in dataclasses.fields(StudyConfig):

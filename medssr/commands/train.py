@@ -15,9 +15,10 @@ CLUSTER_LAUNCHERS = ("pytorchjob", "trainjob")
 
 def _train(args) -> int:
     from medssr.cli import CLIError
-    from medssr.training.config import config_from_args
+    from medssr.configs import from_args
+    from medssr.training.config import TrainingConfig
 
-    config = config_from_args(args, args.config)
+    config = from_args(TrainingConfig, args, section=args.stage_section, output_dir=args.output_dir)
     config.validate_paths()
     if args.launcher:
         return _on_cluster(config, args)
@@ -150,7 +151,8 @@ def _print_summary(model_dir, metrics: dict) -> None:
 
 
 def register(subparsers) -> None:
-    from medssr.training.config import add_config_arguments
+    from medssr.configs import add_arguments
+    from medssr.training.config import TrainingConfig
 
     parser = subparsers.add_parser(
         "train",
@@ -158,7 +160,10 @@ def register(subparsers) -> None:
         description="Train one GRPO stage on TRL. Every TrainingConfig field is an option; --config YAML gives defaults.",
     )
     parser.add_argument("--out", dest="output_dir", default=None, help="Output folder: the trained model, metrics.json, log_history.jsonl, checkpoints/.")
-    parser.add_argument("--config", default=None, help="YAML file of TrainingConfig fields; options given here override it.")
+    parser.add_argument("--config", default=None, help="YAML file of TrainingConfig fields, or a pipeline preset (its section "
+                        "--stage-section); options given here override it.")
+    parser.add_argument("--stage-section", default="train_self", choices=("train_self", "train_supervised"),
+                        help="The section read from a pipeline preset given as --config (default train_self).")
     parser.add_argument(
         "--nproc-per-node", type=int, default=None,
         help="Run through torchrun with this many processes (data parallel; gloo on CPU) instead of in-process; "
@@ -183,5 +188,5 @@ def register(subparsers) -> None:
     cluster.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube/config).")
     cluster.add_argument("--context", default=None, help="kubeconfig context (default: the current one).")
     cluster.add_argument("--timeout", type=float, default=None, help="Seconds to wait for the job (default: no limit).")
-    add_config_arguments(parser, skip=("output_dir",))
+    add_arguments(parser, TrainingConfig, skip=("output_dir",))
     parser.set_defaults(func=_train)

@@ -14,7 +14,8 @@ model, settings and prompt, so an interrupted run resumes and a rerun with other
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +47,7 @@ class LabelingConfig:
     sampling: SamplingParams = field(default=LABELING_SAMPLING, metadata={"help": "Sampling for the votes (see LABELING_SAMPLING)."})
     min_agreement: float = field(default=0.5, metadata={"help": "Keep votes whose winner has at least this share of parsed answers."})
     max_agreement: float = field(default=0.9, metadata={"help": "... and at most this share (0.9 drops unanimous votes for n <= 9)."})
-    min_parsed: int = field(default=4, metadata={"help": "Drop questions with fewer parsed answers than this."})
+    min_parsed: int | None = field(default=None, metadata={"help": "Drop questions with fewer parsed answers than this; None: half of n_samples (rounded up)."})
     extraction: Mode = field(default="lenient", metadata={"help": "lenient = strict statement first, lenient fallback; or strict only."})
     recovery: bool = field(default=True, metadata={"help": "Ask samples that state no answer once more, constrained to the question's letters (the evaluation harness's second pass); their letters vote beside the free-form answers."})
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
@@ -59,6 +60,11 @@ class LabelingConfig:
     def __post_init__(self):
         if self.n_samples < 1:
             raise ValueError("n_samples must be >= 1")
+        if self.min_parsed is None:
+            self.min_parsed = max(1, math.ceil(self.n_samples / 2))
+        if self.sampling.allowed_letters and self.sampling.max_tokens != 1:
+            # A vote constrained to the answer letters is one token, whatever max_tokens says (also in the cache key).
+            self.sampling = replace(self.sampling, max_tokens=1)
         if self.min_parsed > self.n_samples:
             raise ValueError(f"min_parsed ({self.min_parsed}) cannot exceed n_samples ({self.n_samples})")
         if self.extraction not in ("strict", "lenient"):
@@ -83,36 +89,30 @@ class LabelingResult:
     paths: dict[str, str]
 
     def metrics(self) -> dict[str, float]:
-        """Flat numbers for MLflow (``mlflow.log_metrics``)."""
+        """Flat numbers for MLflow, the ones the pipeline and the study log: counts, rates and precision overall,
+        ``dropped.<reason>``, ``bucket_precision.<bucket>`` and ``<source>.{yield,precision_voted,precision_kept}``
+        per vote source (free-form, recovered, both); a precision with nothing keyed is left out."""
         report = self.audit
-        metrics = {
-            "labeling/items": report["items"],
-            "labeling/rejected_records": self.rejected_records,
-            "labeling/voted": report["voted"],
-            "labeling/kept": report["kept"],
-            "labeling/yield": report["yield"],
-            "labeling/parse_rate": self.parse_rate,
-            "labeling/recovered_rate": self.recovered_rate,
-            "labeling/keyed_items": report["keyed_items"],
+        values = {
+            "items": report["items"],
+            "voted": report["voted"],
+            "kept": report["kept"],
+            "yield": report["yield"],
+            "keyed_items": report["keyed_items"],
+            "parse_rate": self.parse_rate,
+            "recovered_rate": self.recovered_rate,
+            "rejected_records": self.rejected_records,
+            "precision_voted": report["precision_voted"]["precision"],
+            "precision_kept": report["precision_kept"]["precision"],
+            **{f"dropped.{reason}": report["dropped"].get(reason, 0) for reason in DROP_REASONS},
+            **{f"bucket_precision.{bucket['bucket']}": bucket["precision"] for bucket in report["buckets"]},
         }
-        for reason in DROP_REASONS:
-            metrics[f"labeling/dropped_{reason}"] = report["dropped"].get(reason, 0)
         if self.kept:
-            metrics["labeling/mean_agreement_kept"] = sum(i.agreement for i in self.kept) / len(self.kept)
-        for name in ("voted", "kept"):
-            precision = report[f"precision_{name}"]["precision"]
-            if precision is not None:
-                metrics[f"labeling/precision_{name}"] = precision
-        for bucket in report["buckets"]:
-            if bucket["precision"] is not None:
-                metrics[f"labeling/precision_agreement_{bucket['lo']:.2f}_{bucket['hi']:.2f}"] = bucket["precision"]
+            values["mean_agreement_kept"] = sum(i.agreement for i in self.kept) / len(self.kept)
         for source, section in report.get("by_source", {}).items():
-            metrics[f"labeling/{source}/yield"] = section["yield"]
-            for name in ("voted", "kept"):
-                precision = section[f"precision_{name}"]["precision"]
-                if precision is not None:
-                    metrics[f"labeling/{source}/precision_{name}"] = precision
-        return {key: float(value) for key, value in metrics.items()}
+            values.update({f"{source}.yield": section["yield"], f"{source}.precision_voted": section["precision_voted"]["precision"],
+                           f"{source}.precision_kept": section["precision_kept"]["precision"]})
+        return {key: float(value) for key, value in values.items() if value is not None}
 
 
 def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> LabelingResult:

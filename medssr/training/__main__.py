@@ -8,13 +8,14 @@ import logging
 import os
 import sys
 
-from medssr.training.config import add_config_arguments, config_from_args
+from medssr.configs import add_arguments, from_args
+from medssr.training.config import TrainingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medssr.training", description=__doc__)
     parser.add_argument("--config", help="YAML file of TrainingConfig fields; options given here override it.")
-    add_config_arguments(parser)
+    add_arguments(parser, TrainingConfig)
     return parser
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from medssr.training import run_training
 
     try:
-        config = config_from_args(args, args.config)
+        config = from_args(TrainingConfig, args)
         result = run_training(config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"medssr.training: error: {exc}", file=sys.stderr)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,49 +123,3 @@ class TrainingConfig:
         from medssr.storage import write_text
 
         write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
-
-
-def _field_type(annotation: Any) -> tuple[type, tuple | None]:
-    """The scalar type argparse should parse a field with (``bool | None`` -> bool), and its choices."""
-    hints = annotation
-    if isinstance(hints, types.UnionType) or typing.get_origin(hints) is typing.Union:
-        hints = next(arg for arg in typing.get_args(hints) if arg is not type(None))
-    if typing.get_origin(hints) is Literal:
-        return str, typing.get_args(hints)
-    return hints, None
-
-
-def parse_bool(text: str) -> bool:
-    """An argparse type for true/false options (1/0, yes/no, on/off)."""
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--field-name`` option per TrainingConfig field (default None = not overridden)."""
-    hints = typing.get_type_hints(TrainingConfig)
-    for spec in dataclasses.fields(TrainingConfig):
-        if spec.name in skip:
-            continue
-        kind, choices = _field_type(hints[spec.name])
-        parser.add_argument(
-            f"--{spec.name.replace('_', '-')}",
-            dest=spec.name,
-            type=parse_bool if kind is bool else kind,
-            choices=choices,
-            default=None,
-            help=spec.metadata.get("help"),
-        )
-
-
-def config_from_args(args: argparse.Namespace, config_path: str | None) -> TrainingConfig:
-    """A YAML file (optional) with the command-line values laid over it."""
-    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainingConfig)}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if config_path:
-        return TrainingConfig.from_yaml(config_path, **overrides)
-    return TrainingConfig(**overrides)

@@ -1,0 +1,367 @@
+"""The pipeline's stages: for each, its config class (the only declaration of its settings), the settings
+the run wires in (inputs and outputs, not parameters), and its run function, which builds the config,
+calls the stage library and returns what to record (:class:`StageRecord`).
+
+The KFP step that runs a stage (``medssr.components.steps.run_stage``) is the same for all of them; the
+CLI builds the same configs from the same settings (``medssr.configs``), so a field added to a config is
+a pipeline parameter, a preset key and a command-line option at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medssr import configs
+
+EVALUATED_NAMES = ("base", "stage1", "stage2")
+CANDIDATE_NAME, BASELINE_NAME = "stage2", "base"  # the registered model and the reference of the gate
+
+
+@dataclass
+class TrainingJobConfig:
+    """Where a GRPO stage runs: the launcher backend and the job's processes and resources."""
+
+    launcher: Literal["local", "pytorchjob", "trainjob"] = field(
+        default="local", metadata={"help": "local (torchrun subprocess), pytorchjob (kubeflow.org/v1) or trainjob (Trainer v2)."})
+    namespace: str = field(default="", metadata={"help": "Namespace of the cluster job; empty: the cluster settings' (medssr-config), else default."})
+    image: str = field(default="", metadata={"help": "Container image of the cluster job (medssr installed); required for pytorchjob and trainjob."})
+    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun; GPUs per node on a GPU cluster)."})
+    num_workers: int = field(default=0, metadata={"help": "Nodes besides the first (PyTorchJob workers; TrainJob numNodes - 1)."})
+    gpus_per_node: int = field(default=0, metadata={"help": "nvidia.com/gpu of each node's pod."})
+    timeout_s: int = field(default=0, metadata={"help": "Seconds to wait for the job; 0: no limit."})
+
+    def __post_init__(self):
+        if self.launcher != "local" and not self.image:
+            raise ValueError(f"image: required for launcher {self.launcher}")
+        if self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node: must be at least 1, got {self.nproc_per_node}")
+
+
+@dataclass
+class StageContext:
+    """What the run gives a stage: ids, folders, tracking, the open MLflow run, and its input paths."""
+
+    run_id: str
+    folder: Path  # this stage's folder in the run's workspace
+    tracking: Any  # medssr.tracking.TrackingConfig
+    parent_run_id: str
+    stage_run: Any  # medssr.tracking.StageRun of this stage
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageRecord:
+    """What a stage did, for the tracker and the step's outputs."""
+
+    config: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)  # onto the pipeline's parent run
+    artifacts: list[tuple[str, str]] = field(default_factory=list)  # (path, MLflow artifact folder)
+    datasets: list[tuple[str, str, str]] = field(default_factory=list)  # (path, name, context)
+    tables: dict[str, list] = field(default_factory=dict)  # MLflow table file -> rows
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_tags: dict[str, str] = field(default_factory=dict)
+    parent_texts: dict[str, str] = field(default_factory=dict)  # MLflow artifact file on the parent run -> text
+    files: dict[str, str] = field(default_factory=dict)  # KFP output name -> file to copy there
+    html: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)  # KFP output -> (title, png, markdown)
+    value: Any = None  # the step's return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # its pipeline parameter, its preset section and its `--param NAME.FIELD` prefix
+    config_path: str  # "module:Class", imported when used: a step's process loads only its own stage's libraries
+    help: str
+    run: Callable[[dict, StageContext], StageRecord] | None = None
+    tracked_as: str | None = None  # its nested MLflow run; None: the stage library records its own
+    wired: tuple[str, ...] = ()  # fields the run sets (a nested config's name covers all its settings)
+    prefixes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> type:
+        import importlib
+
+        module, _, name = self.config_path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def settings(self) -> list[configs.Setting]:
+        return [s for s in configs.settings_of(self.config, self.prefixes) if s.name not in self.wired and s.path[0] not in self.wired]
+
+    def defaults(self) -> dict[str, Any]:
+        return {s.name: configs.plain(None if s.default is dataclasses.MISSING else s.default) for s in self.settings()}
+
+    def check(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` typed by their fields; an unknown setting or a bad value is named."""
+        settings = {s.name: s for s in self.settings()}
+        unknown = sorted(set(values) - set(settings))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown setting(s) {', '.join(unknown)} (see `medssr pipeline params`)")
+        return {name: configs.coerce(value, settings[name].annotation, f"{self.name}.{name}") for name, value in values.items()}
+
+    def build(self, values: Mapping[str, Any], **wired: Any) -> Any:
+        """The config from parameter values and the run's wiring (flat setting names)."""
+        self.check(values)
+        return configs.build(self.config, {**values, **wired}, self.prefixes, what=self.name)
+
+
+# ------------------------------------------------------------------------------------------ run functions
+
+
+def _prepare(values: dict, ctx: StageContext) -> StageRecord:
+    """Split stage-2 data off the evaluation set; resolve the base model for every later step."""
+    from medssr import models
+    from medssr.pipelines.data import split_stage2_data
+
+    config = STAGES["split"].build(values)
+    split = split_stage2_data(config, ctx.folder)
+    # Where it is, not fetched: a training job's own pods load it from there.
+    model = models.model_location(ctx.inputs["base_model"], build_dir=ctx.folder)
+    return StageRecord(
+        config, metrics=split.counts, datasets=[(str(split.train_path), "stage2-train", "training")],
+        tags={"medssr.base_model": model}, files={"stage2": str(split.train_path)},
+        value={"base_model": model, "eval_benchmarks_dir": str(split.eval_dir)},
+    )
+
+
+def _synthesize(values: dict, ctx: StageContext) -> StageRecord:
+    """The seed pool is the run's stage-2 questions unless one is given; the run's evaluation set is always
+    among the decontamination targets (no evaluated question may leak into training data)."""
+    from medssr.synthesis.run import run_synthesis
+
+    stage2 = ctx.folder / "stage2.jsonl"  # a KFP artifact's file has no suffix, and seed files are read by theirs
+    shutil.copyfile(ctx.inputs["stage2"], stage2)
+    config = STAGES["synthesis"].build(
+        values,
+        seed_questions=values.get("seed_questions") or str(stage2),
+        decontaminate_against=[*values.get("decontaminate_against", []), ctx.inputs["eval_benchmarks_dir"]],
+    )
+    result = run_synthesis(config, ctx.folder / "items.jsonl")
+    summary = ctx.folder / "stats.json"
+    summary.write_text(json.dumps({"config": configs.plain(json.loads(json.dumps(dataclasses.asdict(config), default=str))),
+                                   "stats": result.stats}, indent=2, default=str), encoding="utf-8")
+    artifacts = [(str(result.path), "data"), (str(summary), "report")]
+    if result.chart_path.is_file():
+        artifacts.append((str(result.chart_path), "report"))
+    return StageRecord(
+        config, metrics={"stats": result.stats}, artifacts=artifacts, datasets=[(str(result.path), "synthetic", "training")],
+        files={"items": str(result.path), "stats": str(summary)},
+        html={"chart": ("Synthesis: requested vs achieved shares", str(result.chart_path), "")},
+    )
+
+
+def _label(values: dict, ctx: StageContext) -> StageRecord:
+    from medssr.labeling import run_labeling
+
+    config = STAGES["labeling"].build(values, data=ctx.inputs["items"], out=str(ctx.folder / "labeled.jsonl"), model=ctx.inputs["base_model"])
+    result = run_labeling(config)
+    report, metrics = result.audit, result.metrics()
+    if not result.kept:
+        raise RuntimeError(
+            f"pseudo-label: kept 0 of {report['items']} synthesised questions (free-form parse rate {result.parse_rate:.2f}, "
+            f"recovered {result.recovered_rate:.2f}, dropped {report['dropped']}), so stage 1 (train-self) has nothing "
+            "to train on; raise synthesis.n or labeling.n_samples, widen labeling.min_agreement/max_agreement, lower "
+            "labeling.min_parsed, " + ("or raise labeling.max_tokens" if config.recovery else "or turn labeling.recovery on")
+        )
+    return StageRecord(
+        config, metrics=metrics,
+        headline={f"label.{k}": v for k, v in metrics.items() if not k.startswith(("bucket_precision.", "dropped."))},
+        artifacts=[(result.paths[key], "data" if key == "labeled" else "audit") for key in ("labeled", "json", "markdown", "png")],
+        datasets=[(result.paths["labeled"], "pseudo-labeled", "training")],
+        files={"labeled": result.paths["labeled"], "audit": result.paths["markdown"]},
+    )
+
+
+def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:
+    def train(values: dict, ctx: StageContext) -> StageRecord:
+        """One GRPO stage through the launcher the ``training_job`` settings pick."""
+        from medssr.launch import run_training_job
+
+        data = ctx.folder / "data.jsonl"
+        shutil.copyfile(ctx.inputs["data"], data)
+        out_dir = ctx.folder / "model"
+        config = STAGES[f"train_{stage}"].build(values, stage=stage, model=ctx.inputs["model"], data=str(data), output_dir=str(out_dir))
+        config.validate_paths()
+        job = STAGES["training_job"].build(ctx.inputs["training_job"])
+        launcher, spec = training_job(job, config, ctx.run_id, f"train-{stage}", ctx.folder, ctx.inputs["workspace"])
+        status = run_training_job(launcher, spec, timeout=job.timeout_s or None)
+        trained = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        pointer = ctx.folder / "model.json"
+        pointer.write_text(json.dumps({"path": str(out_dir), "stage": stage}) + "\n", encoding="utf-8")
+        history = out_dir / "log_history.jsonl"
+        ctx.stage_run.log_history([json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()], step_key="step")
+        return StageRecord(
+            config, metrics={"final": {k: v for k, v in trained.items() if k != "config"}},
+            artifacts=[(str(history), "training"), (str(out_dir / "metrics.json"), "training")],
+            datasets=[(str(data), f"train-{stage}-data", "training")],
+            tags={"medssr.launcher": job.launcher, "medssr.job_state": status.state, "medssr.model_dir": str(out_dir)},
+            files={"model": str(pointer)}, value=str(out_dir),
+        )
+
+    return train
+
+
+def cluster_defaults():
+    """ConfigMap medssr-config as the step's environment carries it (cluster steps), else None."""
+    if os.environ.get("MEDSSR_TRAIN_GPUS") is None:
+        return None
+    from medssr.cluster import ClusterDefaults
+
+    return ClusterDefaults.from_mapping(os.environ, source="step environment (medssr-config)")
+
+
+def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, folder: Path, workspace: str):
+    """(launcher config, JobSpec): placement, CPU and memory of the pods from the cluster settings, the
+    workspace PVC mounted where the step sees it, the S3 keys from their Secret."""
+    from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, launcher_config_from_dict
+
+    if job.launcher == "local":
+        return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(
+            run_id=run_id, stage=stage, training=configs.plain(dataclasses.asdict(training)),
+            nproc_per_node=job.nproc_per_node, num_workers=job.num_workers, gpus_per_node=job.gpus_per_node,
+        )
+    defaults = cluster_defaults()
+    train = defaults.train if defaults else None
+    launcher = launcher_config_from_dict({
+        "backend": job.launcher,
+        "namespace": job.namespace or (defaults.namespace if defaults else "default"),
+        "node_selector": dict(train.node_selector) if train else {},
+        "tolerations": list(train.tolerations) if train else [],
+    })
+    volumes, secret_env = [], []
+    if defaults and defaults.workspace_pvc:
+        volumes = [VolumeMount(name="workspace", claim_name=defaults.workspace_pvc, mount_path=str(Path(workspace).resolve()))]
+    if defaults and defaults.s3_secret:
+        secret_env = [SecretEnvVar(k, defaults.s3_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+    spec = JobSpec(
+        run_id=run_id, stage=stage, training=configs.plain(dataclasses.asdict(training)), image=job.image,
+        nproc_per_node=job.nproc_per_node, num_workers=job.num_workers, gpus_per_node=job.gpus_per_node,
+        cpu=train.cpu if train else None, memory=train.memory if train else None,
+        env={k: os.environ[k] for k in passthrough if k in os.environ}, secret_env=secret_env, volumes=volumes,
+    )
+    return launcher, spec
+
+
+def _evaluate(values: dict, ctx: StageContext) -> StageRecord:
+    """Base, stage 1 and stage 2 side by side on the run's evaluation set."""
+    from medssr.evaluation.harness import run_evaluation
+    from medssr.evaluation.per_question import read_rows
+    from medssr.evaluation.report import headline_metrics
+
+    config = STAGES["evaluation"].build(
+        values, models=list(ctx.inputs["models"]), model_names=list(EVALUATED_NAMES),
+        benchmarks_dir=ctx.inputs["benchmarks_dir"], out_dir=str(ctx.folder),
+    )
+    result = run_evaluation(config)
+    markdown = Path(result.paths["markdown"]).read_text(encoding="utf-8")
+    return StageRecord(
+        config, metrics={k.replace("/", "."): v for k, v in result.metrics().items()}, headline=headline_metrics(result.report),
+        artifacts=[(path, "report") for key, path in result.paths.items() if not key.startswith("per_question/")],
+        tables={f"per_question/{label}.json": read_rows(path) for label, path in result.report["per_question"].items()},
+        tags={f"skipped.{name}": reason[:500] for name, reason in result.skipped.items()},
+        files={"results": result.paths["json"], "report": result.paths["markdown"]},
+        html={"chart": ("Evaluation: base vs stage 1 vs stage 2", result.paths.get("png"), markdown)},
+    )
+
+
+def _register(values: dict, ctx: StageContext) -> StageRecord:
+    """Register the stage-2 folder (alias candidate) with its scores, provenance and per-question results,
+    then run the gate as a dry run; the step returns whether the candidate passed."""
+    from medssr.promotion import run_register
+    from medssr.tracking import config_hash, file_sha256
+
+    evaluation = json.loads(Path(ctx.inputs["results"]).read_text(encoding="utf-8"))
+    gate = STAGES["promotion"].build(ctx.inputs["promotion"], name=STAGES["registration"].build(values).name)
+    summary = evaluation["summary"]
+    if CANDIDATE_NAME not in summary:
+        raise ValueError(f"evaluation results have no model {CANDIDATE_NAME!r} (have: {', '.join(summary)})")
+    parent = ctx.stage_run.tracker.call(ctx.stage_run.client.get_run, ctx.parent_run_id)
+    per_question = evaluation.get("per_question", {})
+    config = STAGES["registration"].build(
+        values, model_dir=ctx.inputs["model_dir"], protocol=evaluation.get("protocol", ""), parent_run_id=ctx.parent_run_id,
+        scores={bench: float(scores[gate.metric]["mean"]) for bench, scores in summary[CANDIDATE_NAME].items()},
+        tags={"medssr.run_id": ctx.run_id, "medssr.parent_run_id": ctx.parent_run_id, "eval_metric": gate.metric,
+              "data_sha256": config_hash({Path(p).name: file_sha256(p) for p in ctx.inputs["data"]}),
+              "config_sha256": parent.data.tags.get("config_sha256", "")},
+        per_question=per_question.get(CANDIDATE_NAME, ""), baseline_per_question=per_question.get(BASELINE_NAME, ""),
+        **_tracking_settings(ctx.tracking),
+    )
+    result = run_register(config, ctx.stage_run)
+    registered = ctx.folder / "registered.json"
+    registered.write_text(json.dumps({"name": result.name, "version": result.version, "source": result.source, "path": config.model_dir}) + "\n")
+    return StageRecord(
+        config, parent_tags={"medssr.registered_model": result.name, "medssr.registered_version": result.version},
+        files={"registered": str(registered)},
+    )
+
+
+def _gate(values: dict, ctx: StageContext) -> StageRecord:
+    """The promotion gate (a dry run after registration, for real after it passed); the decision also goes onto
+    the parent run (metrics ``gate.*``, tags ``medssr.gate*``, ``gate/decision.md``). The step returns whether it passed."""
+    from medssr.promotion import run_promotion
+
+    config = STAGES["promotion"].build(values, name=ctx.inputs["name"], dry_run=ctx.inputs["dry_run"],
+                                       parent_run_id=ctx.parent_run_id, **_tracking_settings(ctx.tracking))
+    decision = run_promotion(config)
+    table = ctx.folder / "decision.md"
+    table.write_text(decision.table() + "\n", encoding="utf-8")
+    tags = {"medssr.gate": "pass" if decision.passed else "refuse", "medssr.gate_reason": decision.reason[:5000],
+            "medssr.gate_reference": decision.reference}
+    if decision.promoted:
+        tags["medssr.champion_version"] = decision.candidate_version
+    return StageRecord(
+        config, headline={"gate.passed": decision.passed, "gate.promoted": decision.promoted}, parent_tags=tags,
+        parent_texts={"gate/decision.md": decision.table() + "\n"}, files={"decision": str(table)}, value=decision.passed,
+    )
+
+
+def _deploy(values: dict, ctx: StageContext) -> StageRecord:
+    """``models:/NAME@champion`` as an InferenceService; resources and placement from medssr-config when the step
+    has it. The step returns the endpoint URL."""
+    from medssr.serving.deploy import run_deploy
+
+    config = STAGES["deployment"].build(values, model=f"{ctx.inputs['name']}@champion", tracking_uri=ctx.tracking.tracking_uri, run_id=ctx.run_id)
+    if defaults := cluster_defaults():
+        config = config.with_cluster_defaults(defaults)
+    result = run_deploy(config)
+    return StageRecord(config, tags={"medssr.endpoint": result.url, "medssr.inference_service": f"{result.namespace}/{result.name}",
+                                     "medssr.storage_uri": result.storage_uri}, value=result.url)
+
+
+def _tracking_settings(tracking) -> dict[str, Any]:
+    """A TrackingConfig as the flat settings of a config that nests one (``tracking``)."""
+    return configs.flat_values(tracking)
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("split", "medssr.pipelines.data:SplitConfig",
+              "stage-2 data split off one benchmark (step `prepare`, which also resolves the base model)", _prepare, "prepare"),
+        Stage("synthesis", "medssr.synthesis.config:SynthesisConfig",
+              "knowledge-grounded question synthesis", _synthesize, "synthesize", prefixes={"generator": "rewrite_", "rewrite_sampling": "rewrite_"}),
+        Stage("labeling", "medssr.labeling:LabelingConfig",
+              "self-consistency pseudo-labels", _label, "pseudo_label", wired=("data", "out", "model")),
+        Stage("train_self", "medssr.training.config:TrainingConfig",
+              "GRPO stage 1, reward = pseudo-label", _train("self"), "train-self", wired=("stage", "model", "data", "output_dir")),
+        Stage("train_supervised", "medssr.training.config:TrainingConfig",
+              "GRPO stage 2, reward = gold answer", _train("supervised"), "train-supervised", wired=("stage", "model", "data", "output_dir")),
+        Stage("training_job", "medssr.stages:TrainingJobConfig", "where both GRPO stages run"),
+        Stage("evaluation", "medssr.evaluation.harness:EvaluationConfig",
+              "base vs stage 1 vs stage 2 on the benchmarks", _evaluate, "evaluate", wired=("models", "model_names", "benchmarks_dir", "out_dir", "model")),
+        Stage("registration", "medssr.promotion:RegisterConfig",
+              "registry version of the stage-2 model", _register, "register",
+              wired=("model_dir", "scores", "tags", "per_question", "baseline_per_question", "protocol", "parent_run_id", "tracking")),
+        Stage("promotion", "medssr.promotion:PromotionConfig",
+              "the gate, candidate vs champion", _gate, wired=("name", "dry_run", "parent_run_id", "tracking")),
+        Stage("deployment", "medssr.serving.deploy:DeployConfig",
+              "KServe InferenceService of the champion (when the run asks for it)", _deploy, "deploy", wired=("model", "tracking_uri", "run_id")),
+    )
+}

@@ -1,0 +1,105 @@
+"""One declaration per setting: every field of every stage config is a pipeline parameter (the stage's
+mapping, with the config's default) and an option of the stage's command; a preset's labelling is the
+same through the pipeline step and through `medssr label --config`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medssr import configs
+from medssr.stages import STAGES
+
+COMMANDS = {"labeling": ["label"], "train_self": ["train"], "train_supervised": ["train"]}
+PRESETS = Path(__file__).resolve().parent.parent / "pipelines" / "presets"
+
+
+def test_every_stage_setting_is_a_pipeline_parameter_with_the_config_default(tmp_path):
+    from medssr.pipelines.runner import compile_pipeline, pipeline_defaults
+
+    spec, _ = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
+    compiled = spec["root"]["inputDefinitions"]["parameters"]
+    signature = pipeline_defaults()
+    for name, stage in STAGES.items():
+        settings = {s.name for s in stage.settings()}
+        wired = {s.name for s in configs.settings_of(stage.config, stage.prefixes) if s.name in stage.wired or s.path[0] in stage.wired}
+        assert settings | wired == {s.name for s in configs.settings_of(stage.config, stage.prefixes)}, name
+        defaults = {k: v for k, v in stage.defaults().items() if v is not None}  # KFP has no null: unset = the default
+        assert compiled[name]["parameterType"] == "STRUCT" and compiled[name]["defaultValue"] == defaults, name
+        assert signature[name] == defaults, name
+        assert set(stage.defaults()) == settings
+
+
+@pytest.mark.parametrize("stage_name", sorted(COMMANDS))
+def test_every_stage_setting_is_an_option_of_its_command_with_the_same_default(stage_name):
+    from medssr.cli import build_parser
+
+    stage = STAGES[stage_name]
+    parser = build_parser()
+    command = parser._subparsers._group_actions[0].choices[COMMANDS[stage_name][0]]
+    options = {opt for action in command._actions for opt in action.option_strings}
+    for setting in stage.settings():
+        assert f"--{setting.name.replace('_', '-')}" in options, (stage_name, setting.name)
+    args = parser.parse_args(COMMANDS[stage_name])
+    from_cli = configs.flat_values(configs.from_args(stage.config, args, stage.prefixes), stage.prefixes)
+    from_pipeline = configs.flat_values(stage.build(stage.defaults()), stage.prefixes)
+    assert {k: from_cli[k] for k in stage.defaults()} == {k: from_pipeline[k] for k in stage.defaults()}
+
+
+def test_a_pipeline_override_is_typed_by_the_config_field():
+    from medssr.pipelines.runner import parse_overrides, pipeline_defaults
+
+    defaults = pipeline_defaults()
+    parsed = parse_overrides(["labeling.max_tokens=96", "synthesis.rare_ratio=0.25", "evaluation.benchmarks=medqa,nejm",
+                              "labeling.allowed_letters=A,B", "deploy_model=true", "base_model=x"], defaults)
+    assert parsed == {"labeling": {"max_tokens": 96, "allowed_letters": ("A", "B")}, "synthesis": {"rare_ratio": 0.25},
+                      "evaluation": {"benchmarks": ["medqa", "nejm"]}, "deploy_model": True, "base_model": "x"}
+    with pytest.raises(ValueError, match="no such pipeline parameter"):
+        parse_overrides(["labeling.max_tokenz=1"], defaults)
+    with pytest.raises(ValueError, match="labeling.max_tokens: 'many' is not a valid int"):
+        parse_overrides(["labeling.max_tokens=many"], defaults)
+    with pytest.raises(ValueError, match="no such pipeline parameter"):
+        parse_overrides(["labeling=1"], defaults)
+
+
+class LocalArtifact:
+    """A KFP output artifact as a step sees it: a local path, metadata, and metrics."""
+
+    def __init__(self, path: Path):
+        self.path, self.metadata, self.metrics = str(path), {}, {}
+
+    def log_metric(self, key: str, value: float) -> None:
+        self.metrics[key] = value
+
+
+@pytest.mark.slow
+def test_the_tiny_presets_labelling_is_the_same_through_medssr_label(tiny_model, tmp_path, monkeypatch, mlflow_empty_db):
+    from medssr.cli import main
+    from medssr.components.steps import open_pipeline_run, run_stage
+    from medssr.data import MCQItem, write_jsonl
+    from medssr.pipelines.presets import preset_params
+    from medssr.pipelines.runner import resolved_params
+
+    monkeypatch.setenv("MEDSSR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copyfile(mlflow_empty_db, tmp_path / "mlflow.db")
+    items = tmp_path / "items.jsonl"
+    write_jsonl(items, [MCQItem(id=f"q{i}", stem=f"Question {i}: which finding fits?", answer="ABCD"[i % 4],
+                                options={"A": "gene", "B": "onset", "C": "childhood", "D": "adult"}) for i in range(6)])
+    params = resolved_params(preset_params("tiny", tmp_path))
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = open_pipeline_run(params["run_id"], "", tracking, "medssr", params["pipeline_params"])
+    run = {**ids, "tracking_uri": tracking, "experiment": "medssr", "workspace": str(tmp_path / "workspace")}
+    outputs = {name: LocalArtifact(tmp_path / name) for name in ("labeled", "audit", "metrics")}
+    run_stage("pseudo_label", "labeling", run, params["labeling"], {"items": str(items), "base_model": str(tiny_model)}, outputs)
+
+    out = tmp_path / "cli" / "labeled.jsonl"
+    monkeypatch.setenv("MEDSSR_CACHE", str(tmp_path / "other-cache"))  # computed again, not read from the step's cache
+    assert main(["label", "--config", str(PRESETS / "tiny.yaml"), "--model", str(tiny_model), "--data", str(items), "--out", str(out)]) == 0
+    assert out.read_text() == Path(outputs["labeled"].path).read_text() and out.read_text()
+    assert outputs["metrics"].metrics["items"] == 6.0 and json.loads(out.read_text().splitlines()[0])["n_samples"] == 4
+    assert list((tmp_path / "other-cache" / "completions").rglob("completions.jsonl"))
