@@ -1,9 +1,14 @@
-"""Models that need no hub: a tiny random model for tests, SmolLM2-135M-Instruct for the demo."""
+"""Where a model comes from: the models that need no hub (a tiny random model for tests, SmolLM2-135M-Instruct for
+the demo), and the one resolver of a model reference (preset, folder, ``s3://``, hub id, MLflow registry)."""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+
+from medssr.errors import UserError
 
 # ChatML, the format of Qwen2 and SmolLM2 chat models; `add_generation_prompt` opens the assistant turn.
 CHATML_TEMPLATE = (
@@ -243,27 +248,107 @@ def _save_smollm2(out: Path) -> None:
     steps.close()
 
 
-def resolve_model(ref: str | os.PathLike) -> str:
-    """A model reference as something ``from_pretrained`` loads: a local folder is used as is, an
-    ``s3://`` prefix is downloaded once into the cache (keyed by the URI), ``models:/NAME@ALIAS`` is
-    resolved through the MLflow registry first, anything else is a hub id."""
+# ---------------------------------------------------------------------------------------------- references
+
+REGISTRY_SCHEME = "models:/"
+# NAME, NAME@ALIAS or NAME/VERSION after the optional scheme (a name has no '/', '@' or space).
+_REGISTRY_REFERENCE = re.compile(r"^(?P<name>[^/@\s]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))?/?$")
+REGISTRY_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION or NAME@ALIAS"
+
+
+@dataclass(frozen=True)
+class RegistryReference:
+    """A version of a model in the MLflow registry, by alias or by number."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str, default_alias: str | None = None) -> RegistryReference:
+        """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, the scheme optional; a bare NAME only with a
+        ``default_alias``. Anything else is a UserError."""
+        text = str(ref).strip()
+        match = _REGISTRY_REFERENCE.match(text.removeprefix(REGISTRY_SCHEME))
+        if not match or not (match["alias"] or match["version"] or default_alias):
+            forms = f"NAME, {REGISTRY_FORMS}, NAME/VERSION" if default_alias else REGISTRY_FORMS
+            raise UserError(f"not a registered model reference ({forms}): {ref!r}")
+        return cls(match["name"], match["alias"] or (None if match["version"] else default_alias), match["version"])
+
+    def __str__(self) -> str:
+        return f"{REGISTRY_SCHEME}{self.name}/{self.version}" if self.version else f"{REGISTRY_SCHEME}{self.name}@{self.alias}"
+
+
+def registry_reference(name: str, alias_or_version: str) -> RegistryReference:
+    """NAME's version by number when ``alias_or_version`` is all digits, else by alias."""
+    if alias_or_version.isdigit():
+        return RegistryReference(name, version=alias_or_version)
+    return RegistryReference(name, alias=alias_or_version)
+
+
+def _registry_reference_in(ref: str) -> RegistryReference | None:
+    """The registry reference ``ref`` names: ``models:/...``, or ``NAME@ALIAS`` that is not an existing path."""
+    if ref.startswith(REGISTRY_SCHEME):
+        return RegistryReference.parse(ref)
+    if "@" in ref and not Path(ref).expanduser().exists():
+        try:
+            return RegistryReference.parse(ref)
+        except UserError:
+            return None
+    return None
+
+
+def _build_tiny(build_dir: Path | None, seed: int) -> Path:
+    if build_dir is not None:
+        return build_tiny_model(build_dir / "tiny-base", seed=seed)
+    return build_once(cache_dir() / "models" / f"tiny-seed{seed}", lambda tmp: build_tiny_model(tmp, seed=seed))
+
+
+# Models named by a word, built here: the random test model and the packaged demo model.
+PRESETS = {
+    "tiny": _build_tiny,
+    "smollm2": lambda build_dir, seed: build_smollm2(),
+}
+
+
+def model_location(ref: str | os.PathLike, build_dir: str | os.PathLike | None = None, seed: int = 0) -> str:
+    """Where the model a reference names is, without fetching it, so a training job's own pods can load it there:
+
+    - a preset (``tiny`` built into ``build_dir``, else the cache, with ``seed``; ``smollm2`` built once);
+    - ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``NAME@ALIAS``: the version's location from the
+      MLflow registry (a local folder or an ``s3://`` URI);
+    - an ``s3://`` URI or a hub id, as it is; a local folder, which must exist (write ``./tiny`` for a folder
+      named like a preset).
+    """
     from medssr import storage
 
-    ref = str(ref)
+    ref = str(ref).strip()
     if not ref:
-        raise ValueError("model: no model given")
-    if ref.startswith("models:/"):  # an MLflow registry reference: its version's folder or s3:// location
+        raise UserError("model: no model given")
+    if ref in PRESETS:
+        return str(PRESETS[ref](Path(build_dir) if build_dir is not None else None, seed))
+    registered = _registry_reference_in(ref)
+    if registered is not None:
         from medssr.tracking import resolve_model_reference
 
-        ref = resolve_model_reference(ref)
+        return resolve_model_reference(str(registered))
     if storage.is_s3(ref):
-        return str(_download_cached(ref))
+        return ref
     local = Path(ref).expanduser()
     if local.is_dir():
         return str(local)
     if local.exists() or ref.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"no model folder at {ref}")
+        raise UserError(f"no model folder at {ref}")
     return ref
+
+
+def resolve_model(ref: str | os.PathLike, build_dir: str | os.PathLike | None = None, seed: int = 0) -> str:
+    """A model reference (see ``model_location``) as something ``from_pretrained`` loads: an ``s3://`` location
+    is downloaded once into the cache (keyed by the URI), anything else is used where it is."""
+    from medssr import storage
+
+    location = model_location(ref, build_dir, seed)
+    return str(_download_cached(location)) if storage.is_s3(location) else location
 
 
 def _download_cached(uri: str) -> Path:

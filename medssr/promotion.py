@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import UserError
 from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_difference, read_rows
+from medssr.models import RegistryReference, registry_reference
 from medssr.storage import write_text
 from medssr.tracking import (
     StageRun,
@@ -248,13 +250,10 @@ def load_gate_results(tracker: Tracker, version, file: str) -> list[dict] | None
 def run_promotion(config: PromotionConfig, out: str | os.PathLike | None = None) -> Decision:
     """Decide, print and log the decision; move ``champion_alias`` to the candidate when it passes."""
     tracker = Tracker(config.tracking)
-    candidate_ref = (
-        f"models:/{config.name}/{config.candidate}" if config.candidate.isdigit() else f"models:/{config.name}@{config.candidate}"
-    )
-    candidate = get_model_version(tracker, candidate_ref)
+    candidate = get_model_version(tracker, str(registry_reference(config.name, config.candidate)))
     try:
-        champion = get_model_version(tracker, f"models:/{config.name}@{config.champion_alias}")
-    except ValueError:
+        champion = get_model_version(tracker, str(RegistryReference(config.name, alias=config.champion_alias)))
+    except UserError:
         champion = None
     reference_name = f"champion v{champion.version}" if champion is not None else "its base model (no champion yet)"
     passed, rows = False, []

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medssr.dependencies import DependencyUnavailable, looks_unreachable, reported_unreachable, short_cause
+from medssr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -423,29 +424,20 @@ class StageRun:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))/?$")
-
-
-def parse_model_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    match = MODEL_REF.match(ref.strip())
-    if not match:
-        raise ValueError(f"not a model reference (models:/NAME@ALIAS or models:/NAME/VERSION): {ref!r}")
-    return match["name"], match["alias"], match["version"]
-
-
 def get_model_version(tracker: Tracker, ref: str):
-    """The ModelVersion a reference names; a clear ValueError when it does not exist."""
+    """The ModelVersion a reference (``medssr.models.RegistryReference``) names; a UserError when it does not exist."""
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model_reference(ref)
+    from medssr.models import RegistryReference
+
+    reference = RegistryReference.parse(ref)
     try:
-        if alias:
-            return tracker.call(tracker.client.get_model_version_by_alias, name, alias)
-        return tracker.call(tracker.client.get_model_version, name, version)
+        if reference.alias:
+            return tracker.call(tracker.client.get_model_version_by_alias, reference.name, reference.alias)
+        return tracker.call(tracker.client.get_model_version, reference.name, reference.version)
     except MlflowException as exc:
         if exc.get_http_status_code() in (400, 404):
-            raise ValueError(f"{ref}: no such registered model version ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{ref}: no such registered model version ({str(exc).splitlines()[0]})") from None
         raise
 
 
@@ -457,28 +449,34 @@ def version_location(tracker: Tracker, version) -> str:
     return source
 
 
-def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cache_dir: str | os.PathLike | None = None) -> str:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/N`` -> a local path or an ``s3://`` URI of the model folder.
-
-    Local (``file:``) and ``s3://`` locations are returned as they are. A location proxied by the MLflow
-    server (``mlflow-artifacts:``) is mapped to the server's S3 destination when that is configured
-    (``artifacts_destination`` / MLFLOW_ARTIFACTS_DESTINATION, what KServe needs), else the
-    files are downloaded once into ``cache_dir`` (default ``.medssr/models/NAME/VERSION``).
-    """
+def registry_location(tracker: Tracker, version) -> str:
+    """Where a version's folder is, as a local path or a storage URI, without fetching it: a ``file:`` location as
+    its path, a location proxied by the MLflow server (``mlflow-artifacts:``) mapped to the server's S3 destination
+    when that is configured (``artifacts_destination`` / MLFLOW_ARTIFACTS_DESTINATION, what KServe needs), any
+    other as the registry reports it."""
     from urllib.parse import unquote, urlparse
 
-    config = config or TrackingConfig()
-    tracker = Tracker(config)
-    version = get_model_version(tracker, ref)
     location = version_location(tracker, version)
     parsed = urlparse(location)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path) if parsed.scheme else location
-    if parsed.scheme == "s3":
-        return location
-    destination = config.artifacts_destination or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    destination = tracker.config.artifacts_destination or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
     if parsed.scheme == "mlflow-artifacts" and destination:
         return f"{destination.rstrip('/')}/{parsed.path.lstrip('/')}"
+    return location
+
+
+def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cache_dir: str | os.PathLike | None = None) -> str:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/N`` -> a local path or an ``s3://`` URI of the model folder
+    (``registry_location``); a location that is neither is downloaded once into ``cache_dir`` (default
+    ``.medssr/models/NAME/VERSION``)."""
+    from urllib.parse import urlparse
+
+    tracker = Tracker(config or TrackingConfig())
+    version = get_model_version(tracker, ref)
+    location = registry_location(tracker, version)
+    if urlparse(location).scheme in ("", "s3"):
+        return location
     import mlflow.artifacts
 
     target = Path(cache_dir or Path.cwd() / LOCAL_DIR / "models" / version.name / str(version.version))
@@ -486,7 +484,7 @@ def resolve_model_reference(ref: str, config: TrackingConfig | None = None, cach
         target.mkdir(parents=True, exist_ok=True)
         tracker.call(mlflow.artifacts.download_artifacts, artifact_uri=location, dst_path=str(target), tracking_uri=tracker.tracking_uri)
         (target / ".complete").touch()
-    folder = target / Path(parsed.path).name
+    folder = target / Path(urlparse(location).path).name
     return str(folder if folder.is_dir() else target)
 
 

@@ -8,23 +8,15 @@ the object or patches it, then waits for ``Ready`` and reports the failing condi
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from medssr.cluster import standard_labels
-
-GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
-# Schemes KServe's storage initializer downloads from; anything else (models:/, runs:/, mlflow-artifacts:,
-# a local path) means the model was resolved to something a pod cannot fetch.
-STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "hf://", "https://", "oci://")
-MODEL_REF = re.compile(r"^(?:models:/)?(?P<name>[^/@\s]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))?$")
-# KServe derives longer names (NAME-predictor-...) from this one; keep room for its suffixes.
-MAX_NAME_LENGTH = 45
-# KServe reports these model transition states when a load failed for good: waiting longer is pointless.
-FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+from medssr.errors import UserError
+from medssr.kube import client as kube_client
+from medssr.kube import inferenceservice
+from medssr.kube.inferenceservice import GROUP, PLURAL, VERSION, check_storage_uri, dns_name
+from medssr.models import RegistryReference
 
 
 class DeployError(RuntimeError):
@@ -75,30 +67,30 @@ class DeployConfig:
     poll_s: float = field(default=2.0, metadata={"help": "Seconds between status checks."})
 
     def __post_init__(self):
-        if not MODEL_REF.match(self.model or ""):
-            raise ValueError(f"model: {self.model!r} is not NAME, NAME@ALIAS, NAME/VERSION or models:/NAME@ALIAS")
+        self.reference  # a model that names no registered version is refused here
         if not self.backend:
             self.backend = "vllm" if self.gpus else "huggingface"
         if self.backend not in ("vllm", "huggingface"):
-            raise ValueError(f"backend must be vllm or huggingface, not {self.backend!r}")
+            raise UserError(f"backend must be vllm or huggingface, not {self.backend!r}")
         if self.backend == "vllm" and self.gpus < 1:
-            raise ValueError("gpus: the vllm backend needs at least one GPU (use backend=huggingface on CPU)")
+            raise UserError("gpus: the vllm backend needs at least one GPU (use backend=huggingface on CPU)")
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
-            raise ValueError("replicas: need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
+            raise UserError("replicas: need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
         if self.storage_uri:
             check_storage_uri(self.storage_uri)
 
     @property
+    def reference(self) -> RegistryReference:
+        return RegistryReference.parse(self.model or "", default_alias="champion")
+
+    @property
     def registry_reference(self) -> str:
         """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (alias ``champion`` when none is given)."""
-        match = MODEL_REF.match(self.model)
-        if match["version"]:
-            return f"models:/{match['name']}/{match['version']}"
-        return f"models:/{match['name']}@{match['alias'] or 'champion'}"
+        return str(self.reference)
 
     @property
     def service_name(self) -> str:
-        return self.name or dns_name(MODEL_REF.match(self.model)["name"])
+        return self.name or dns_name(self.reference.name)
 
     def with_cluster_defaults(self, defaults) -> DeployConfig:
         """This config with resources, placement and service account from ``medssr.cluster.ClusterDefaults``."""
@@ -127,126 +119,20 @@ class DeployResult:
     created: bool
 
 
-def dns_name(text: str) -> str:
-    """A DNS-1035 label (what KServe requires of a name): lower case, digits and '-', a letter first."""
-    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    if not name or not name[0].isalpha():
-        name = f"m-{name}".rstrip("-")
-    return name[:MAX_NAME_LENGTH].rstrip("-")
-
-
-def check_storage_uri(uri: str) -> str:
-    if not uri.startswith(STORAGE_SCHEMES):
-        raise ValueError(
-            f"storage URI {uri!r} cannot be fetched by KServe's storage initializer "
-            f"(needs one of {', '.join(STORAGE_SCHEMES)}); register the model with S3 artifacts or pass --storage-uri"
-        )
-    return uri
-
-
 def resolve_storage_uri(config: DeployConfig) -> str:
     """The model version's folder as an S3 (or other fetchable) URI, from the MLflow registry."""
     if config.storage_uri:
         return check_storage_uri(config.storage_uri)
     from medssr import tracking
 
-    tracker = tracking.Tracker(tracking.TrackingConfig(tracking_uri=config.tracking_uri))
+    settings = tracking.TrackingConfig(tracking_uri=config.tracking_uri, artifacts_destination=config.artifacts_destination)
+    tracker = tracking.Tracker(settings)
     version = tracking.get_model_version(tracker, config.registry_reference)
-    location = tracking.version_location(tracker, version)
-    if location.startswith("mlflow-artifacts:"):
-        # Proxied artifacts live under the tracking server's --artifacts-destination.
-        destination = (
-            config.artifacts_destination
-            or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
-            or os.environ.get("MEDSSR_MLFLOW_ARTIFACTS_DESTINATION", "")
-        )
-        if destination:
-            path = re.sub(r"^mlflow-artifacts:(//[^/]*)?", "", location)
-            location = f"{destination.rstrip('/')}/{path.lstrip('/')}"
+    location = tracking.registry_location(tracker, version)
     try:
         return check_storage_uri(location)
-    except ValueError as exc:
-        raise ValueError(f"{config.registry_reference} (version {version.version}): {exc}") from None
-
-
-def render_inference_service(config: DeployConfig, storage_uri: str) -> dict[str, Any]:
-    """The InferenceService manifest (a dict ready for the API or ``yaml.safe_dump``)."""
-    name = config.service_name
-    amounts = {"cpu": config.cpu, "memory": config.memory}
-    if config.gpus:
-        amounts["nvidia.com/gpu"] = str(config.gpus)
-    args = [f"--model_name={name}", f"--backend={config.backend}", f"--dtype={config.dtype}"]
-    if config.backend == "vllm":
-        args += [f"--max-model-len={config.max_model_len}", f"--gpu-memory-utilization={config.gpu_memory_utilization}"]
-    model: dict[str, Any] = {
-        "modelFormat": {"name": "huggingface"},
-        "storageUri": check_storage_uri(storage_uri),
-        "args": args,
-        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
-    }
-    if config.runtime:
-        model["runtime"] = config.runtime
-    predictor: dict[str, Any] = {
-        "serviceAccountName": config.service_account,
-        "minReplicas": config.min_replicas,
-        "maxReplicas": config.max_replicas,
-        "model": model,
-    }
-    if config.node_selector:
-        predictor["nodeSelector"] = dict(config.node_selector)
-    if config.tolerations:
-        predictor["tolerations"] = list(config.tolerations)
-    annotations = {"medssr.io/model": config.registry_reference, "medssr.io/storage-uri": storage_uri}
-    if config.deployment_mode:
-        annotations["serving.kserve.io/deploymentMode"] = config.deployment_mode
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {
-            "name": name,
-            "namespace": config.namespace,
-            "labels": standard_labels(config.run_id, "serve", "predictor"),
-            "annotations": annotations,
-        },
-        "spec": {"predictor": predictor},
-    }
-
-
-def kube_api_client(kubeconfig: str = "", context: str = ""):
-    """An ApiClient from a kubeconfig file, the in-cluster service account, or ~/.kube/config."""
-    from kubernetes import client
-    from kubernetes import config as kube_config
-
-    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kube_config.load_incluster_config()
-        return client.ApiClient()
-    return kube_config.new_client_from_config(config_file=kubeconfig or None, context=context or None)
-
-
-def readiness(service: dict[str, Any]) -> tuple[bool, str]:
-    """(ready, why not): Ready=True for the current generation, else the first failing condition."""
-    status = service.get("status") or {}
-    generation = (service.get("metadata") or {}).get("generation")
-    observed = status.get("observedGeneration")
-    if generation is not None and observed is not None and observed < generation:
-        return False, f"status is for generation {observed}, the spec is generation {generation}"
-    conditions = status.get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
-    if ready is not None and str(ready.get("status")) == "True":
-        return True, ""
-    failing = next((c for c in conditions if str(c.get("status")) != "True" and c.get("type") != "Ready"), ready)
-    if failing is None:
-        return False, "no status conditions yet (is the KServe controller running?)"
-    detail = ": ".join(str(failing[k]) for k in ("reason", "message") if failing.get(k))
-    return False, f"{failing.get('type')}={failing.get('status')}" + (f" ({detail})" if detail else "")
-
-
-def _failed_load(service: dict[str, Any]) -> str:
-    model_status = (service.get("status") or {}).get("modelStatus") or {}
-    if model_status.get("transitionStatus") in FAILED_TRANSITIONS:
-        failure = model_status.get("lastFailureInfo") or {}
-        return f"{model_status['transitionStatus']}: {failure.get('reason', '')} {failure.get('message', '')}".strip()
-    return ""
+    except UserError as exc:
+        raise UserError(f"{config.registry_reference} (version {version.version}): {exc}") from None
 
 
 def apply_inference_service(api, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -260,11 +146,11 @@ def apply_inference_service(api, manifest: dict[str, Any]) -> tuple[dict[str, An
         return objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest), True
     except ApiException as exc:
         if exc.status != 409:
-            raise DeployError(f"cannot create InferenceService {namespace}/{name}: {_api_reason(exc)}") from None
+            raise DeployError(f"cannot create InferenceService {namespace}/{name}: {kube_client.api_message(exc)}") from None
     try:
         return objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, manifest), False
     except ApiException as exc:
-        raise DeployError(f"cannot update InferenceService {namespace}/{name}: {_api_reason(exc)}") from None
+        raise DeployError(f"cannot update InferenceService {namespace}/{name}: {kube_client.api_message(exc)}") from None
 
 
 def wait_until_ready(api, namespace: str, name: str, timeout_s: float, poll_s: float) -> dict[str, Any]:
@@ -274,35 +160,25 @@ def wait_until_ready(api, namespace: str, name: str, timeout_s: float, poll_s: f
     deadline = time.monotonic() + timeout_s
     while True:
         service = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        ready, why = readiness(service)
-        if ready:
+        state = inferenceservice.state(service)
+        if state.phase == "Ready":
             return service
-        failed = _failed_load(service)
-        if failed:
-            raise DeployError(f"InferenceService {namespace}/{name} failed to load its model: {failed}")
+        if state.phase == "Failed":
+            raise DeployError(f"InferenceService {namespace}/{name} failed to load its model: {state.detail}")
         if time.monotonic() >= deadline:
-            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f} s: {why}")
+            raise DeployError(f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f} s: {state.detail}")
         time.sleep(poll_s)
 
 
 def run_deploy(config: DeployConfig, api=None) -> DeployResult:
     """Resolve the model's S3 location, apply the InferenceService, and (by default) wait for Ready."""
     storage_uri = resolve_storage_uri(config)
-    manifest = render_inference_service(config, storage_uri)
-    api = api or kube_api_client(config.kubeconfig, config.context)
+    manifest = inferenceservice.build(config, storage_uri)
+    api = api or kube_client.api_client(config.kubeconfig, config.context)
     service, created = apply_inference_service(api, manifest)
     name, namespace = manifest["metadata"]["name"], config.namespace
     if config.wait:
         service = wait_until_ready(api, namespace, name, config.timeout_s, config.poll_s)
-    ready, _ = readiness(service)
+    ready = inferenceservice.state(service).phase == "Ready"
     url = str((service.get("status") or {}).get("url") or "")
     return DeployResult(name=name, namespace=namespace, url=url, ready=ready, storage_uri=storage_uri, created=created)
-
-
-def _api_reason(exc) -> str:
-    import json
-
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError):
-        return f"{exc.status} {exc.reason}"

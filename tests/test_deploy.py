@@ -7,16 +7,9 @@ import time
 
 import pytest
 
-from medssr.serving.deploy import (
-    GROUP,
-    PLURAL,
-    VERSION,
-    DeployConfig,
-    DeployError,
-    readiness,
-    render_inference_service,
-    run_deploy,
-)
+from medssr.kube import inferenceservice
+from medssr.kube.inferenceservice import GROUP, PLURAL, VERSION, state
+from medssr.serving.deploy import DeployConfig, DeployError, run_deploy
 from tests.plugins.kube import fields_outside_schema, missing_or_changed, openapi_schema
 
 S3_MODEL = "s3://medssr/mlflow/3/0123abcd/artifacts/model"
@@ -28,7 +21,7 @@ def test_rendered_inference_service_is_valid_and_complete():
 
     config = DeployConfig(model="MedSSR_Qwen3@champion", storage_uri=S3_MODEL, run_id="run-7", namespace="ml",
                           gpus=2, node_selector={"nvidia.com/gpu.present": "true"}, tolerations=[GPU_TOLERATION])
-    manifest = render_inference_service(config, S3_MODEL)
+    manifest = inferenceservice.build(config, S3_MODEL)
     jsonschema.validate(manifest, openapi_schema(manifest))
     assert fields_outside_schema(manifest, openapi_schema(manifest)) == []
     assert manifest["metadata"]["name"] == "medssr-qwen3" and manifest["metadata"]["namespace"] == "ml"
@@ -57,20 +50,25 @@ def test_deploy_config_refuses_what_kserve_cannot_load():
     assert DeployConfig(model="m").registry_reference == "models:/m@champion"
     assert DeployConfig(model="models:/m/4").registry_reference == "models:/m/4"
     cpu = DeployConfig(model="m", storage_uri=S3_MODEL, gpus=0)
-    args = render_inference_service(cpu, S3_MODEL)["spec"]["predictor"]["model"]["args"]
+    args = inferenceservice.build(cpu, S3_MODEL)["spec"]["predictor"]["model"]["args"]
     assert "--backend=huggingface" in args and not any(a.startswith("--gpu-memory") for a in args)
 
 
-def test_readiness_names_the_failing_condition():
-    assert readiness({}) == (False, "no status conditions yet (is the KServe controller running?)")
+def test_state_names_the_failing_condition():
+    assert (state({}).phase, state({}).detail) == ("Pending", "no status conditions yet (is the KServe controller running?)")
     failing = {"status": {"conditions": [
         {"type": "IngressReady", "status": "True"},
         {"type": "PredictorReady", "status": "False", "reason": "RevisionMissing", "message": "no revision"},
         {"type": "Ready", "status": "False"},
     ]}}
-    assert readiness(failing) == (False, "PredictorReady=False (RevisionMissing: no revision)")
+    assert (state(failing).phase, state(failing).detail) == ("NotReady", "PredictorReady=False: RevisionMissing: no revision")
     stale = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}}
-    assert readiness(stale)[0] is False
+    assert state(stale).phase == "NotReady" and "generation 1" in state(stale).detail
+    ready = {"status": {"url": "http://m.example.com", "conditions": [{"type": "Ready", "status": "True"}]}}
+    assert (state(ready).phase, state(ready).detail) == ("Ready", "http://m.example.com")
+    failed = {"status": {"conditions": [{"type": "Ready", "status": "False"}], "modelStatus": {
+        "transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "no config.json"}}}}
+    assert (state(failed).phase, state(failed).detail) == ("Failed", "BlockedByFailedLoad: ModelLoadFailed no config.json")
 
 
 # ----------------------------------------------------------------------------- against kube-apiserver
@@ -117,7 +115,7 @@ def test_inference_service_survives_admission_intact(kube_cluster, kube_namespac
                           runtime="kserve-huggingfaceserver", gpus=2, cpu="8", memory="48Gi", min_replicas=0,
                           max_replicas=2, node_selector={"nvidia.com/gpu.present": "true"},
                           tolerations=[GPU_TOLERATION], deployment_mode="RawDeployment")
-    manifest = render_inference_service(config, S3_MODEL)
+    manifest = inferenceservice.build(config, S3_MODEL)
     _objects(kube_cluster).create_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, manifest)
     stored = _objects(kube_cluster).get_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, manifest["metadata"]["name"])
     assert missing_or_changed(manifest, stored) == []
@@ -173,7 +171,7 @@ def test_deploy_reports_the_failing_condition(kube_cluster, kube_namespace, caps
                  "--kubeconfig", str(kube_cluster.kubeconfig), "--timeout", "2"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "not Ready after 2 s" in err and "PredictorReady=False (ProgressDeadlineExceeded: 0/3 nodes" in err
+    assert "not Ready after 2 s" in err and "PredictorReady=False: ProgressDeadlineExceeded: 0/3 nodes" in err
 
     failed_load = {"conditions": failing, "modelStatus": {
         "transitionStatus": "BlockedByFailedLoad", "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "no config.json"}}}

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from medssr.generation import GeneratorConfig, SamplingParams, build_generator
+from medssr.errors import UserError
 from medssr.models import resolve_model
 
 CHAT = [{"role": "system", "content": "You are a medical expert."}, {"role": "user", "content": "Which gene is causal?"}]
@@ -118,7 +119,7 @@ def test_unknown_backend_is_named():
 
 def test_resolve_model_local_missing_and_hub_id(tiny_model, tmp_path):
     assert resolve_model(tiny_model) == str(tiny_model)
-    with pytest.raises(FileNotFoundError, match="no model folder"):
+    with pytest.raises(UserError, match="no model folder"):
         resolve_model(tmp_path / "missing")
     assert resolve_model("Qwen/Qwen3-8B-Base") == "Qwen/Qwen3-8B-Base"
 

@@ -33,7 +33,7 @@ from medssr.launch import (
     run_training_job,
 )
 from medssr.launch.base import training_arguments
-from medssr.launch.trainjob import PATCH_MANAGER, TRAINER_NODE
+from medssr.kube.trainjob import PATCH_MANAGER, TRAINER_NODE
 from tests.plugins.kube import fields_outside_schema, missing_or_changed, openapi_schema
 
 IMAGE = "registry.example.com/medssr:0.1.0-gpu"
@@ -326,7 +326,7 @@ def test_pytorchjob_object_carries_the_spec_and_labels(kube_cluster, kube_namesp
     ]
     (container,) = pod["containers"]
     assert container["name"] == "pytorch" and container["image"] == IMAGE
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert container["command"][:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=4"]
     command = container["command"]
     assert command[command.index("-m", 3) + 1] == "medssr.training"
@@ -366,7 +366,9 @@ def test_pytorchjob_requests_gpus_shared_memory_and_placement(kube_cluster, kube
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"] == [GPU_TOLERATION]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
         (container,) = pod["containers"]
-        assert container["resources"] == {"requests": {"cpu": "32", "memory": "256Gi"}, "limits": {"memory": "256Gi", "nvidia.com/gpu": 8}}
+        # CPU is requested, not capped (a capped CPU throttles the training processes); a GPU's request is its limit.
+        assert container["resources"] == {"requests": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "8"},
+                                          "limits": {"memory": "256Gi", "nvidia.com/gpu": "8"}}
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
         command = container["command"]
         assert command[3] == "--nproc-per-node=8"
@@ -580,7 +582,7 @@ def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
     assert spec["runtimeRef"] == {"name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
     trainer = spec["trainer"]
     assert trainer["image"] == IMAGE and trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4
-    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
     assert trainer["command"][trainer["command"].index("--stage") + 1] == "supervised"
     assert {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "medssr-s3", "key": "accessKey"}}} in trainer["env"]
     (trainer_job,) = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
@@ -687,7 +689,7 @@ def test_train_dry_run_prints_the_job_its_crd_admits(launcher, gpu_cluster_confi
         (trainer_job,) = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
         pod = trainer_job["template"]["spec"]["template"]["spec"]
         resources, command, mounts = trainer["resourcesPerNode"], trainer["command"], pod["containers"][0]["volumeMounts"]
-    assert resources == {"requests": {"cpu": "32", "memory": "256Gi"}, "limits": {"memory": "256Gi", "nvidia.com/gpu": 8}}
+    assert resources == {"requests": {"cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "8"}, "limits": {"memory": "256Gi", "nvidia.com/gpu": "8"}}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"] == [GPU_TOLERATION]
     assert pod["serviceAccountName"] == "medssr-trainer"
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from medssr.cluster import ClusterDefaults
+from medssr.kube.pods import resources
 from tests.plugins.kube import crd_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,20 +131,20 @@ def test_settings_configmap_parses(rendered, overlay):
             "spec": {
                 "nodeSelector": workload.node_selector,
                 "tolerations": workload.tolerations,
-                "containers": [{"name": "main", "image": "medssr:test", "resources": workload.resources()}],
+                "containers": [{"name": "main", "image": "medssr:test", "resources": resources(workload.cpu, workload.memory, workload.gpus)}],
             },
         }
         kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
     if overlay == "gpu":
         assert defaults.device == "cuda" and defaults.generation_backend == "vllm"
         assert defaults.train.gpus >= 1 and defaults.predictor.gpus >= 1
-        assert defaults.train.resources()["limits"]["nvidia.com/gpu"] == str(defaults.train.gpus)
+        assert resources(gpus=defaults.train.gpus)["limits"]["nvidia.com/gpu"] == str(defaults.train.gpus)
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in defaults.train.tolerations
         assert defaults.train.node_selector
     else:
         assert defaults.device == "cpu" and defaults.generation_backend == "transformers"
         assert defaults.train.gpus == 0 and defaults.predictor.gpus == 0
-        assert "nvidia.com/gpu" not in defaults.train.resources()["limits"]
+        assert "nvidia.com/gpu" not in resources(defaults.train.cpu, defaults.train.memory, defaults.train.gpus)["limits"]
         assert defaults.train.tolerations == [] and defaults.train.node_selector == {}
 
 
@@ -388,7 +389,7 @@ def test_cluster_objects_built_from_the_gpu_settings(kube_cluster, kube_namespac
     finds them all by run id."""
     from kubernetes import client
 
-    from medssr.cluster import query_run_status
+    from medssr.kube.run_status import query_run_status
     from medssr.launch.base import JobSpec, SecretEnvVar, VolumeMount
     from medssr.launch.pytorchjob import PyTorchJobLauncher, PyTorchJobLauncherConfig
     from medssr.launch.trainjob import TrainJobLauncher, TrainJobLauncherConfig
@@ -432,10 +433,11 @@ def test_cluster_objects_built_from_the_gpu_settings(kube_cluster, kube_namespac
                 assert pod["spec"]["nodeSelector"] == defaults.train.node_selector
         custom.create_namespaced_custom_object(*body["apiVersion"].split("/"), kube_namespace, plural, body)
     # The InferenceService rendered with the same settings runs under the account that carries the S3 Secret.
-    from medssr.serving.deploy import DeployConfig, render_inference_service
+    from medssr.kube import inferenceservice
+    from medssr.serving.deploy import DeployConfig
 
     deploy = DeployConfig(model="medssr-policy@champion", namespace=kube_namespace, run_id="gpu-settings")
-    service = render_inference_service(deploy.with_cluster_defaults(defaults), "s3://medssr/models/policy/3")
+    service = inferenceservice.build(deploy.with_cluster_defaults(defaults), "s3://medssr/models/policy/3")
     errors = list(validators[(service["apiVersion"], service["kind"])].iter_errors(service))
     assert not errors, f"InferenceService: {errors[0].message} at {list(errors[0].path)}"
     account = _by_kind(docs, "ServiceAccount", service["spec"]["predictor"]["serviceAccountName"])
@@ -470,7 +472,8 @@ def test_readme_cluster_commands(tmp_path):
     from kubernetes import client
 
     from medssr import cli
-    from medssr.cluster import RunStatus, kubectl_commands, standard_labels
+    from medssr.kube.labels import standard_labels
+    from medssr.kube.run_status import RunStatus, kubectl_commands
     from tests.plugins.kube import _require_build, start_kube_cluster
 
     _require_build()  # skips (fails under CI) like the kube_cluster fixture when the build is missing
@@ -496,7 +499,8 @@ def test_readme_cluster_commands(tmp_path):
         def create_run_objects() -> None:
             """What the pipeline and `medssr deploy medssr@champion` create (the deploy rendered by its own
             code, with the model location given instead of resolved through MLflow)."""
-            from medssr.serving.deploy import DeployConfig, render_inference_service
+            from medssr.kube import inferenceservice
+            from medssr.serving.deploy import DeployConfig
 
             custom = client.CustomObjectsApi(private.api_client())
             labels = standard_labels(run_id, "train-self", "training")
@@ -504,7 +508,7 @@ def test_readme_cluster_commands(tmp_path):
             job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": f"{run_id}-self", "labels": labels},
                    "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": template}}}}
             custom.create_namespaced_custom_object("kubeflow.org", "v1", "medssr", "pytorchjobs", job)
-            service = render_inference_service(
+            service = inferenceservice.build(
                 DeployConfig(model="medssr@champion", namespace="medssr", run_id=run_id), "s3://medssr/mlflow/models/m-1"
             )
             custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", "medssr", "inferenceservices", service)

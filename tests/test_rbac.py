@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medssr.cluster import standard_labels
+from medssr.kube.labels import standard_labels
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 

@@ -507,7 +507,7 @@ def test_medssr_ask_prints_reasoning_and_letter(kserve_server, capsys):
 
 @pytest.mark.slow
 def test_registry_alias_resolves_to_a_loadable_model_folder(mlflow_server, tiny_model, tmp_path, monkeypatch):
-    from medssr.serving.predictor import resolve_model_source
+    from medssr.models import resolve_model
     from medssr.tracking import Tracker, TrackingConfig, register_model_folder
 
     tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="serve-test"))
@@ -516,7 +516,7 @@ def test_registry_alias_resolves_to_a_loadable_model_folder(mlflow_server, tiny_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.chdir(tmp_path)  # the registry download cache goes under ./.medssr
     for reference in ("serve-tiny@champion", "models:/serve-tiny@champion"):
-        folder = resolve_model_source(reference)
+        folder = resolve_model(reference)
         assert (Path(folder) / "model.safetensors").is_file() and (Path(folder) / "tokenizer.json").is_file()
     with pytest.raises(ValueError, match="no such registered model version"):
-        resolve_model_source("serve-tiny@nonexistent")
+        resolve_model("serve-tiny@nonexistent")

@@ -7,25 +7,14 @@ import datetime as dt
 import shlex
 import subprocess
 import sys
+import types
 
 import pytest
 
-from medssr import cli, cluster
-from medssr.cluster import (
-    RunObject,
-    RunStatus,
-    format_status_table,
-    human_age,
-    inferenceservice_phase,
-    kubectl_commands,
-    pod_phase,
-    pytorchjob_phase,
-    query_run_status,
-    run_selector,
-    standard_labels,
-    trainjob_phase,
-    validate_label_value,
-)
+from medssr import cli
+from medssr.kube import inferenceservice, pods, pytorchjob, run_status, trainjob
+from medssr.kube.labels import run_selector, standard_labels, validate_label_value
+from medssr.kube.run_status import RunObject, RunStatus, format_status_table, human_age, kubectl_commands, query_run_status
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.timezone.utc)
 
@@ -58,45 +47,51 @@ def _cond(type_: str, status: str = "True", reason: str = "", message: str = "",
     return condition
 
 
+def phase(reader, status: dict) -> tuple[str, str]:
+    """(phase, detail) a kind's state reader gives an object with this status."""
+    state = reader({"status": status})
+    return state.phase, state.detail
+
+
 def test_pytorchjob_phase():
-    assert pytorchjob_phase({}) == ("Pending", "")
+    assert phase(pytorchjob.state, {}) == ("Pending", "")
     created = _cond("Created", at="2026-11-25T11:00:00Z")
     running = _cond("Running", reason="JobRunning", at="2026-11-25T11:01:00Z")
-    assert pytorchjob_phase({"conditions": [created, running]}) == ("Running", "JobRunning")
+    assert phase(pytorchjob.state, {"conditions": [created, running]}) == ("Running", "JobRunning")
     # The operator keeps Running=False next to a final condition; the final one wins.
     done = [created, {**running, "status": "False"}, _cond("Succeeded", reason="JobSucceeded", at="2026-11-25T11:09:00Z")]
-    assert pytorchjob_phase({"conditions": done}) == ("Succeeded", "JobSucceeded")
+    assert phase(pytorchjob.state, {"conditions": done}) == ("Succeeded", "JobSucceeded")
     failed = [created, _cond("Failed", reason="JobFailed", message="master exited with code 1")]
-    assert pytorchjob_phase({"conditions": failed}) == ("Failed", "JobFailed: master exited with code 1")
+    assert phase(pytorchjob.state, {"conditions": failed}) == ("Failed", "JobFailed: master exited with code 1")
 
 
 def test_trainjob_phase():
-    assert trainjob_phase({}) == ("Created", "")
-    assert trainjob_phase({"jobsStatus": [{"name": "node", "active": 2}]}) == ("Running", "")
-    assert trainjob_phase({"conditions": [_cond("Complete", reason="JobsCompleted")]}) == ("Complete", "JobsCompleted")
-    assert trainjob_phase({"conditions": [_cond("Failed", reason="BackoffLimitExceeded")]})[0] == "Failed"
-    assert trainjob_phase({"conditions": [_cond("Suspended", reason="Suspended")]})[0] == "Suspended"
+    assert phase(trainjob.state, {}) == ("Created", "")
+    assert phase(trainjob.state, {"jobsStatus": [{"name": "node", "active": 2}]}) == ("Running", "node: 2 active, 0 ready")
+    assert phase(trainjob.state, {"conditions": [_cond("Complete", reason="JobsCompleted")]}) == ("Complete", "JobsCompleted")
+    assert phase(trainjob.state, {"conditions": [_cond("Failed", reason="BackoffLimitExceeded")]})[0] == "Failed"
+    assert phase(trainjob.state, {"conditions": [_cond("Suspended", reason="Suspended")]})[0] == "Suspended"
 
 
 def test_inferenceservice_phase():
-    assert inferenceservice_phase({}) == ("Pending", "")
+    assert phase(inferenceservice.state, {}) == ("Pending", "no status conditions yet (is the KServe controller running?)")
     ready = {"url": "http://m.medssr.example.com", "conditions": [_cond("PredictorReady"), _cond("Ready")]}
-    assert inferenceservice_phase(ready) == ("Ready", "http://m.medssr.example.com")
+    assert phase(inferenceservice.state, ready) == ("Ready", "http://m.medssr.example.com")
     waiting = {"conditions": [_cond("PredictorReady", "False", "RevisionMissing", "no revision"), _cond("Ready", "False")]}
-    assert inferenceservice_phase(waiting) == ("NotReady", "PredictorReady: RevisionMissing: no revision")
+    assert phase(inferenceservice.state, waiting) == ("NotReady", "PredictorReady=False: RevisionMissing: no revision")
 
 
 def test_pod_phase():
-    assert pod_phase({}) == ("Pending", "")
+    assert phase(pods.state, {}) == ("Pending", "")
     crash = {
         "phase": "Running",
         "containerStatuses": [
             {"name": "pytorch", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
         ],
     }
-    assert pod_phase(crash) == ("Running", "pytorch: CrashLoopBackOff, restarts=3")
+    assert phase(pods.state, crash) == ("Running", "pytorch: CrashLoopBackOff, restarts=3")
     done = {"phase": "Succeeded", "containerStatuses": [{"name": "p", "state": {"terminated": {"reason": "Completed"}}}]}
-    assert pod_phase(done) == ("Succeeded", "")
+    assert phase(pods.state, done) == ("Succeeded", "")
 
 
 @pytest.mark.parametrize(
@@ -169,7 +164,7 @@ def run_objects(kube_cluster):
     api = kube_cluster.api_client()
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
-    resources = {kind: (group, version, plural) for kind, group, version, plural in cluster.RUN_CUSTOM_RESOURCES}
+    resources = {kind.KIND: (kind.GROUP, kind.VERSION, kind.PLURAL) for kind in run_status.RUN_CUSTOM_RESOURCES}
 
     def create(body: dict, status: dict | None = None) -> None:
         group, version, plural = resources[body["kind"]]
@@ -300,9 +295,9 @@ def test_status_of_an_unknown_run(kube_cluster, run_objects, capsys):
 def test_status_reports_an_uninstalled_crd(kube_cluster, run_objects, monkeypatch):
     """The API server answers 404 for a kind it does not serve; status lists the rest and names the kind."""
     namespace, run_id = run_objects
-    monkeypatch.setattr(
-        cluster, "RUN_CUSTOM_RESOURCES", (*cluster.RUN_CUSTOM_RESOURCES, ("MPIJob", "kubeflow.org", "v2beta1", "mpijobs"))
-    )
+    mpijob = types.SimpleNamespace(KIND="MPIJob", GROUP="kubeflow.org", VERSION="v2beta1", PLURAL="mpijobs",
+                                   POD_OWNER_LABEL="training.kubeflow.org/job-name", state=pytorchjob.state)
+    monkeypatch.setattr(run_status, "RUN_CUSTOM_RESOURCES", (*run_status.RUN_CUSTOM_RESOURCES, mpijob))
     status = query_run_status(kube_cluster.api_client(), run_id, namespace)
     assert status.missing_kinds == ["MPIJob"]
     assert len(status.objects) == 6

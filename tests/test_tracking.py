@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from medssr.errors import UserError
+from medssr.models import RegistryReference, registry_reference
 from medssr.tracking import (
     PARENT_TAG,
     Tracker,
@@ -18,7 +20,6 @@ from medssr.tracking import (
     config_hash,
     flatten,
     local_tracking_uri,
-    parse_model_reference,
     register_model_folder,
     resolve_model_reference,
 )
@@ -34,10 +35,13 @@ def test_flatten_and_hash_are_canonical():
 
 
 def test_model_references_parse_and_reject():
-    assert parse_model_reference("models:/medssr@champion") == ("medssr", "champion", None)
-    assert parse_model_reference("models:/medssr/3") == ("medssr", None, "3")
-    with pytest.raises(ValueError, match="not a model reference"):
-        parse_model_reference("runs:/abc/model")
+    assert RegistryReference.parse("models:/medssr@champion") == RegistryReference("medssr", alias="champion")
+    assert RegistryReference.parse("models:/medssr/3") == RegistryReference("medssr", version="3")
+    assert str(RegistryReference.parse("medssr", default_alias="champion")) == "models:/medssr@champion"
+    assert str(registry_reference("medssr", "7")) == "models:/medssr/7" and str(registry_reference("medssr", "candidate")) == "models:/medssr@candidate"
+    for bad in ("runs:/abc/model", "medssr", "not a model ref"):
+        with pytest.raises(UserError, match="not a registered model reference"):
+            RegistryReference.parse(bad)
 
 
 @pytest.mark.slow

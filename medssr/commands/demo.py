@@ -50,13 +50,13 @@ def run_demo(config: DemoConfig, items: list[MCQItem] = EXAMPLES) -> list[dict]:
     """Answer ``items`` and return one row per item: completion, extracted letters, gold answer."""
     from medssr.answers import extract_answer
     from medssr.generation import GeneratorConfig, SamplingParams, build_generator
-    from medssr.models import build_smollm2, resolve_model
+    from medssr.models import resolve_model
     from medssr.prompts import build_messages
 
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # three answers need no progress bars between them
-    model = resolve_model(config.model) if config.model else str(build_smollm2())
+    model = resolve_model(config.model or "smollm2")
     generator = build_generator(GeneratorConfig(model=model, batch_size=len(items), progress=False))
     sampling = SamplingParams(temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed)
     completions = generator.generate([build_messages(item) for item in items], n=1, sampling=sampling)

@@ -6,13 +6,8 @@ import sys
 
 
 def _deploy(args) -> int:
-    from medssr.serving.deploy import (
-        DeployConfig,
-        DeployError,
-        render_inference_service,
-        resolve_storage_uri,
-        run_deploy,
-    )
+    from medssr.kube import inferenceservice
+    from medssr.serving.deploy import DeployConfig, DeployError, resolve_storage_uri, run_deploy
 
     config = DeployConfig(
         model=args.model, namespace=args.namespace, name=args.name, storage_uri=args.storage_uri,
@@ -22,9 +17,9 @@ def _deploy(args) -> int:
         wait=not args.no_wait, timeout_s=args.timeout,
     )
     if args.dry_run:
-        import yaml
+        from medssr.kube.manifests import manifest_yaml
 
-        print(yaml.safe_dump(render_inference_service(config, resolve_storage_uri(config)), sort_keys=False), end="")
+        print(manifest_yaml(inferenceservice.build(config, resolve_storage_uri(config))), end="")
         return 0
     try:
         result = run_deploy(config)

@@ -24,40 +24,20 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_status_command)
 
 
-def _api_client(kubeconfig: str | None, context: str | None):
-    from pathlib import Path
-
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    from medssr.cluster import bounded_api_client
-
-    if kubeconfig is not None and not Path(kubeconfig).is_file():
-        raise FileNotFoundError(f"kubeconfig {kubeconfig} does not exist")
-    configuration = client.Configuration()
-    try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-    except (ConfigException, FileNotFoundError) as kubeconfig_error:
-        if kubeconfig is not None or context is not None:
-            raise ValueError(f"cannot load kubeconfig: {kubeconfig_error}") from None
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except ConfigException:
-            raise ValueError(f"no cluster credentials: {kubeconfig_error} (pass --kubeconfig)") from None
-    return bounded_api_client(configuration)
-
-
 def run_status_command(args: argparse.Namespace) -> int:
     from kubernetes.client.rest import ApiException
 
-    from medssr.cluster import format_status_table, kube_reachable, kubectl_commands, query_run_status
+    from medssr.errors import UserError
+    from medssr.kube.client import api_client as build_api_client
+    from medssr.kube.client import api_message, reachable
+    from medssr.kube.run_status import format_status_table, kubectl_commands, query_run_status
 
-    api_client = _api_client(args.kubeconfig, args.context)
+    api_client = build_api_client(args.kubeconfig, args.context)
     try:
-        with kube_reachable(api_client):
+        with reachable(api_client):
             status = query_run_status(api_client, args.run_id, args.namespace)
     except ApiException as error:
-        raise ValueError(f"the API server refused the query: {error.status} {error.reason}") from None
+        raise UserError(f"the API server refused the query: {error.status} {api_message(error)}") from None
     finally:
         api_client.close()
 

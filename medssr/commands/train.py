@@ -131,7 +131,7 @@ def _cluster_defaults(path: str | None):
 def _on_cluster(config, args) -> int:
     launcher, spec = cluster_job(config, args)
     if args.dry_run:
-        from medssr.cluster import manifest_yaml
+        from medssr.kube.manifests import manifest_yaml
 
         print(manifest_yaml(launcher.build_object(spec)), end="")
         return 0

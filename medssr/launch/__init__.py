@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import fields
 
-from medssr.cluster import kube_reachable
+from medssr.kube.client import reachable
 from medssr.launch.base import (
     JobHandle,
     JobSpec,
@@ -90,8 +90,8 @@ def run_training_job(
     """
     launcher = build_launcher(launcher_config)
     # A cluster backend's API server that stops answering is reported by name, not as a urllib3 traceback.
-    reachable = kube_reachable(launcher.api) if isinstance(launcher, CustomJobLauncher) else contextlib.nullcontext()
-    with reachable:
+    api_reachable = reachable(launcher.api) if isinstance(launcher, CustomJobLauncher) else contextlib.nullcontext()
+    with api_reachable:
         handle = launcher.submit(spec)
         log.info("submitted %s job %s", handle.backend, handle.name)
         follower = None

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from medssr.cluster import validate_label_value
+from medssr.kube.labels import validate_label_value
+from medssr.kube.pods import SHM_VOLUME_NAME
 
 TRAINING_MODULE = "medssr.training"
 JobState = Literal["Pending", "Running", "Succeeded", "Failed", "Timeout"]
 FINAL_STATES = ("Succeeded", "Failed")
 MAX_NAME_LENGTH = 63
-SHM_VOLUME_NAME = "dshm"
 
 
 @dataclass

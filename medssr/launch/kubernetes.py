@@ -1,24 +1,23 @@
-"""What the PyTorchJob and TrainJob backends share: the API client, create/wait/logs/delete of a custom object,
-and reading its conditions. Each backend supplies the object and how to read its state."""
+"""What the PyTorchJob and TrainJob backends share: create/wait/logs/delete of a custom object through the one API
+client of ``medssr.kube``. Each backend names its kind's module (group/version/plural, object builder, state
+reader) and how the kind's phases map onto the launcher's job states."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from medssr.cluster import bounded_api_client, standard_labels
-from medssr.launch.base import SHM_VOLUME_NAME, JobHandle, JobSpec, JobStatus, last_lines
+from medssr.errors import UserError
+from medssr.kube import client as kube_client
+from medssr.kube.labels import standard_labels
+from medssr.launch.base import FINAL_STATES, JobHandle, JobSpec, JobState, JobStatus, last_lines, torchrun_command
 
 log = logging.getLogger(__name__)
 WATCH_CHUNK_S = 30  # re-list after this long so a silently dropped watch cannot stall a wait
-# NCCL (and PyTorch's data-loader workers) exchange tensors through /dev/shm; a container's default is 64 MiB.
-SHM_PATH = "/dev/shm"
 
 
 @dataclass
@@ -44,98 +43,26 @@ class KubernetesLauncherConfig:
     log_tail_lines: int = field(default=20, metadata={"help": "Master pod log lines quoted in a Failed status."})
 
 
-def api_client_for(config: KubernetesLauncherConfig):
-    """An ApiClient (bounded retries and timeouts) from the kubeconfig, the in-cluster service account, or
-    ~/.kube/config (in that order)."""
-    from kubernetes import client
-    from kubernetes import config as kube_config
-
-    configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not config.context and not config.kubeconfig:
-        kube_config.load_incluster_config(client_configuration=configuration)
-    else:
-        kube_config.load_kube_config(config_file=config.kubeconfig, context=config.context, client_configuration=configuration)
-    return bounded_api_client(configuration)
-
-
 def job_labels(spec: JobSpec) -> dict[str, str]:
     return {**spec.labels, **standard_labels(spec.run_id, spec.stage, "training")}
 
 
-def env_list(spec: JobSpec) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in spec.env.items()]
-    for item in spec.secret_env:
-        ref = {"name": item.secret_name, "key": item.key}
-        if item.optional:
-            ref["optional"] = True
-        env.append({"name": item.name, "valueFrom": {"secretKeyRef": ref}})
-    return env
-
-
-def resources(spec: JobSpec) -> dict[str, dict[str, Any]]:
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    if spec.cpu:
-        requests["cpu"] = spec.cpu
-    if spec.memory:
-        requests["memory"] = limits["memory"] = spec.memory
-    if spec.gpus_per_node:
-        limits["nvidia.com/gpu"] = spec.gpus_per_node
-    return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
-
-
-def volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes, container volumeMounts): the spec's PVCs, and a memory-backed /dev/shm when it needs one."""
-    pod_volumes = [{"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name}} for v in spec.volumes]
-    mounts = []
-    for v in spec.volumes:
-        mount: dict[str, Any] = {"name": v.name, "mountPath": v.mount_path}
-        if v.read_only:
-            mount["readOnly"] = True
-        if v.sub_path:
-            mount["subPath"] = v.sub_path
-        mounts.append(mount)
-    if spec.needs_shared_memory:
-        empty_dir: dict[str, Any] = {"medium": "Memory"}
-        if spec.shm_size:
-            empty_dir["sizeLimit"] = spec.shm_size
-        pod_volumes.append({"name": SHM_VOLUME_NAME, "emptyDir": empty_dir})
-        mounts.append({"name": SHM_VOLUME_NAME, "mountPath": SHM_PATH})
-    return pod_volumes, mounts
-
-
-def pod_placement(config: KubernetesLauncherConfig) -> dict[str, Any]:
-    """The pod-spec fields that place a training pod: service account, node selector, tolerations (those set)."""
-    placement: dict[str, Any] = {}
-    if config.service_account_name:
-        placement["serviceAccountName"] = config.service_account_name
-    if config.node_selector:
-        placement["nodeSelector"] = dict(config.node_selector)
-    if config.tolerations:
-        placement["tolerations"] = list(config.tolerations)
-    return placement
-
-
-def true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The object's conditions with status True, by type."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return {c.get("type"): c for c in conditions if str(c.get("status")) == "True"}
-
-
-class CustomJobLauncher(ABC):
-    """create / wait / logs / delete of one namespaced custom resource kind. Subclasses set the kind and
-    implement `build_object`, `state_of` and `master_pod_selector`."""
+class CustomJobLauncher:
+    """create / wait / logs / delete of one namespaced custom resource kind. Subclasses set `resource` (the kind's
+    module in ``medssr.kube``) and `job_states` (its phases that are not Pending, as launcher states)."""
 
     backend = ""
-    group = version = plural = kind = ""
+    resource: Any = None
+    job_states: dict[str, JobState] = {}
 
     def __init__(self, config: KubernetesLauncherConfig) -> None:
         self.config = config
+        self.group, self.version, self.plural, self.kind = self.resource.GROUP, self.resource.VERSION, self.resource.PLURAL, self.resource.KIND
 
     # The API client is made on first use: building an object (`--dry-run`) needs no cluster or kubeconfig.
     @cached_property
     def api(self):
-        return api_client_for(self.config)
+        return kube_client.api_client(self.config.kubeconfig, self.config.context)
 
     @cached_property
     def custom(self):
@@ -149,32 +76,28 @@ class CustomJobLauncher(ABC):
 
         return client.CoreV1Api(self.api)
 
-    # --- what a backend provides ---------------------------------------------------------------------------
-    @abstractmethod
     def build_object(self, spec: JobSpec) -> dict[str, Any]:
-        ...
+        return self.resource.build(spec, self.config, torchrun_command(spec), job_labels(spec))
 
-    @abstractmethod
     def state_of(self, obj: dict[str, Any]) -> JobStatus:
-        ...
-
-    @abstractmethod
-    def master_pod_selector(self, name: str) -> str:
-        ...
+        state = self.resource.state(obj)
+        job_state = self.job_states.get(state.phase, "Pending")
+        reason = state.reason or (state.phase if job_state in FINAL_STATES else "")
+        return JobStatus(job_state, reason, state.message)
 
     # --- the contract -------------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
         from kubernetes.client.rest import ApiException
 
         if not spec.image:
-            raise ValueError(f"image: required for the {self.backend} backend")
+            raise UserError(f"image: required for the {self.backend} backend")
         body = self.build_object(spec)
         name, namespace = body["metadata"]["name"], self.config.namespace
         try:
             self.custom.create_namespaced_custom_object(self.group, self.version, namespace, self.plural, body)
         except ApiException as error:
             if error.status != 409:
-                raise RuntimeError(f"creating {self.kind} {namespace}/{name} failed: {_api_message(error)}") from error
+                raise RuntimeError(f"creating {self.kind} {namespace}/{name} failed: {kube_client.api_message(error)}") from error
             if self.config.on_conflict != "reuse":
                 raise RuntimeError(
                     f"{self.kind} {namespace}/{name} already exists (run {spec.run_id}, stage {spec.stage}); "
@@ -254,7 +177,7 @@ class CustomJobLauncher(ABC):
                     return
                 except ApiException as error:
                     if not follow:
-                        raise RuntimeError(f"logs of pod {handle.namespace}/{name} unavailable: {_api_message(error)}") from error
+                        raise RuntimeError(f"logs of pod {handle.namespace}/{name} unavailable: {kube_client.api_message(error)}") from error
             elif not follow:
                 return
             if self._finished(handle):
@@ -281,7 +204,7 @@ class CustomJobLauncher(ABC):
     # --- helpers ------------------------------------------------------------------------------------------
     def master_pod(self, handle: JobHandle):
         """The job's master (rank 0) pod, or None before the operator created it."""
-        pods = self.core.list_namespaced_pod(handle.namespace, label_selector=self.master_pod_selector(handle.name)).items
+        pods = self.core.list_namespaced_pod(handle.namespace, label_selector=self.resource.master_pod_selector(handle.name)).items
         return min(pods, key=lambda pod: pod.metadata.name) if pods else None
 
     def _finished(self, handle: JobHandle) -> bool:
@@ -313,7 +236,7 @@ class CustomJobLauncher(ABC):
                     detail = f"pod {pod.metadata.name} has no log lines ({_pod_state(pod)})"
         except ApiException as error:
             where = f"pod {pod.metadata.name} ({_pod_state(pod)})" if pod else "the master pod"
-            detail = f"logs of {where} unavailable: {_api_message(error)}"
+            detail = f"logs of {where} unavailable: {kube_client.api_message(error)}"
         message = f"{status.message}\n{detail}" if status.message else detail
         return JobStatus(status.state, status.reason, message)
 
@@ -333,13 +256,3 @@ class CustomJobLauncher(ABC):
 def _pod_state(pod) -> str:
     phase = (pod.status.phase if pod.status else None) or "Unknown"
     return f"phase {phase}" + ("" if pod.spec.node_name else ", not scheduled to a node")
-
-
-def _api_message(error) -> str:
-    """The API server's own message from an ApiException body, else its reason."""
-    import json
-
-    try:
-        return json.loads(error.body).get("message") or str(error.reason)
-    except (TypeError, ValueError, AttributeError):
-        return f"{error.status} {error.reason}"

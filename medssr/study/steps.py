@@ -44,12 +44,7 @@ def prepare(study, folder: Path) -> dict:
     from medssr.study.prior import question_type
 
     config = study.config
-    if config.base_model == "tiny":
-        base = str(models.build_tiny_model(folder / "tiny-base", seed=config.seed))
-    elif config.base_model == "smollm2":
-        base = str(models.build_smollm2())
-    else:
-        base = config.base_model
+    base = models.model_location(config.base_model, build_dir=folder, seed=config.seed)
     split = split_stage2_data(
         SplitConfig(benchmarks_dir=benchmarks_dir(config), split_benchmark=config.split_benchmark, train_size=config.stage2_size, seed=config.seed),
         folder,
