@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from medssr.dependencies import reported_unreachable
+from medssr.dependencies import Dependency, botocore_retry_notices, reported_unreachable
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -64,7 +64,9 @@ def s3_client(settings: S3Settings | None = None):
         read_timeout=settings.read_timeout_s,
         retries={"mode": "standard", "total_max_attempts": attempts},
     )
-    return boto3.client("s3", endpoint_url=s3_endpoint() or None, config=config)
+    client = boto3.client("s3", endpoint_url=s3_endpoint() or None, config=config)
+    client.meta.events.register("needs-retry.s3", botocore_retry_notices(_s3_dependency(), attempts))
+    return client
 
 
 def _is_s3_unreachable(exc: BaseException) -> bool:
@@ -76,10 +78,15 @@ def _is_s3_unreachable(exc: BaseException) -> bool:
     )
 
 
+def _s3_dependency() -> Dependency:
+    settings = "AWS_MAX_ATTEMPTS and medssr.storage.S3Settings (connect_timeout_s, read_timeout_s, max_attempts)"
+    return Dependency("S3 endpoint", s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL)", settings)
+
+
 def _s3_reachable():
     """S3 calls in this block that find no endpoint answering raise DependencyUnavailable naming it."""
-    settings = "AWS_MAX_ATTEMPTS and medssr.storage.S3Settings (connect_timeout_s, read_timeout_s, max_attempts)"
-    return reported_unreachable("S3 endpoint", s3_endpoint() or "AWS S3 (no AWS_ENDPOINT_URL)", settings, _is_s3_unreachable)
+    dependency = _s3_dependency()
+    return reported_unreachable(dependency.what, dependency.url, dependency.settings, _is_s3_unreachable)
 
 
 class StorageError(OSError):

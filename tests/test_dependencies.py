@@ -50,6 +50,14 @@ def assert_one_line_report(result: subprocess.CompletedProcess, command: str, na
     return last
 
 
+def waiting_lines(stderr: str, what: str) -> list[str]:
+    """The progress lines printed while a client waited between tries, as "k of n"."""
+    prefix = f"waiting for {what}: attempt "
+    lines = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    assert all("the wait is set by" in line for line in lines), lines
+    return [line[len(prefix):].split(" failed")[0] for line in lines]
+
+
 def kubeconfig_for(server: str, folder: Path) -> Path:
     path = folder / "kubeconfig"
     path.write_text(json.dumps({
@@ -66,6 +74,8 @@ def test_stopped_mlflow_server_is_one_line_naming_it():
     result, seconds = report_of(["promote", "medssr", "--dry-run", "--tracking-uri", url])
     line = assert_one_line_report(result, "promote", f"MLflow tracking server at {url}")
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=3" in line and "Connection refused" in line
+    assert waiting_lines(result.stderr, f"MLflow tracking server at {url}") == ["1 of 4", "2 of 4", "3 of 4"]
+    assert "Retrying (Retry(" not in result.stderr  # urllib3's own line is replaced by the one naming the server
     print(f"\nMLflow, stopped server (defaults): reported after {seconds:.1f} s: {line}")
 
 
@@ -76,11 +86,12 @@ def test_hung_mlflow_server_is_bounded_by_the_request_timeout():
                                     env={"MLFLOW_HTTP_REQUEST_TIMEOUT": "2", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"})
     line = assert_one_line_report(result, "promote", f"MLflow tracking server at {url}")
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT=2" in line  # the user's own setting is the one in force, and named
+    assert waiting_lines(result.stderr, f"MLflow tracking server at {url}") == ["1 of 2"]
     print(f"\nMLflow, hung server (timeout 2 s, 1 retry): reported after {seconds:.1f} s: {line}")
 
 
 @pytest.mark.parametrize("kind", ["stopped", "hung"])
-def test_dead_s3_endpoint_is_named(kind, monkeypatch):
+def test_dead_s3_endpoint_is_named(kind, monkeypatch, caplog):
     from medssr import storage
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
@@ -93,8 +104,11 @@ def test_dead_s3_endpoint_is_named(kind, monkeypatch):
         monkeypatch.setenv("AWS_ENDPOINT_URL", url)
         started = time.monotonic()
         for call in (lambda: storage.read_text("s3://bucket/key"), lambda: storage.list_prefixes("s3://bucket/ckpt")):
-            with pytest.raises(DependencyUnavailable, match=f"S3 endpoint at {url} is unreachable") as caught:
-                call()
+            with caplog.at_level("WARNING", logger="medssr.dependencies"):
+                with pytest.raises(DependencyUnavailable, match=f"S3 endpoint at {url} is unreachable") as caught:
+                    call()
+    notices = [r.getMessage() for r in caplog.records if r.name == "medssr.dependencies"]
+    assert [waiting_lines(n, f"S3 endpoint at {url}") for n in notices] == [["1 of 2"], ["1 of 2"]]  # one per call
     print(f"\nS3, {kind} endpoint (1 s timeouts, 2 attempts): reported after {(time.monotonic() - started) / 2:.1f} s per call: {caught.value}")
 
 
@@ -107,6 +121,7 @@ def test_stopped_kubernetes_api_server_is_one_line_naming_it(tmp_path):
     server = refused_url("https")
     result, seconds = report_of(["status", "run-x", "--kubeconfig", str(kubeconfig_for(server, tmp_path))])
     line = assert_one_line_report(result, "status", f"Kubernetes API server at {server}")
+    assert waiting_lines(result.stderr, f"Kubernetes API server at {server}") == ["1 of 4", "2 of 4", "3 of 4"]
     print(f"\nKubernetes API, stopped server (defaults): reported after {seconds:.1f} s: {line}")
 
 
@@ -133,6 +148,7 @@ def test_stopped_kfp_host_is_one_line_naming_it():
     host = refused_url()
     result, seconds = report_of(["pipeline", "submit", "--host", host, "--param", "run_id=dead-host"])
     line = assert_one_line_report(result, "pipeline", f"KFP API server at {host}")
+    assert waiting_lines(result.stderr, f"KFP API server at {host}") == ["1 of 4", "2 of 4", "3 of 4"]
     print(f"\nKFP host, stopped server (defaults): reported after {seconds:.1f} s: {line}")
 
 

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -126,12 +127,13 @@ def test_resolve_model_local_missing_and_hub_id(tiny_model, tmp_path):
 
 # --- openai backend against a real local HTTP server (tests/plugins/openai_server.py) ---------------
 
+from medssr.dependencies import DependencyUnavailable  # noqa: E402
 from medssr.generation.openai_backend import GenerationRequestError, validate_letter  # noqa: E402
 
 
 def openai_config(server, **overrides) -> GeneratorConfig:
     settings = dict(backend="openai", model="tiny-medssr", base_url=server.base_url, api_key_env="MEDSSR_TEST_API_KEY",
-                    backoff_s=0.01, timeout_s=30, concurrency=3, progress=False)
+                    timeout_s=30, concurrency=3, progress=False)
     return GeneratorConfig(**{**settings, **overrides})
 
 
@@ -159,9 +161,27 @@ def test_openai_backend_retries_503_then_succeeds(openai_server):
     assert len(out) == 1 and len(openai_server.requests) == 3
 
 
+@pytest.mark.parametrize("status", [429, 503])
+def test_openai_backend_waits_as_long_as_retry_after_says_and_announces_it(openai_server, status, caplog):
+    """The openai client's own retry honours Retry-After (2 s here, where its backoff would wait 0.5 s, then 1 s)."""
+    openai_server.fail_next(2, status, retry_after=2)
+    with caplog.at_level("WARNING", logger="medssr.dependencies"):
+        out = build_generator(openai_config(openai_server, max_retries=3)).generate(["The answer is"], sampling=GREEDY)
+    arrivals = [request["at"] for request in openai_server.requests]
+    assert len(out) == 1 and len(arrivals) == 3
+    assert min(later - earlier for earlier, later in zip(arrivals, arrivals[1:])) >= 1.9
+    notices = [r.getMessage() for r in caplog.records if r.name == "medssr.dependencies"]
+    url = openai_server.base_url
+    assert notices == [
+        f"waiting for OpenAI-compatible endpoint at {url}: attempt {k} of 4 failed (HTTP {status}), attempt {k + 1} in 2.0 s "
+        "(the wait is set by GeneratorConfig max_retries=3, connect_timeout_s=5, health_timeout_s=10, timeout_s=30)"
+        for k in (1, 2)
+    ]
+
+
 def test_openai_backend_gives_up_after_its_retries(openai_server):
     openai_server.fail_next(5, 503)
-    with pytest.raises(GenerationRequestError, match="failed after 3 attempts; last error: HTTP 503"):
+    with pytest.raises(GenerationRequestError, match="refused the request after 3 attempts: HTTP 503"):
         build_generator(openai_config(openai_server, max_retries=2)).generate(["x"], sampling=GREEDY)
     assert len(openai_server.requests) == 3
 
@@ -176,20 +196,35 @@ def test_openai_backend_does_not_retry_a_400(openai_server):
     assert len(openai_server.requests) == 2
 
 
-def test_openai_backend_retries_connect_errors_and_times_out():
+def test_a_stopped_openai_endpoint_is_one_error_naming_it_its_url_and_the_settings(caplog):
     import socket
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nothing listens here once closed
-    config = GeneratorConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_s=0.01, progress=False)
-    with pytest.raises(GenerationRequestError, match="failed after 2 attempts; last error: ConnectError"):
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"  # nothing listens here once closed
+    config = GeneratorConfig(backend="openai", model="m", base_url=url, progress=False)  # default retries and timeouts
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="medssr.dependencies"), pytest.raises(DependencyUnavailable) as caught:
         build_generator(config).generate(["x"], sampling=GREEDY)
+    seconds = time.monotonic() - started
+    message = str(caught.value)
+    assert message.startswith(f"OpenAI-compatible endpoint at {url} is unreachable (")
+    assert "the wait is set by GeneratorConfig max_retries=3, connect_timeout_s=5, health_timeout_s=10" in message
+    assert seconds < 60  # the issue's bound for a dead server with the defaults
+    notices = [r.getMessage() for r in caplog.records if r.name == "medssr.dependencies"]
+    assert [n.split(": attempt ")[1][:6] for n in notices] == ["1 of 4", "2 of 4", "3 of 4"]
+    print(f"\nOpenAI endpoint, stopped server (defaults): reported after {seconds:.1f} s: {message}")
+
+
+def test_a_silent_openai_endpoint_is_reported_after_the_health_timeout():
+    import socket
+
     with socket.socket() as silent:  # accepts connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        config.base_url, config.timeout_s = f"http://127.0.0.1:{silent.getsockname()[1]}/v1", 0.2
-        with pytest.raises(GenerationRequestError, match="last error: ReadTimeout"):
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        config = GeneratorConfig(backend="openai", model="m", base_url=url, health_timeout_s=0.5, max_retries=1, progress=False)
+        with pytest.raises(DependencyUnavailable, match=f"OpenAI-compatible endpoint at {url} is unreachable .*timed out"):
             build_generator(config).generate(["x"], sampling=GREEDY)
 
 

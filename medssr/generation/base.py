@@ -49,15 +49,26 @@ class GeneratorConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Never on unless you trust the model repo."})
     base_url: str = field(default="", metadata={"help": "OpenAI-compatible base URL, e.g. http://host/openai/v1."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env var holding the API key (never the key)."})
-    timeout_s: float = field(default=120.0, metadata={"help": "Per-request timeout (openai)."})
-    max_retries: int = field(default=3, metadata={"help": "Retries with backoff on transient errors (openai)."})
+    timeout_s: float = field(
+        default=120.0, metadata={"help": "Seconds one completion request may take, generation included (openai)."}
+    )
+    connect_timeout_s: float = field(default=5.0, metadata={"help": "Seconds to open a connection to the endpoint (openai)."})
+    health_timeout_s: float = field(
+        default=10.0,
+        metadata={"help": "Seconds the check before the first request waits for any answer (openai): with the retries, "
+                          "a silent endpoint is reported after (max_retries + 1) x this."},
+    )
+    max_retries: int = field(
+        default=3,
+        metadata={"help": "Retries of a request that found no server, timed out or got 408/409/429/5xx (openai): the "
+                          "openai client's own, with its backoff (0.5 s doubling) or the server's Retry-After."},
+    )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "Share of GPU memory vLLM may use."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over batches/requests."})
     tokenizer: str = field(
         default="", metadata={"help": "Tokenizer folder of the served model (openai: enables logit_bias for letters)."}
     )
-    backoff_s: float = field(default=0.5, metadata={"help": "First retry delay, doubled per retry (openai)."})
     max_prompt_tokens: int = field(
         default=4096,
         metadata={"help": "Longest prompt (chat template included) in tokens; a longer record is rejected and counted, named by file and line."},

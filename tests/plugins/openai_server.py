@@ -3,13 +3,15 @@
 A stdlib ``ThreadingHTTPServer`` answers ``POST /v1/chat/completions`` and ``/v1/completions`` by running
 the tiny model through medssr's transformers backend. A ``logit_bias`` of +100 is honoured the way
 such a bias acts on a real server: only those tokens can be picked (sent to the backend as
-``allowed_letters``). Tests can script failures (``fail_next(2, 503)``) and read every request it got.
+``allowed_letters``). ``GET /v1/models`` lists the served model, as vLLM and KServe do. Tests can script
+failures (``fail_next(2, 503, retry_after=2)``) and read every completion request it got, with when it came.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +25,7 @@ class OpenAITestServer:
     httpd: ThreadingHTTPServer
     generator: object
     requests: list[dict] = field(default_factory=list)
-    scripted_statuses: list[int] = field(default_factory=list)
+    scripted_statuses: list[tuple[int, float | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -31,10 +33,10 @@ class OpenAITestServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def fail_next(self, count: int, status: int = 503) -> None:
-        """Answer the next ``count`` requests with ``status`` instead of completions."""
+    def fail_next(self, count: int, status: int = 503, retry_after: float | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` (and a ``Retry-After`` header) instead of completions."""
         with self.lock:
-            self.scripted_statuses += [status] * count
+            self.scripted_statuses += [(status, retry_after)] * count
 
     def reset(self) -> None:
         with self.lock:
@@ -78,22 +80,33 @@ def _handler(server_ref: dict):
         def log_message(self, *args):  # keep test output clean
             pass
 
-        def _reply(self, status: int, payload: dict) -> None:
+        def _reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
+        def do_GET(self):
+            if self.path != "/v1/models":
+                self._reply(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            self._reply(200, {"object": "list", "data": [{"id": SERVED_MODEL, "object": "model", "owned_by": "medssr"}]})
+
         def do_POST(self):
             server: OpenAITestServer = server_ref["server"]
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             with server.lock:
-                server.requests.append({"path": self.path, "body": body, "authorization": self.headers.get("Authorization")})
+                server.requests.append({"path": self.path, "body": body, "authorization": self.headers.get("Authorization"),
+                                        "at": time.monotonic()})
                 scripted = server.scripted_statuses.pop(0) if server.scripted_statuses else None
             if scripted is not None:
-                self._reply(scripted, {"error": {"message": f"scripted failure {scripted}"}})
+                status, retry_after = scripted
+                headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+                self._reply(status, {"error": {"message": f"scripted failure {status}"}}, headers)
                 return
             route = self.path.removeprefix("/v1/")
             if route not in ("chat/completions", "completions"):
