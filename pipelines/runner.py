@@ -66,9 +66,11 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def resolved_params(overrides: dict[str, Any], settings: ClusterSettings | None = None) -> dict[str, Any]:
     """Defaults + overrides, a run id, and ``pipeline_params``: the whole set as JSON for the parent run."""
     from medssr.components.steps import new_run_id
+    from medssr.configs import plain
 
     params = merged(pipeline_defaults(settings), overrides)
-    params = {k: {n: v for n, v in value.items() if v is not None} if isinstance(value, dict) else value for k, value in params.items()}
+    # KFP takes plain data (lists, no tuples) and no nulls: an unset setting keeps its config's default.
+    params = {k: {n: plain(v) for n, v in value.items() if v is not None} if isinstance(value, dict) else value for k, value in params.items()}
     params["run_id"] = params.get("run_id") or new_run_id()
     params["pipeline_params"] = json.dumps({k: v for k, v in sorted(params.items()) if k != "pipeline_params"})
     return params

@@ -729,15 +729,17 @@ def test_pipeline_train_step_takes_placement_and_resources_from_medssr_config(la
     and the job their CPU and memory: the job then validates against its CRD."""
     import jsonschema
 
-    from medssr.components.steps import launcher_config, train_defaults
+    from medssr.stages import TrainingJobConfig, training_job
+    from medssr.training import TrainingConfig
 
     (settings,) = [doc for doc in yaml.safe_load_all(gpu_cluster_config.read_text()) if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "medssr-config"]
     for key, value in settings["data"].items():
         monkeypatch.setenv(key, value)
-    config = launcher_config(launcher, "", "/unused")
+    job_config = TrainingJobConfig(launcher=launcher, image="medssr:test", nproc_per_node=8, gpus_per_node=8)
+    training = TrainingConfig(model="/workspace/base", data="/workspace/d.jsonl", output_dir="/workspace/out")
+    config, step_spec = training_job(job_config, training, "step1", "train-self", Path("/unused"), "/workspace")
     assert (config.namespace, config.node_selector, config.tolerations) == ("medssr", {"nvidia.com/gpu.present": "true"}, [GPU_TOLERATION])
-    defaults = train_defaults()
-    assert (defaults.cpu, defaults.memory) == ("32", "256Gi")
+    assert (step_spec.cpu, step_spec.memory) == ("32", "256Gi") and step_spec.volumes[0].claim_name == "medssr-workspace"
     spec = large_model_spec("step1")
     job = build_launcher(config).build_object(spec)
     jsonschema.validate(job, openapi_schema(job))

@@ -20,7 +20,7 @@ EXPECTED_TASKS = {
     "prepare", "synthesize", "pseudo-label", "train-stage1-self", "train-stage2-supervised", "evaluate",
     "register-and-gate", "promote", "deploy", "finish",
 }
-UNCACHED = EXPECTED_TASKS - {"synthesize"}
+UNCACHED = EXPECTED_TASKS  # every step records an MLflow run under this run's parent
 GROUPS = {"tracked-run", "gate-passed", "deploy-asked"}  # exit handler and the two dsl.If groups
 
 
@@ -81,12 +81,12 @@ def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeyp
     spec, platform = load_compiled(path)
     tasks = tasks_by_display_name(spec)
     assert set(tasks) == EXPECTED_TASKS | GROUPS
-    assert tasks["synthesize"]["cachingOptions"] == {"enableCache": True}
     assert all(not tasks[name]["cachingOptions"].get("enableCache") for name in UNCACHED)
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("base_model", "synth_n", "rare_ratio", "launcher", "stage1_max_steps", "margin", "tolerance", "deploy_model", "workspace"):
+    for name in ("base_model", "split", "synthesis", "labeling", "train_self", "training_job", "promotion", "deploy_model", "workspace"):
         assert name in params and "defaultValue" in params[name], name
-    assert params["launcher"]["defaultValue"] == "pytorchjob" and params["workspace"]["defaultValue"] == "/workspace"
+    assert params["training_job"]["defaultValue"]["launcher"] == "local" and params["workspace"]["defaultValue"] == "/workspace"
+    assert params["synthesis"]["defaultValue"]["rare_ratio"] == 0.5 and params["promotion"]["defaultValue"]["margin"] == 0.01
     assert set(params) == set(pipeline_defaults())
     # conditions: promote only past the gate, deploy only when asked
     conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in spec["root"]["dag"]["tasks"].values()]
@@ -118,12 +118,12 @@ def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeyp
 
 def test_param_overrides_are_typed():
     defaults = pipeline_defaults()
-    parsed = parse_overrides(["synth_n=12", "rare_ratio=0.25", "deploy_model=true", "base_model=x"], defaults)
-    assert parsed == {"synth_n": 12, "rare_ratio": 0.25, "deploy_model": True, "base_model": "x"}
+    parsed = parse_overrides(["synthesis.n=12", "synthesis.rare_ratio=0.25", "deploy_model=true", "base_model=x"], defaults)
+    assert parsed == {"synthesis": {"n": 12, "rare_ratio": 0.25}, "deploy_model": True, "base_model": "x"}
     with pytest.raises(ValueError, match="no such pipeline parameter"):
         parse_overrides(["nope=1"], defaults)
-    with pytest.raises(ValueError, match="expected a int"):
-        parse_overrides(["synth_n=many"], defaults)
+    with pytest.raises(ValueError, match="synthesis.n: 'many' is not a valid int"):
+        parse_overrides(["synthesis.n=many"], defaults)
 
 
 class RecordingKfpApi(BaseHTTPRequestHandler):
@@ -175,7 +175,7 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
     try:
         host = f"http://127.0.0.1:{server.server_port}"
         code = main(["pipeline", "submit", "--host", host, "--experiment", "rare-v2",
-                     "--param", "synth_n=50", "--param", "deploy_model=true", "--param", "run_id=run-test-1"])
+                     "--param", "synthesis.n=50", "--param", "deploy_model=true", "--param", "run_id=run-test-1"])
     finally:
         server.shutdown()
         server.server_close()
@@ -196,8 +196,9 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
     platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert platform["exec-train"]["pvcMount"][0]["mountPath"] == "/workspace"
     parameters = run["runtime_config"]["parameters"]
-    assert parameters["synth_n"] == 50 and parameters["deploy_model"] is True and parameters["experiment"] == "rare-v2"
-    assert json.loads(parameters["pipeline_params"])["synth_n"] == 50
+    assert parameters["synthesis"]["n"] == 50 and parameters["deploy_model"] is True and parameters["experiment"] == "rare-v2"
+    assert parameters["training_job"]["launcher"] == "pytorchjob" and parameters["base_model"] == "Qwen/Qwen3-8B-Base"  # preset paper
+    assert json.loads(parameters["pipeline_params"])["synthesis"]["n"] == 50
 
 
 def medssr_cli(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -213,7 +214,7 @@ def test_local_tiny_runs_register_promote_refuse_and_compare_on_the_mlflow_serve
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-e2e",
-                         "--param", "margin=-1", "--param", "tolerance=1"], tmp_path, env)
+                         "--param", "promotion.margin=-1", "--param", "promotion.tolerance=1"], tmp_path, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     print(result.stdout[result.stdout.index("pipeline tiny-e2e succeeded"):])  # timings and summary, for the record
     # One line per step on the console; the executor's JSON and the steps' output only in the step logs.
@@ -241,7 +242,7 @@ def test_local_tiny_runs_register_promote_refuse_and_compare_on_the_mlflow_serve
     parent = [r for r in runs if r.data.tags.get("medssr.kind") == "pipeline"]
     stages = sorted(r.data.tags["medssr.stage"] for r in runs if r.data.tags.get("medssr.kind") == "stage")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert parent[0].data.params["synth_n"] == "8" and "config_sha256" in parent[0].data.params
+    assert parent[0].data.params["synthesis.n"] == "8" and "config_sha256" in parent[0].data.params
     assert stages == sorted(["prepare", "synthesize", "pseudo_label", "train-self", "train-supervised", "evaluate", "register", "promote", "promote"])
     by_stage = {r.data.tags["medssr.stage"]: r for r in runs if r.data.tags.get("medssr.kind") == "stage"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in by_stage.values())
@@ -256,7 +257,7 @@ def test_local_tiny_runs_register_promote_refuse_and_compare_on_the_mlflow_serve
 
     # Run 2: nothing can clear a margin of +100 points, so the gate refuses, and the run still succeeds.
     result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=tiny-refused",
-                         "--param", "margin=1"], tmp_path, env)
+                         "--param", "promotion.margin=1"], tmp_path, env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"against champion v{champion.version}: REFUSED: raredis_heldout gain" in result.stdout
     assert client.get_model_version_by_alias("medssr-tiny", "champion").version == champion.version
@@ -284,7 +285,7 @@ def test_failed_stage_fails_the_run_with_its_reason_in_the_step_log_and_mlflow(t
     shutil.copyfile(mlflow_empty_db, tmp_path / ".medssr" / "mlflow.db")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = medssr_cli(["pipeline", "run", "--local", "--preset", "tiny", "--param", "run_id=broken",
-                         "--param", "split_benchmark=no-such-benchmark"], tmp_path, env, timeout=300)
+                         "--param", "split.split_benchmark=no-such-benchmark"], tmp_path, env, timeout=300)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "medssr pipeline: error:" in result.stderr and "prepare" in result.stderr
     assert "no benchmark file" in result.stdout  # the step's own log carries the reason

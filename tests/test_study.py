@@ -143,8 +143,13 @@ def test_the_pipeline_preset_has_the_study_settings():
     from medssr.pipelines.presets import preset_params
 
     params, defaults = preset_params("study"), StudyConfig()
-    for name in ("synth_n", "label_samples", "stage1_max_steps", "stage2_max_steps", "learning_rate", "max_completion_length",
-                 "eval_samples", "eval_max_tokens", "heldout_size", "train_batch_size", "num_generations"):
-        assert params[name] == getattr(defaults, name), name
-    assert params["eval_limit"] >= max(defaults.split_eval_size, defaults.heldout_size)
-    assert set(params["eval_benchmarks"].split(",")) == {defaults.split_benchmark, "raredis_heldout"}
+    pairs = {("synthesis", "n"): "synth_n", ("labeling", "n_samples"): "label_samples", ("train_self", "max_steps"): "stage1_max_steps",
+             ("train_supervised", "max_steps"): "stage2_max_steps", ("train_self", "learning_rate"): "learning_rate",
+             ("train_supervised", "max_completion_length"): "max_completion_length", ("evaluation", "n"): "eval_samples",
+             ("evaluation", "max_tokens"): "eval_max_tokens", ("evaluation", "heldout_size"): "heldout_size",
+             ("train_self", "per_device_train_batch_size"): "train_batch_size", ("train_self", "num_generations"): "num_generations",
+             ("labeling", "max_tokens"): "label_max_tokens"}
+    for (stage, setting), name in pairs.items():
+        assert params[stage][setting] == getattr(defaults, name), (stage, setting)
+    assert params["evaluation"]["limit"] >= max(defaults.split_eval_size, defaults.heldout_size)
+    assert set(params["evaluation"]["benchmarks"]) == {defaults.split_benchmark, "raredis_heldout"}
