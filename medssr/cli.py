@@ -1,7 +1,9 @@
 """The ``medssr`` command line: finds the subcommands in ``medssr.commands`` and runs one.
 
-Expected failures (a bad path, a bad option, a bad record, a service that does not answer) print one
-clear line and exit 2; a traceback means a bug.
+Errors by origin: what the user gave is wrong (``medssr.errors.UserError``: a bad path, option, record or
+config value), a storage location cannot be used (``StorageError``), or a service does not answer
+(``DependencyUnavailable``): one clear line, exit 2. Anything else is a bug and shows its traceback (exit 1).
+Options are never abbreviated: ``--benchmark`` is not taken for ``--benchmarks``.
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ from pathlib import Path
 
 import medssr
 import medssr.commands
-from medssr.data import RecordError
 from medssr.dependencies import DependencyUnavailable
+from medssr.errors import UserError
 from medssr.storage import StorageError, what_is_wrong
 
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-USER_ERRORS = (CLIError, DependencyUnavailable, RecordError, StorageError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, PermissionError)
+USER_ERRORS = (UserError, StorageError, DependencyUnavailable)
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump); subcommand parsers inherit this class."""
+    """argparse, but a usage error is one line (no usage dump) and no option is abbreviated (a prefix of an
+    option is an error, not that option); subcommand parsers are made from this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -50,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"medssr {args.command}: error: {message}", file=sys.stderr)
+        print(f"medssr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:
@@ -65,8 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, so commands raising medssr.cli.CLIError match USER_ERRORS
-    # (under `python -m`, this file is also `__main__`, a second copy with its own CLIError class).
-    from medssr.cli import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(main())

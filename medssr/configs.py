@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from medssr.errors import UserError, user_input
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -191,7 +193,7 @@ def read_yaml(path: str | os.PathLike, section: str = "") -> dict[str, Any]:
     from medssr.storage import is_s3, read_text
 
     if not is_s3(str(path)) and not Path(path).is_file():
-        raise FileNotFoundError(f"no such config file: {path}")
+        raise UserError(f"no such config file: {path}")
     data = yaml.safe_load(read_text(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a YAML mapping of settings")
@@ -246,11 +248,13 @@ def from_args(
     cls: type, args: argparse.Namespace, prefixes: Mapping[str, str] | None = None, section: str = "", **wired: Any
 ) -> Any:
     """The config from ``--config YAML`` (optional; a preset file gives its ``section``), the options given
-    on the command line laid over it, and ``wired`` values laid over both."""
-    values = read_yaml(args.config, section) if getattr(args, "config", None) else {}
-    for setting in settings_of(cls, prefixes):
-        given = getattr(args, setting.name, None)
-        if given is not None:
-            values[setting.name] = given
-    values.update({k: v for k, v in wired.items() if v is not None})
-    return build(cls, values, prefixes, what=str(getattr(args, "config", "") or cls.__name__))
+    on the command line laid over it, and ``wired`` values laid over both. Every value is the user's, so a
+    value the config refuses (its ``__post_init__``) is a UserError."""
+    with user_input():
+        values = read_yaml(args.config, section) if getattr(args, "config", None) else {}
+        for setting in settings_of(cls, prefixes):
+            given = getattr(args, setting.name, None)
+            if given is not None:
+                values[setting.name] = given
+        values.update({k: v for k, v in wired.items() if v is not None})
+        return build(cls, values, prefixes, what=str(getattr(args, "config", "") or cls.__name__))

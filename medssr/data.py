@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from medssr.errors import UserError
 from medssr.storage import atomic_writer
 
 LETTERS = string.ascii_uppercase[:10]  # A..J: at most ten options
@@ -113,7 +114,7 @@ class EvalResult(BaseModel):
 Record = TypeVar("Record", bound=BaseModel)
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A record that failed validation, located by file, line and field."""
 
     def __init__(self, path: str | os.PathLike, line: int, field_name: str, message: str):
@@ -191,7 +192,7 @@ def read_jsonl(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise UserError(f"no such file: {path}")
     result = ReadResult(records=[])
     ids = _UniqueIds(path, "line")
     with path.open("rb") as handle:
@@ -272,7 +273,7 @@ def read_reference_benchmark(
         # questions holding them are rejected, not the whole file.
         rows = json.loads(path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
+        raise UserError(f"no such file: {path}") from None
     except json.JSONDecodeError as exc:
         raise RecordError(path, exc.lineno, "record", f"invalid JSON ({exc.msg})") from None
     if not isinstance(rows, list):

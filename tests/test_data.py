@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from medssr.data import LabeledItem, MCQItem, RecordError, parse_record, read_jsonl, read_reference_benchmark, write_jsonl
+from medssr.errors import UserError
 
 DATA = Path(__file__).parent / "data"
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval"
@@ -155,7 +156,7 @@ def test_malformed_jsonl_keeps_good_lines_under_skip(tmp_path):
     assert [(e.path, e.line, e.field) for e in result.errors] == [(str(path), 2, "record"), (str(path), 3, "answer"), (str(path), 6, "options")]
     with pytest.raises(ValueError, match="on_error"):
         read_jsonl(path, on_error="ignore")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         read_jsonl(tmp_path / "missing.jsonl")
 
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 
 def _ask(args) -> int:
-    from medssr.cli import CLIError
+    from medssr.errors import UserError, user_input
     from medssr.serving.client import AskConfig, run_ask
 
-    config = AskConfig(
-        url=args.url, question=args.question, options=args.option or [], model=args.model,
-        max_tokens=args.max_tokens, temperature=args.temperature, timeout_s=args.timeout,
-    )
+    with user_input():
+        config = AskConfig(
+            url=args.url, question=args.question, options=args.option or [], model=args.model,
+            max_tokens=args.max_tokens, temperature=args.temperature, timeout_s=args.timeout,
+        )
     try:
         result = run_ask(config)
     except ConnectionError as exc:
-        raise CLIError(str(exc)) from None
+        raise UserError(str(exc)) from None
     print(result.text.strip())
     print()
     if not result.options:

@@ -82,7 +82,7 @@ def _print_answers(rows: list[dict]) -> None:
 def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     """Run the pipeline locally with ``preset``; return its summary, its timings, the model to ask
     (``models:/NAME/VERSION``, this run's candidate) and what it is: the champion or a refused candidate."""
-    from medssr.cli import CLIError
+    from medssr.errors import UserError
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import resolved_params, run_local, stage_timings, step_logs_folder, timing_report
     from medssr.pipelines.summary import pipeline_summary
@@ -94,7 +94,7 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     try:
         run = run_local(params)
     except RuntimeError as exc:  # a step failed: its log's end is shown above
-        raise CLIError(f"demo pipeline run {params['run_id']} failed: {exc}") from None
+        raise UserError(f"demo pipeline run {params['run_id']} failed: {exc}") from None
     timings = timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds)
     summary = pipeline_summary(params["run_id"], params["tracking_uri"], params["experiment"], run.wall_seconds)
     tracker = Tracker(TrackingConfig(tracking_uri=params["tracking_uri"], experiment=params["experiment"]))
@@ -106,11 +106,15 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
 
 
 def _handle(args) -> int:
+    from medssr.errors import user_input
+
     model, summary, timings = args.model, "", ""
     if not model:
         summary, timings, model, role = run_pipeline_demo(args.preset)
         print(f"\n=== this run's model, {model}, the {role}, answers ===")
-    _print_answers(run_demo(DemoConfig(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)))
+    with user_input():
+        config = DemoConfig(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    _print_answers(run_demo(config))
     if summary:
         print(f"\n=== timings ===\n{timings}\n\n{summary}")
     return 0

@@ -41,29 +41,31 @@ def register(subparsers) -> None:
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
+    from medssr.errors import user_input
     from medssr.evaluation import EvaluationConfig, run_evaluation
     from medssr.generation.base import GeneratorConfig, SamplingParams
 
-    config = EvaluationConfig(
-        models=args.model,
-        model_names=args.name,
-        benchmarks_dir=args.benchmarks,
-        benchmarks=args.only,
-        limit=args.limit,
-        n=args.n,
-        sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens),
-        prompt_style=args.prompt_style,
-        generator=GeneratorConfig(backend=args.backend, batch_size=args.batch_size, device=args.device, base_url=args.base_url),
-        chunk_size=args.chunk_size,
-        recovery=not args.no_recovery,
-        cache_dir=args.cache_dir,
-        out_dir=args.out,
-        bootstrap_samples=args.bootstrap,
-        seed=args.seed,
-        use_hub=not args.no_hub,
-        heldout_size=args.heldout_size,
-        on_error=args.on_error,
-    )
+    with user_input():
+        config = EvaluationConfig(
+            models=args.model,
+            model_names=args.name,
+            benchmarks_dir=args.benchmarks,
+            benchmarks=args.only,
+            limit=args.limit,
+            n=args.n,
+            sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens),
+            prompt_style=args.prompt_style,
+            generator=GeneratorConfig(backend=args.backend, batch_size=args.batch_size, device=args.device, base_url=args.base_url),
+            chunk_size=args.chunk_size,
+            recovery=not args.no_recovery,
+            cache_dir=args.cache_dir,
+            out_dir=args.out,
+            bootstrap_samples=args.bootstrap,
+            seed=args.seed,
+            use_hub=not args.no_hub,
+            heldout_size=args.heldout_size,
+            on_error=args.on_error,
+        )
     result = run_evaluation(config)
     for label, scores in result.summary.items():
         for bench, s in scores.items():

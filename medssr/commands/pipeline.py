@@ -8,9 +8,11 @@ from pathlib import Path
 
 
 def _settings(path: str | None):
+    from medssr.errors import user_input
     from medssr.pipelines.settings import ClusterSettings
 
-    return ClusterSettings.from_yaml(path) if path else ClusterSettings()
+    with user_input():  # the user's settings file
+        return ClusterSettings.from_yaml(path) if path else ClusterSettings()
 
 
 def _compile(args) -> int:
@@ -41,10 +43,12 @@ def _params(args) -> int:
 
 
 def _submit(args) -> int:
+    from medssr.errors import user_input
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import merged, parse_overrides, pipeline_defaults, resolved_params, submit
 
-    overrides = merged(preset_params(args.preset, local=False), parse_overrides(args.param or [], pipeline_defaults()))
+    with user_input():
+        overrides = merged(preset_params(args.preset, local=False), parse_overrides(args.param or [], pipeline_defaults()))
     overrides.setdefault("experiment", args.experiment)
     params = resolved_params(overrides)
     result = submit(args.host, params, experiment=args.experiment, package=args.package, namespace=args.namespace,
@@ -54,7 +58,7 @@ def _submit(args) -> int:
 
 
 def _run(args) -> int:
-    from medssr.cli import CLIError
+    from medssr.errors import UserError, user_input
     from medssr.lifetime import RunInProgress
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import (
@@ -64,23 +68,24 @@ def _run(args) -> int:
     from medssr.pipelines.summary import pipeline_summary
 
     if not args.local:
-        raise CLIError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
-    overrides = merged(preset_params(args.preset), parse_overrides(args.param or [], pipeline_defaults()))
+        raise UserError("only --local runs are executed here; use `medssr pipeline submit --host URL` for a cluster")
+    with user_input():
+        overrides = merged(preset_params(args.preset), parse_overrides(args.param or [], pipeline_defaults()))
     if args.resume:
         last = last_local_run(args.pipeline_root)
         if overrides.get("run_id", "") not in ("", last):
-            raise CLIError(f"--resume continues the last run, {last}; to resume {overrides['run_id']}, give only --param run_id=...")
+            raise UserError(f"--resume continues the last run, {last}; to resume {overrides['run_id']}, give only --param run_id=...")
         overrides["run_id"] = last
     params = resolved_params(overrides)
     print(f"medssr pipeline run {params['run_id']} (preset {args.preset}, kfp.local subprocesses)", flush=True)
     try:
         run = run_local(params, args.pipeline_root, verbose=args.verbose)
     except RunInProgress as exc:
-        raise CLIError(str(exc)) from None
+        raise UserError(str(exc)) from None
     except RuntimeError as exc:  # kfp.local: a task failed; its log (shown above) carries the traceback
         reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours its messages
         logs = "" if args.verbose else f" (step logs: {step_logs_folder(args.pipeline_root, params['run_id'])})"
-        raise CLIError(f"pipeline run {params['run_id']} failed: {reason}{logs}") from None
+        raise UserError(f"pipeline run {params['run_id']} failed: {reason}{logs}") from None
     print(f"\npipeline {params['run_id']} succeeded; outputs under {run.pipeline_root}" + (f", step logs in {run.logs}" if run.logs else ""))
     print(timing_report(run.wall_seconds, stage_timings(params["run_id"], params["tracking_uri"], params["experiment"]), run.step_seconds))
     print()

@@ -9,21 +9,21 @@ GATE_OPTIONS = ("metric", "margin", "tolerance", "level", "resamples", "seed")
 
 
 def _promote(args) -> int:
+    from medssr.errors import user_input
     from medssr.promotion import DEFAULT_RARE_BENCHMARKS, PromotionConfig, run_promotion
     from medssr.tracking import TrackingConfig
 
     rare = [b.strip() for b in args.rare_benchmarks.split(",") if b.strip()] if args.rare_benchmarks else list(DEFAULT_RARE_BENCHMARKS)
-    decision = run_promotion(
-        PromotionConfig(
+    with user_input():
+        config = PromotionConfig(
             name=args.name,
             candidate=args.candidate,
             rare_benchmarks=rare,
             dry_run=args.dry_run,
             tracking=TrackingConfig(tracking_uri=args.tracking_uri or "", experiment=args.experiment),
             **{name: getattr(args, name) for name in GATE_OPTIONS},
-        ),
-        out=args.out,
-    )
+        )
+    decision = run_promotion(config, out=args.out)
     return 0 if decision.passed else 1
 
 

@@ -9,11 +9,13 @@ _NOT_OPTIONS = ("model",)
 
 
 def _serve(args) -> int:
+    from medssr.errors import user_input
     from medssr.serving.config import ServeConfig
     from medssr.serving.server import run_serve
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig) if f.name not in _NOT_OPTIONS}
-    config = ServeConfig(model=args.local, **values)
+    with user_input():
+        config = ServeConfig(model=args.local, **values)
     print(f"serving {config.model} as '{config.name}' on http://{config.host}:{config.port} "
           f"(OpenAI API at /openai/v1, KServe v1/v2, /metrics)", flush=True)
     run_serve(config)

@@ -33,6 +33,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 def run_study_command(args: argparse.Namespace) -> int:
     import logging
 
+    from medssr.errors import user_input
     from medssr.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -40,7 +41,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in fields}
     # The command as it would be typed again: every option that differs from its default.
     given = [item for f in fields if values[f.name] != f.default for item in (f"--{f.name.replace('_', '-')}", str(values[f.name]))]
-    config = StudyConfig(**values, command=shlex.join(["medssr", "study", *given]))
+    with user_input():
+        config = StudyConfig(**values, command=shlex.join(["medssr", "study", *given]))
     result = run_study(config)
     print(f"study {result.out_dir}: finished arms {', '.join(result.finished_arms) or 'none'}"
           + (f"; still to run: {', '.join(result.missing_arms)}" if result.missing_arms else ""))

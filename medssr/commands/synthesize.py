@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 def _handle(args) -> int:
+    from medssr.errors import user_input
     from medssr.generation.base import GeneratorConfig
     from medssr.synthesis import SynthesisConfig, run_synthesis
 
@@ -24,10 +25,11 @@ def _handle(args) -> int:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if args.decontaminate:
         values["decontaminate_against"] = list(args.decontaminate)
-    if args.rewrite_model:
-        values["rewrite"] = True
-        values["generator"] = GeneratorConfig(model=args.rewrite_model, backend=args.rewrite_backend)
-    config = SynthesisConfig(**values)
+    with user_input():
+        if args.rewrite_model:
+            values["rewrite"] = True
+            values["generator"] = GeneratorConfig(model=args.rewrite_model, backend=args.rewrite_backend)
+        config = SynthesisConfig(**values)
     result = run_synthesis(config, args.out)
     stats = result.stats
     print(f"wrote {stats['n_written']} items to {result.path}")

@@ -14,7 +14,7 @@ CLUSTER_LAUNCHERS = ("pytorchjob", "trainjob")
 
 
 def _train(args) -> int:
-    from medssr.cli import CLIError
+    from medssr.errors import UserError
     from medssr.configs import from_args
     from medssr.training.config import TrainingConfig
 
@@ -23,10 +23,10 @@ def _train(args) -> int:
     if args.launcher:
         return _on_cluster(config, args)
     if args.dry_run:
-        raise CLIError("--dry-run prints a cluster job: give --launcher pytorchjob or trainjob")
+        raise UserError("--dry-run prints a cluster job: give --launcher pytorchjob or trainjob")
     if args.nproc_per_node is not None:
         if args.nproc_per_node < 1:
-            raise CLIError("--nproc-per-node must be at least 1")
+            raise UserError("--nproc-per-node must be at least 1")
         return _torchrun(config, args.nproc_per_node)
 
     import logging
@@ -64,7 +64,7 @@ def cluster_job(config, args):
     options leave them open."""
     from dataclasses import asdict
 
-    from medssr.cli import CLIError
+    from medssr.errors import UserError, user_input
     from medssr.launch import (
         JobSpec,
         PyTorchJobLauncherConfig,
@@ -74,29 +74,30 @@ def cluster_job(config, args):
     )
 
     if not args.run_id or not args.image:
-        raise CLIError(f"--launcher {args.launcher} needs --run-id and --image")
+        raise UserError(f"--launcher {args.launcher} needs --run-id and --image")
     defaults = _cluster_defaults(args.cluster_config)
     train = defaults.train if defaults else None
     volumes = []
     for index, item in enumerate(args.pvc):
         claim, _, mount_path = item.partition(":")
         if not claim or not mount_path.startswith("/"):
-            raise CLIError(f"--pvc {item!r}: expected CLAIM:/MOUNT/PATH")
+            raise UserError(f"--pvc {item!r}: expected CLAIM:/MOUNT/PATH")
         volumes.append(VolumeMount(name=f"pvc-{index}", claim_name=claim, mount_path=mount_path))
     gpus = args.gpus_per_node if args.gpus_per_node is not None else (train.gpus if train else 0)
-    spec = JobSpec(
-        run_id=args.run_id,
-        stage=f"train-{config.stage}",
-        training={key: value for key, value in asdict(config).items() if value is not None},
-        image=args.image,
-        nproc_per_node=args.nproc_per_node or max(1, gpus),
-        num_workers=args.num_workers if args.num_workers is not None else (defaults.train_workers if defaults else 0),
-        gpus_per_node=gpus,
-        cpu=args.cpu or (train.cpu if train else None),
-        memory=args.memory or (train.memory if train else None),
-        shm_size=args.shm_size,
-        volumes=volumes,
-    )
+    with user_input():  # the job's settings are the options given
+        spec = JobSpec(
+            run_id=args.run_id,
+            stage=f"train-{config.stage}",
+            training={key: value for key, value in asdict(config).items() if value is not None},
+            image=args.image,
+            nproc_per_node=args.nproc_per_node or max(1, gpus),
+            num_workers=args.num_workers if args.num_workers is not None else (defaults.train_workers if defaults else 0),
+            gpus_per_node=gpus,
+            cpu=args.cpu or (train.cpu if train else None),
+            memory=args.memory or (train.memory if train else None),
+            shm_size=args.shm_size,
+            volumes=volumes,
+        )
     config_class = {"pytorchjob": PyTorchJobLauncherConfig, "trainjob": TrainJobLauncherConfig}[args.launcher]
     launcher_config = config_class(
         namespace=args.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", "default")),
@@ -113,6 +114,7 @@ def _cluster_defaults(path: str | None):
     """ClusterDefaults from a YAML file (the medssr-config ConfigMap, alone or among other documents, or its data
     mapping), else from the environment when it carries the settings, else None."""
     from medssr.cluster import ClusterDefaults
+    from medssr.errors import UserError
 
     if path:
         import yaml
@@ -121,7 +123,7 @@ def _cluster_defaults(path: str | None):
         config_maps = [doc for doc in documents if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "medssr-config"]
         data = config_maps[0]["data"] if config_maps else documents[0] if len(documents) == 1 else None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: no ConfigMap medssr-config and not a single mapping of its settings")
+            raise UserError(f"{path}: no ConfigMap medssr-config and not a single mapping of its settings")
         return ClusterDefaults.from_mapping(data, source=path)
     if os.environ.get("MEDSSR_TRAIN_GPUS") is not None:
         return ClusterDefaults.from_mapping(os.environ, source="environment (medssr-config)")

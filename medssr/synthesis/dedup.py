@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from medssr.data import MCQItem
+from medssr.errors import UserError
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -77,7 +78,7 @@ def benchmark_files(paths: list[str]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"decontaminate_against: no such file or folder: {path}")
+            raise UserError(f"decontaminate_against: no such file or folder: {path}")
     return found
 
 

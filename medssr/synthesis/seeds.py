@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from medssr.data import LETTERS, MCQItem, read_jsonl, read_reference_benchmark
+from medssr.errors import UserError
 from medssr.knowledge.base import normalise_name
 
 # Options that refer to other options ("All of the above", "Both A and B") only make sense in place.
@@ -22,7 +23,7 @@ def read_seed_questions(path: str | Path) -> tuple[list[MCQItem], dict[str, int]
     skipped and counted, as are items without an answer key or with duplicate options."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"seed_questions: no such file: {path}")
+        raise UserError(f"seed_questions: no such file: {path}")
     result = read_jsonl(path, on_error="skip") if path.suffix == ".jsonl" else read_reference_benchmark(path, on_error="skip")
     usable = [item for item in result.records if item.answer is not None and _distinct_options(item)]
     counts = {"read": len(result.records), "invalid_records": result.rejected, "unusable": len(result.records) - len(usable)}

@@ -13,7 +13,7 @@ from medssr.training.config import TrainingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m medssr.training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m medssr.training", description=__doc__, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of TrainingConfig fields; options given here override it.")
     add_arguments(parser, TrainingConfig)
     return parser
