@@ -231,6 +231,10 @@ def test_evaluate_cli(tiny_answerer, tmp_path, capsys):  # noqa: F811
     assert "tiny-answerer pubmedqa: strict" in printed and "(2 items)" in printed
     assert "skipped raredis_sub: no file" in printed
     assert (out / "results.md").is_file() and (out / "samples" / "tiny-answerer" / "pubmedqa.jsonl").is_file()
+    assert "### tiny-answerer · pubmedqa: 2 questions" in (out / "results.md").read_text()  # the calibration section
+    assert main(["calibration", str(out), "--bins", "4", "--out", str(tmp_path / "calibration")]) == 0
+    assert "### tiny-answerer · pubmedqa: 2 questions" in capsys.readouterr().out
+    assert (tmp_path / "calibration" / "calibration.json").is_file()
     assert main(["evaluate", "--model", str(tmp_path / "missing"), "--benchmarks", str(FIXTURES), "--out", str(out)]) == 2
     assert "no model folder" in capsys.readouterr().err
 

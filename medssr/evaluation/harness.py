@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 from medssr.data import EvalResult, MCQItem, write_jsonl
+from medssr.evaluation.calibration import CalibrationConfig, calibration_of_records
 from medssr.evaluation.cache import CompletionCache, default_cache_root, digest, keyed_prompts, model_identity, run_key
 from medssr.evaluation.filters import PIPELINES
 from medssr.evaluation.per_question import paired_deltas, rows_from, write_rows
@@ -51,6 +52,7 @@ class EvaluationConfig:
     use_hub: bool = field(default=True, metadata={"help": "Load benchmarks without a local file from the Hugging Face hub."})
     heldout_size: int = field(default=200, metadata={"help": "Questions in the held-out rare-disease set."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad benchmark records: stop, or skip and count."})
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata={"help": "Agreement buckets of the report's calibration section."})
 
     def __post_init__(self):
         if self.n < 1:
@@ -198,6 +200,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
     identities = {}
     timings: dict[str, dict] = {}
     per_question: dict[str, list[dict]] = {}
+    calibration: dict[str, dict[str, dict]] = {}
     for ref, label in zip(config.models, model_labels(config)):
         generator_config = dataclasses.replace(config.generator, model=ref)
         identity = model_identity(generator_config)
@@ -215,6 +218,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
             summary[label][name] = scores
             write_jsonl(out / "samples" / label / f"{name}.jsonl", records)
             per_question[label] += rows_from(records)
+        calibration.update(calibration_of_records([r for _, records in results.values() for r in records], config.calibration))
         write_rows(out / "per_question" / f"{label}.jsonl", per_question[label])
         del generator
         gc.collect()
@@ -227,6 +231,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
     report = {
         "summary": summary,
         "paired": paired,
+        "calibration": calibration,
         "skipped": skipped,
         "models": identities,
         "timing": timings,

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from medssr.evaluation.calibration import calibration_markdown
 from medssr.storage import write_text
 
 AVERAGE = "average"
@@ -100,6 +101,9 @@ def headline_metrics(result: dict) -> dict[str, float]:
                 flat[key] = s[metric]["mean"]
                 flat[f"{key}.ci_low"], flat[f"{key}.ci_high"] = s[metric]["ci95"]
             flat[f"eval.{label}.{bench}.recovery_rate"] = s["recovery_rate"]
+    for label, benches in result.get("calibration", {}).items():
+        for bench, cal in benches.items():
+            flat[f"eval.{label}.{bench}.ece"] = cal["ece"]
     for comparison, benches in result.get("paired", {}).items():
         for bench, metrics in benches.items():
             for metric, d in metrics.items():
@@ -151,6 +155,8 @@ def to_markdown(result: dict) -> str:
         parts += [comparison_table(result["summary"], "strict"), comparison_table(result["summary"], "lenient")]
     if result.get("paired"):
         parts.append(paired_table(result["paired"]))
+    if result.get("calibration"):
+        parts.append(calibration_markdown(result["calibration"]))
     if result["skipped"]:
         parts.append("Skipped benchmarks:\n")
         parts += [f"- {name}: {reason}" for name, reason in result["skipped"].items()]

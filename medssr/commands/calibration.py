@@ -1,0 +1,41 @@
+"""``medssr calibration DIR``: how well the samples' agreement predicts a right answer, from an evaluation folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def register(subparsers) -> None:
+    from medssr.evaluation.calibration import CalibrationConfig
+
+    parser = subparsers.add_parser(
+        "calibration",
+        help="Accuracy by agreement bucket and expected calibration error, from an evaluation output folder.",
+        description="Read DIR/samples/<model>/<benchmark>.jsonl (what `medssr evaluate` writes), vote over each "
+        "question's samples, and print per model and benchmark the accuracy of the majority letter by agreement "
+        "bucket and the ECE; writes calibration.json and calibration.md to --out (default: DIR).",
+    )
+    parser.add_argument("folder", metavar="DIR", help="Evaluation output folder (holds samples/).")
+    parser.add_argument("--out", default=None, help="Where calibration.{json,md} go (default: DIR).")
+    defaults = CalibrationConfig()
+    for item in dataclasses.fields(CalibrationConfig):
+        default = getattr(defaults, item.name)
+        parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=type(default), default=default,
+                            help=f"{item.metadata['help']} (default: {default})")
+    parser.set_defaults(func=run_calibration_command)
+
+
+def run_calibration_command(args: argparse.Namespace) -> int:
+    from medssr.errors import UserError
+    from medssr.evaluation.calibration import CalibrationConfig, calibration_markdown, calibration_of_folder, write_calibration
+
+    try:
+        config = CalibrationConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(CalibrationConfig)})
+        result = calibration_of_folder(args.folder, config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    print(calibration_markdown(result))
+    paths = write_calibration(result, args.out or args.folder)
+    print(f"wrote {paths['json']} and {paths['markdown']}")
+    return 0

@@ -1,0 +1,152 @@
+"""Self-consistency as confidence: how often a question's majority letter is right, by its agreement.
+
+For each question, the letters of its ``n`` samples go through :func:`medssr.answers.majority_vote`
+(the vote pseudo-labelling uses and the server returns): the majority letter and its agreement, the
+share of parsed samples that chose it. A question with no majority (a tie, or nothing parsed) counts
+as wrong at its agreement. Questions are grouped into equal-width agreement buckets; each bucket
+shows how many questions fell in it, their mean agreement and the accuracy of their majority letter,
+and what answering only at or above the bucket's lower edge keeps (coverage) and scores. The
+expected calibration error is the question-weighted mean gap between accuracy and mean agreement
+over the buckets: 0 when agreement is the probability of being right.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from medssr.answers import majority_vote
+from medssr.data import EvalResult, read_jsonl
+
+SAMPLES_FOLDER = "samples"
+
+
+@dataclass
+class CalibrationConfig:
+    """How questions are bucketed by agreement, and which per-sample letter votes."""
+
+    bins: int = field(default=5, metadata={"help": "Equal-width agreement buckets over [0, 1]."})
+    letters: Literal["lenient", "strict", "with_recovery"] = field(
+        default="lenient",
+        metadata={"help": "The letter each sample votes with: lenient (what the server reads), strict, or "
+                          "with_recovery (strict, else the letter-constrained second pass: labelling's answer)."},
+    )
+
+    def __post_init__(self):
+        if self.bins < 1:
+            raise ValueError(f"bins must be >= 1, got {self.bins}")
+        if self.letters not in ("lenient", "strict", "with_recovery"):
+            raise ValueError(f"letters must be lenient, strict or with_recovery, not {self.letters!r}")
+
+
+def _letter(record: EvalResult, letters: str) -> str | None:
+    if letters == "with_recovery":
+        return record.strict if record.strict is not None else record.recovered
+    return getattr(record, letters)
+
+
+def question_votes(records: Iterable[EvalResult], letters: str = "lenient") -> list[tuple[float, bool]]:
+    """``(agreement, majority letter is the gold answer)`` per question of one model on one benchmark."""
+    by_question: dict[str, list[EvalResult]] = defaultdict(list)
+    for record in records:
+        by_question[record.item_id].append(record)
+    outcomes = []
+    for samples in by_question.values():
+        vote = majority_vote([_letter(record, letters) for record in sorted(samples, key=lambda r: r.sample)])
+        outcomes.append((vote.agreement, vote.label is not None and vote.label == samples[0].answer))
+    return outcomes
+
+
+def calibration(outcomes: list[tuple[float, bool]], bins: int = 5) -> dict:
+    """Accuracy by agreement bucket and the expected calibration error of ``(agreement, correct)`` pairs."""
+    total = len(outcomes)
+    buckets = [[] for _ in range(bins)]
+    for agreement, correct in outcomes:
+        buckets[min(int(agreement * bins), bins - 1)].append((agreement, correct))
+    rows, ece = [], 0.0
+    for index, members in enumerate(buckets):
+        above = [pair for pair in outcomes if pair[0] >= index / bins]
+        row = {
+            "low": index / bins,
+            "high": (index + 1) / bins,
+            "questions": len(members),
+            "mean_agreement": sum(a for a, _ in members) / len(members) if members else None,
+            "accuracy": sum(c for _, c in members) / len(members) if members else None,
+            "coverage_at_or_above": len(above) / total if total else None,
+            "accuracy_at_or_above": sum(c for _, c in above) / len(above) if above else None,
+        }
+        if members:
+            ece += len(members) / total * abs(row["accuracy"] - row["mean_agreement"])
+        rows.append(row)
+    accuracy = sum(c for _, c in outcomes) / total if total else None
+    return {"questions": total, "majority_accuracy": accuracy, "ece": ece if total else None, "buckets": rows}
+
+
+def calibration_of_records(records: Iterable[EvalResult], config: CalibrationConfig = CalibrationConfig()) -> dict:
+    """``{model: {benchmark: calibration}}`` of evaluation sample records."""
+    grouped: dict[str, dict[str, list[EvalResult]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        grouped[record.model][record.benchmark].append(record)
+    return {
+        model: {bench: calibration(question_votes(rows, config.letters), config.bins) for bench, rows in benches.items()}
+        for model, benches in grouped.items()
+    }
+
+
+def calibration_of_folder(out_dir: str | Path, config: CalibrationConfig = CalibrationConfig()) -> dict:
+    """The calibration of an evaluation output folder, from its ``samples/<model>/<benchmark>.jsonl``."""
+    samples = Path(out_dir) / SAMPLES_FOLDER
+    files = sorted(samples.glob("*/*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{out_dir}: no {SAMPLES_FOLDER}/<model>/<benchmark>.jsonl files (an evaluation output folder has them)")
+    records = [record for path in files for record in read_jsonl(path, EvalResult).records]
+    return calibration_of_records(records, config)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def calibration_markdown(result: dict) -> str:
+    """One table per model and benchmark: the buckets, then the expected calibration error."""
+    parts = [
+        "## Calibration: agreement of the n samples as confidence",
+        "",
+        "Per question the samples vote (medssr.answers.majority_vote); agreement is the share of parsed samples "
+        "that chose the majority letter. Accuracy is that of the majority letter (no majority counts as wrong). "
+        "'At or above' is what answering only from the bucket's lower edge keeps: a threshold for abstain_below. "
+        "ECE: question-weighted mean |accuracy − mean agreement| over the buckets.",
+        "",
+    ]
+    for model, benches in result.items():
+        for bench, cal in benches.items():
+            parts += [
+                f"### {model} · {bench}: {cal['questions']} questions, majority accuracy {_pct(cal['majority_accuracy'])} %, "
+                f"ECE {_pct(cal['ece'])} points",
+                "",
+                "| agreement | questions | mean agreement % | accuracy % | coverage at or above % | accuracy at or above % |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            last = len(cal["buckets"]) - 1
+            for index, row in enumerate(cal["buckets"]):
+                interval = f"[{row['low']:.2f}, {row['high']:.2f}{']' if index == last else ')'}"
+                parts.append(
+                    f"| {interval} | {row['questions']} | {_pct(row['mean_agreement'])} | {_pct(row['accuracy'])} "
+                    f"| {_pct(row['coverage_at_or_above'])} | {_pct(row['accuracy_at_or_above'])} |"
+                )
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def write_calibration(result: dict, out_dir: str | Path) -> dict[str, str]:
+    from medssr.storage import write_text
+
+    out = Path(out_dir)
+    paths = {"json": str(out / "calibration.json"), "markdown": str(out / "calibration.md")}
+    write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text(paths["markdown"], calibration_markdown(result))
+    return paths
