@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medssr.serving.batcher import DynamicBatcher, QueueFull
 from medssr.serving.config import ServeConfig
 from medssr.serving.protocol import RequestError, chat_job, parse_settings
 from tests.plugins.kserve_server import ANSWER_TEXT, SERVED_NAME
@@ -49,7 +48,7 @@ def test_settings_take_server_defaults_and_enforce_limits():
     config = ServeConfig(model="m", max_n=2, max_tokens_limit=64, default_max_tokens=32)
     settings = parse_settings({}, config)
     assert (settings.n, settings.sampling.max_tokens, settings.sampling.temperature) == (1, 32, 0.6)
-    assert parse_settings({"min_tokens": 32}, config).batch_group[2] == 32
+    assert parse_settings({"min_tokens": 32}, config).min_tokens == 32
     assert parse_settings({"max_completion_tokens": 8, "stop": "\n"}, config).sampling.max_tokens == 8
     for body, param in [({"n": 3}, "n"), ({"max_tokens": 65}, "max_tokens"), ({"temperature": "hot"}, "temperature"),
                         ({"top_p": 0}, "top_p"), ({"n": True}, "n"), ({"stop": ["a"] * 5}, "stop"), ({"min_tokens": 33}, "min_tokens")]:
@@ -125,59 +124,6 @@ def test_prompts_are_tokenized_off_the_event_loop(answering_model):
         predictor.stop()
     assert error.status == 400 and error.code == "context_length_exceeded"
     assert turns > 0, "the event loop made no turn while the prompt was tokenized"
-
-
-def test_batcher_gathers_compatible_requests_and_refuses_when_full():
-    seen: list[tuple[int, str]] = []
-
-    def run_batch(prompts, group):
-        time.sleep(0.05)
-        seen.append((len(prompts), group))
-        return [f"{group}:{p}" for p in prompts]
-
-    async def scenario():
-        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_wait_ms=30, max_queue=6)
-        requests = [batcher.submit([i], "greedy" if i % 2 else "sampled") for i in range(6)]
-        results = await asyncio.gather(*requests)
-        with pytest.raises(QueueFull):
-            await batcher.submit(list(range(7)), "greedy")
-        batcher.close()
-        return results
-
-    results = asyncio.run(scenario())
-    assert results == [[f"{'greedy' if i % 2 else 'sampled'}:{i}"] for i in range(6)]
-    assert sorted(seen) == [(3, "greedy"), (3, "sampled")]  # two batches, never mixing sampling settings
-
-
-def test_batcher_drops_queued_prompts_whose_clients_went_away():
-    from prometheus_client import REGISTRY
-
-    abandoned = lambda: REGISTRY.get_sample_value("medssr_serving_abandoned_total") or 0.0  # noqa: E731
-    release = threading.Event()
-    seen: list[list[int]] = []
-
-    def run_batch(prompts, group):
-        release.wait(10)  # the first batch holds the worker while the others queue up
-        seen.append(list(prompts))
-        return prompts
-
-    async def scenario():
-        batcher = DynamicBatcher(run_batch, max_batch_size=4, max_wait_ms=1, max_queue=16)
-        tasks = [asyncio.ensure_future(batcher.submit([i], "greedy")) for i in range(12)]
-        await asyncio.sleep(0.2)  # the first 4 are running, 8 wait
-        for task in tasks[4:]:
-            task.cancel()  # what the route does when its client disconnects
-        await asyncio.sleep(0.05)
-        release.set()
-        done = await asyncio.gather(*tasks[:4])
-        await asyncio.sleep(0.1)  # let the worker look at the queue again
-        batcher.close()
-        return done
-
-    before = abandoned()
-    assert asyncio.run(scenario()) == [[0], [1], [2], [3]]
-    assert seen == [[0, 1, 2, 3]]  # the cancelled prompts never reached the model
-    assert abandoned() - before == 8
 
 
 # ------------------------------------------------------------------------------------ running server
@@ -287,7 +233,15 @@ BAD_REQUESTS = [
     ("bad type", "POST", "/openai/v1/chat/completions", chat_body(temperature="hot"), 400, "invalid_type"),
     ("bad role", "POST", "/openai/v1/chat/completions",
      {"model": SERVED_NAME, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value"),
-    ("streaming", "POST", "/openai/v1/chat/completions", chat_body(stream=True), 400, "unsupported"),
+    ("stream not a boolean", "POST", "/openai/v1/chat/completions", chat_body(stream="yes"), 400, "invalid_type"),
+    ("stream_options without stream", "POST", "/openai/v1/completions",
+     {"model": SERVED_NAME, "prompt": "x", "stream_options": {"include_usage": True}}, 400, "invalid_value"),
+    ("vote n disagrees with n", "POST", "/openai/v1/chat/completions", chat_body(n=2, medssr={"n": 3}), 400,
+     "invalid_value"),
+    ("unknown extension field", "POST", "/openai/v1/chat/completions", chat_body(medssr={"votes": 3}), 400,
+     "invalid_value"),
+    ("abstain_below over 1", "POST", "/openai/v1/chat/completions", chat_body(medssr={"abstain_below": 2}), 400,
+     "invalid_value"),
     ("body too large", "POST", "/openai/v1/completions", {"model": SERVED_NAME, "prompt": "x" * 1_100_000}, 413,
      "body_too_large"),
     ("v1 malformed JSON", "POST", f"/v1/models/{SERVED_NAME}:predict", b"{nope", 400, None),
@@ -435,8 +389,8 @@ def test_32_concurrent_clients_are_batched_without_errors(kserve_server):
     assert statuses == [200] * 32, statuses
     assert all(r.json()["medssr"]["answer"] == "C" for r in responses)
     after = httpx.get(f"{kserve_server.url}/metrics", timeout=10).text
-    batches = _metric(after, "medssr_serving_batch_size_count") - _metric(before, "medssr_serving_batch_size_count")
-    assert 1 <= batches < 32  # requests shared generate calls
+    shared = lambda text: _metric(text, "medssr_serving_step_rows_count") - _metric(text, 'medssr_serving_step_rows_bucket{le="1.0"}')  # noqa: E731
+    assert shared(after) > shared(before)  # forward passes decoded several requests' rows together
     assert _metric(after, "medssr_serving_generated_tokens_total") > _metric(before, "medssr_serving_generated_tokens_total")
     assert 'medssr_serving_requests_total{route="/openai/v1/chat/completions",status="200"}' in after
     assert "medssr_serving_request_seconds_bucket" in after
