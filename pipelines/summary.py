@@ -53,13 +53,13 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
         return f"no MLflow parent run for pipeline run {pipeline_run_id}"
     parent = found[0]
     metrics, tags, params = parent.data.metrics, parent.data.tags, parent.data.params
-    metric = params.get("gate_metric", "lenient")
+    metric = params.get("promotion.metric", "lenient")
     took = f" in {wall_seconds / 60:.1f} min" if wall_seconds else ""
     lines = [f"=== medssr: pipeline run {pipeline_run_id} finished{took} ==="]
 
     benchmarks = sorted({key.split(".")[1] for key in metrics if key.startswith("eval.") and key.endswith(".questions")})
     if benchmarks:
-        samples = params.get("eval_samples", "?")
+        samples = params.get("evaluation.n", "?")
         lines.append(f"{METRIC_NAMES.get(metric, metric)}, %, [95% interval over questions], {samples} sample(s) per question:")
         width = max(len(b) for b in benchmarks) + 7
         lines.append(f"  {'benchmark':<{width}} {'n':>4}  " + "".join(f"{m:<20}" for m in MODELS) + "stage2 - base (paired)")
@@ -72,7 +72,7 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
     if "label.items" in metrics:
         items, kept = int(metrics["label.items"]), int(metrics.get("label.kept", 0))
         line = (
-            f"pseudo-labels: {items} questions x {params.get('label_samples', '?')} samples; answers read free-form "
+            f"pseudo-labels: {items} questions x {params.get('labeling.n_samples', '?')} samples; answers read free-form "
             f"{_pct(metrics.get('label.parse_rate')).strip()}%, recovered by the second pass {_pct(metrics.get('label.recovered_rate')).strip()}%; "
             f"kept {kept} (yield {_pct(metrics.get('label.yield')).strip()}%), precision vs the knowledge-base key "
             f"{_pct(metrics.get('label.precision_kept')).strip()}%"
