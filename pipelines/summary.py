@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from medssr.evaluation.registry import BENCHMARKS
+from medssr.models import RegistryReference
 
 MODELS = ("base", "stage1", "stage2")
 METRIC_NAMES = {
@@ -91,7 +92,7 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
     if name:
         champion = _champion(tracker, name)
         lines.append(
-            f"registered: models:/{name}/{version} (alias candidate); champion: "
+            f"registered: {RegistryReference(name, version=version)} (alias candidate); champion: "
             + (f"v{champion}" + (" (this run)" if champion == version else "") if champion else "none yet")
         )
     lines.append("MLflow: " + mlflow_ui_command(tracker.tracking_uri, tracker.experiment_id, parent.info.run_id))

@@ -744,3 +744,24 @@ def test_pipeline_train_step_takes_placement_and_resources_from_medssr_config(la
     job = build_launcher(config).build_object(spec)
     jsonschema.validate(job, openapi_schema(job))
     assert fields_outside_schema(job, openapi_schema(job)) == []
+
+
+def test_cluster_launchers_read_their_kinds_states_as_job_states():
+    """The kind modules' state readers (shared with `medssr status`) mapped onto the launcher's job states."""
+    def job(*conditions: tuple[str, str], **status) -> dict:
+        listed = [{"type": kind, "status": "True", "reason": reason, "lastTransitionTime": f"2026-11-25T11:0{i}:00Z"}
+                  for i, (kind, reason) in enumerate(conditions)]
+        return {"status": {"conditions": listed, **status}}
+
+    pytorch = PyTorchJobLauncher(PyTorchJobLauncherConfig())
+    assert pytorch.state_of(job()).state == "Pending"
+    assert pytorch.state_of(job(("Created", "JobCreated"))).state == "Pending"
+    assert pytorch.state_of(job(("Created", ""), ("Restarting", "PodRestart"))).state == "Running"
+    finished = pytorch.state_of(job(("Created", ""), ("Running", ""), ("Succeeded", "")))
+    assert (finished.state, finished.reason) == ("Succeeded", "Succeeded")  # no reason given: the condition names it
+    trainer = TrainJobLauncher(TrainJobLauncherConfig())
+    assert trainer.state_of(job(("Suspended", "Suspended"))).state == "Pending"
+    running = trainer.state_of(job(jobsStatus=[{"name": "node", "active": 1, "ready": 1}]))
+    assert (running.state, running.message) == ("Running", "node: 1 active, 1 ready")
+    assert trainer.state_of(job(("Complete", "JobsCompleted"))).state == "Succeeded"
+    assert trainer.state_of(job(("Failed", "DeadlineExceeded"))).reason == "DeadlineExceeded"

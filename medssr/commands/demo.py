@@ -83,6 +83,7 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     """Run the pipeline locally with ``preset``; return its summary, its timings, the model to ask
     (``models:/NAME/VERSION``, this run's candidate) and what it is: the champion or a refused candidate."""
     from medssr.errors import UserError
+    from medssr.models import RegistryReference
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import resolved_params, run_local, stage_timings, step_logs_folder, timing_report
     from medssr.pipelines.summary import pipeline_summary
@@ -102,7 +103,7 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     tags = tracker.call(tracker.client.search_runs, [tracker.experiment_id], filter_string=query, max_results=1)[0].data.tags
     version = tags["medssr.registered_version"]
     role = "champion" if tags.get("medssr.champion_version") == version else "candidate (the gate did not promote it)"
-    return summary, timings, f"models:/{tags['medssr.registered_model']}/{version}", role
+    return summary, timings, str(RegistryReference(tags["medssr.registered_model"], version=version)), role
 
 
 def _handle(args) -> int:

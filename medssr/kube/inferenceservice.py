@@ -10,6 +10,7 @@ from medssr.errors import UserError
 from medssr.kube import pods
 from medssr.kube.conditions import ObjectState, conditions_of, status_of
 from medssr.kube.labels import standard_labels
+from medssr.kube.manifests import custom_object
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 # Label KServe puts on the pods it creates for a service (finds pods we did not label).
@@ -64,17 +65,8 @@ def build(config, storage_uri: str) -> dict[str, Any]:
     annotations = {"medssr.io/model": config.registry_reference, "medssr.io/storage-uri": storage_uri}
     if config.deployment_mode:
         annotations["serving.kserve.io/deploymentMode"] = config.deployment_mode
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {
-            "name": name,
-            "namespace": config.namespace,
-            "labels": standard_labels(config.run_id, "serve", "predictor"),
-            "annotations": annotations,
-        },
-        "spec": {"predictor": predictor},
-    }
+    labels = standard_labels(config.run_id, "serve", "predictor")
+    return custom_object(GROUP, VERSION, KIND, name, config.namespace, labels, {"predictor": predictor}, annotations=annotations)
 
 
 def state(service: Mapping[str, Any]) -> ObjectState:

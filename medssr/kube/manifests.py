@@ -1,10 +1,22 @@
-"""Objects as YAML for ``kubectl apply -f -`` and for reading (``--dry-run``)."""
+"""Objects as the API takes them (``custom_object``) and as YAML for ``kubectl apply -f -`` and for reading (``--dry-run``)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from typing import Any
+
+
+def custom_object(
+    group: str, version: str, kind: str, name: str, namespace: str, labels: Mapping[str, str], spec: dict[str, Any], **metadata: Any
+) -> dict[str, Any]:
+    """A namespaced object of ``kind`` in API ``group/version``; ``metadata`` adds fields such as annotations."""
+    return {
+        "apiVersion": f"{group}/{version}",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), **metadata},
+        "spec": spec,
+    }
 
 
 def manifest_yaml(obj: Mapping[str, Any]) -> str:

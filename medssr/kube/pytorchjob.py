@@ -8,6 +8,7 @@ from typing import Any
 
 from medssr.kube import pods
 from medssr.kube.conditions import ObjectState, parse_time, state_from, true_conditions
+from medssr.kube.manifests import custom_object
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 # The operator only wires up the container with this name (MASTER_ADDR, PET_* rendezvous settings).
@@ -50,12 +51,8 @@ def build(spec, config, command: list[str], labels: Mapping[str, str]) -> dict[s
         run_policy["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
     if config.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = config.active_deadline_seconds
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {"name": spec.job_name, "namespace": config.namespace, "labels": labels},
-        "spec": {"nprocPerNode": str(spec.nproc_per_node), "pytorchReplicaSpecs": replica_specs, "runPolicy": run_policy},
-    }
+    body = {"nprocPerNode": str(spec.nproc_per_node), "pytorchReplicaSpecs": replica_specs, "runPolicy": run_policy}
+    return custom_object(GROUP, VERSION, KIND, spec.job_name, config.namespace, labels, body)
 
 
 def state(job: Mapping[str, Any]) -> ObjectState:

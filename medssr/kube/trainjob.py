@@ -7,6 +7,7 @@ from typing import Any
 
 from medssr.kube import pods
 from medssr.kube.conditions import ObjectState, state_from, status_of, true_conditions
+from medssr.kube.manifests import custom_object
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 # The torch runtimes (torch-distributed as shipped) name their trainer replicated job and its container "node".
@@ -39,12 +40,7 @@ def build(spec, config, command: list[str], labels: Mapping[str, str]) -> dict[s
     }
     if config.active_deadline_seconds is not None:
         body_spec["activeDeadlineSeconds"] = config.active_deadline_seconds
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "metadata": {"name": spec.job_name, "namespace": config.namespace, "labels": labels},
-        "spec": body_spec,
-    }
+    return custom_object(GROUP, VERSION, KIND, spec.job_name, config.namespace, labels, body_spec)
 
 
 def jobset_patch(spec, config, labels: dict[str, str]) -> dict[str, Any]:
