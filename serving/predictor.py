@@ -157,6 +157,7 @@ class MedssrPredictor(Model):
     def load(self) -> bool:
         from transformers import AutoConfig, AutoTokenizer
 
+        from medssr.errors import UserError
         from medssr.generation import GeneratorConfig, build_generator
         from medssr.models import resolve_model
 
@@ -169,8 +170,8 @@ class MedssrPredictor(Model):
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         # A folder without tokenizer files still loads an empty tokenizer; refuse it here, not at every request.
         if not self.tokenizer.encode("The answer is", add_special_tokens=False):
-            raise ValueError(f"{path}: the model has no usable tokenizer (it encodes text to no tokens); "
-                             "save the tokenizer files beside the weights")
+            raise UserError(f"{path}: the model has no usable tokenizer (it encodes text to no tokens); "
+                            "save the tokenizer files beside the weights")
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         self.context_window = getattr(model_config, "max_position_embeddings", None)
         self.generator = build_generator(
