@@ -68,6 +68,12 @@ def announce_retry(dependency: Dependency, failed: int, attempts: int, cause: st
                 dependency.what, dependency.url, failed, attempts, cause, failed + 1, next_try, dependency.settings)
 
 
+def announce_outage(dependency: Dependency, cause: str, down_s: float, limit_s: float) -> None:
+    """One line saying that a long wait (a training job's) rides out a service that stopped answering."""
+    log.warning("waiting for %s at %s: no answer for %.0f s (%s); still trying for up to %.0f s more (the wait is set by %s)",
+                dependency.what, dependency.url, down_s, cause, max(0.0, limit_s - down_s), dependency.settings)
+
+
 # What the openai client logs (at DEBUG) about a failed try, and how its retry line says so.
 _OPENAI_FAILURE = re.compile(r"^Encountered (a timeout exception|exception|an HTTP status error): ")
 

@@ -9,11 +9,13 @@ promotes only when, on every rare-disease benchmark, the lower bound of the gain
 ``margin``, and on no other benchmark the lower bound falls below ``-tolerance`` (a loss larger
 than the tolerance cannot be ruled out). With no champion yet, the reference is the candidate's own
 base model: a first version must beat what it was trained from in the same way. A refusal is a
-normal outcome; the decision table is printed and logged either way (version tags + artifacts).
+normal outcome; the decision table is printed and logged either way (version tags + artifacts). A version
+whose registration was cut short (no ``medssr.complete`` tag) is refused as a candidate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,10 +28,16 @@ from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired
 from medssr.models import RegistryReference, registry_reference
 from medssr.storage import write_text
 from medssr.tracking import (
+    COMPLETE_TAG,
     StageRun,
     Tracker,
     TrackingConfig,
+    config_dict,
+    config_hash,
+    file_sha256,
+    folder_fingerprint,
     get_model_version,
+    is_complete,
     register_model_folder,
 )
 
@@ -67,8 +75,19 @@ class RegisterResult:
     run_id: str
 
 
+def registration_key(config: RegisterConfig) -> str:
+    """What a registration is made from: its config (the pipeline run included, the tracking server not), the
+    model folder's fingerprint and the per-question files' contents. The same key registers the same version
+    (a rerun finishes it)."""
+    files = [file_sha256(path) if path else "" for path in (config.per_question, config.baseline_per_question)]
+    what = {k: v for k, v in config_dict(config).items() if k != "tracking"}  # the server is where, not what
+    parts = [config_hash(what), folder_fingerprint(config.model_dir), *files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def run_register(config: RegisterConfig, stage_run: StageRun | None = None) -> RegisterResult:
-    """Log the folder, create the version with score and provenance tags, set the alias."""
+    """Log the gate files, then the folder, create the version with score and provenance tags, mark it complete,
+    set the alias (:func:`medssr.tracking.register_model_folder`); a rerun of a registration cut short finishes it."""
     if stage_run is None:
         with Tracker(config.tracking).stage("register", config.parent_run_id) as own_run:
             return run_register(config, own_run)
@@ -86,7 +105,8 @@ def run_register(config: RegisterConfig, stage_run: StageRun | None = None) -> R
                 stage_run.log_artifact(copy, GATE_ARTIFACTS)
     stage_run.log_metrics({f"{EVAL_TAG_PREFIX}{b}": s for b, s in config.scores.items()})
     tags.setdefault("medssr.mlflow_run_id", stage_run.run_id)
-    version = register_model_folder(stage_run, config.name, config.model_dir, tags=tags, alias=config.alias)
+    version = register_model_folder(stage_run, config.name, config.model_dir, tags=tags, alias=config.alias,
+                                    registration_key=registration_key(config))
     stage_run.set_tags({"medssr.registered_model": config.name, "medssr.registered_version": version.version})
     return RegisterResult(config.name, str(version.version), version.source, stage_run.run_id)
 
@@ -258,7 +278,9 @@ def run_promotion(config: PromotionConfig, out: str | os.PathLike | None = None)
     reference_name = f"champion v{champion.version}" if champion is not None else "its base model (no champion yet)"
     passed, rows = False, []
     candidate_rows = load_gate_results(tracker, candidate, PER_QUESTION_FILE)
-    if champion is not None and str(champion.version) == str(candidate.version):
+    if not is_complete(candidate):
+        reason = f"v{candidate.version} was not completely registered (no {COMPLETE_TAG} tag): run its register step again"
+    elif champion is not None and str(champion.version) == str(candidate.version):
         reason = f"v{candidate.version} already holds {config.champion_alias}"
     elif candidate_rows is None:
         reason = f"v{candidate.version} carries no per-question results ({GATE_ARTIFACTS}/{PER_QUESTION_FILE}): register it with them"

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -75,6 +75,7 @@ def _is_s3_unreachable(exc: BaseException) -> bool:
     # boto3's transfer manager (upload_file, download_file) wraps them in its own errors, with their text.
     return isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)) or (
         "Could not connect to the endpoint URL" in str(exc) or "Read timeout on endpoint URL" in str(exc)
+        or "Connection was closed before we received a valid response" in str(exc)
     )
 
 
@@ -199,10 +200,11 @@ def exists(uri: str | os.PathLike) -> bool:
     return Path(uri).exists()
 
 
-def upload_dir(local_dir: str | os.PathLike, uri: str) -> None:
-    """Copy a folder to ``uri`` (s3 or local). Files are uploaded before any marker a caller writes last."""
+def upload_dir(local_dir: str | os.PathLike, uri: str, exclude: Collection[str] = ()) -> None:
+    """Copy a folder to ``uri`` (s3 or local), leaving out files named in ``exclude`` (a marker the caller
+    writes last, once everything else is there)."""
     local_dir = Path(local_dir)
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in exclude)
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
         client = s3_client()
@@ -214,7 +216,7 @@ def upload_dir(local_dir: str | os.PathLike, uri: str) -> None:
     target = Path(uri)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(local_dir, tmp)
+    shutil.copytree(local_dir, tmp, ignore=shutil.ignore_patterns(*exclude))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

@@ -40,7 +40,42 @@ class KubernetesLauncherConfig:
     )
     delete_on_timeout: bool = field(default=True, metadata={"help": "Delete the job when wait() times out (else leave it running)."})
     poll_interval_s: float = field(default=2.0, metadata={"help": "Seconds between pod-log retries while following logs."})
+    api_outage_s: float = field(
+        default=300.0,
+        metadata={"help": "Seconds wait() rides out an API server that stopped answering (a control-plane restart) "
+                          "before it reports it; each call's own retries are medssr.kube.client.KubeApiSettings."},
+    )
     log_tail_lines: int = field(default=20, metadata={"help": "Master pod log lines quoted in a Failed status."})
+
+
+class ApiOutage:
+    """How long the API server has not answered a waiting launcher: an error that is not a connection failure, or
+    an outage longer than ``limit_s``, is raised; anything shorter is announced and waited out."""
+
+    def __init__(self, api, limit_s: float):
+        from medssr.dependencies import Dependency
+
+        self.dependency = Dependency("Kubernetes API server", api.configuration.host, "KubernetesLauncherConfig.api_outage_s "
+                                     f"({limit_s:g} s) and {kube_client.KUBE_API_SETTINGS_TEXT}")
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def ride_out(self, error: Exception, pause_s: float) -> None:
+        from medssr.dependencies import announce_outage, short_cause
+
+        if not kube_client.is_unreachable(error):
+            raise error
+        now = time.monotonic()
+        self.since = self.since if self.since is not None else now
+        if now - self.since > self.limit_s:
+            raise error
+        announce_outage(self.dependency, short_cause(error), now - self.since, self.limit_s)
+        time.sleep(pause_s)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.info("the Kubernetes API server answers again after %.0f s", time.monotonic() - self.since)
+        self.since = None
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
@@ -118,6 +153,7 @@ class CustomJobLauncher:
         from kubernetes.client.rest import ApiException
 
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = ApiOutage(self.api, self.config.api_outage_s)
         while True:
             try:
                 obj = self.get(handle)
@@ -125,6 +161,10 @@ class CustomJobLauncher:
                 if error.status == 404:
                     return JobStatus("Failed", "Deleted", f"{self.kind} {handle.namespace}/{handle.name} no longer exists")
                 raise
+            except Exception as error:
+                outage.ride_out(error, self.config.poll_interval_s)
+                continue
+            outage.over()
             status = self.state_of(obj)
             if status.finished:
                 return self._with_failure_details(handle, status)
@@ -152,6 +192,8 @@ class CustomJobLauncher:
                         return self._with_failure_details(handle, status)
                     if deadline is not None and time.monotonic() >= deadline:
                         break
+            except Exception as error:  # the server went away mid-watch: read the object again once it is back
+                outage.ride_out(error, 0.0)
             finally:
                 watcher.stop()
 

@@ -2,9 +2,10 @@
 
 The Trainer writes ``checkpoint-N`` in place, so a process killed mid-save leaves a folder that looks
 like a checkpoint but is not one. A checkpoint counts only once :class:`CompleteCheckpointCallback`
-has written the marker file into it, after every rank finished writing and after the mirror copy
-(local folder or s3://) is uploaded with its own marker last. Restarts pick the newest marked
-checkpoint, here or in the mirror, and delete unmarked local ones.
+has written the marker file into it, after every rank finished writing; the mirror copy (local folder or
+s3://) is uploaded without it and gets its own marker last. A mirror that does not answer does not stop
+training: the checkpoint stays unmarked there, and the next save uploads what the mirror missed first.
+Restarts pick the newest marked checkpoint, here or in the mirror, and delete unmarked local ones.
 
 The marker also records the run's provenance (:func:`provenance`): a resume under a different config
 is refused with the differences, so a folder never mixes two runs' weights and settings.
@@ -132,21 +133,39 @@ class CompleteCheckpointCallback(TrainerCallback):
         self.mirror = mirror
         self.keep = keep
         self.run = run
+        self.unmirrored: list[int] = []  # steps of complete checkpoints the mirror has not got yet, oldest first
 
     def on_save(self, args, state, control, **kwargs):
         _barrier()  # every rank has written its part (rng_state_<rank>.pth) before the marker says "complete"
         if state.is_world_process_zero:
             step = state.global_step
-            folder = self.local_dir / f"checkpoint-{step}"
+            write_marker(str(self.local_dir / f"checkpoint-{step}"), step, self.run)
             if self.mirror:
-                remote = _join(self.mirror, folder.name)
-                storage.upload_dir(folder, remote)
-                write_marker(remote, step, self.run)
-            write_marker(str(folder), step, self.run)
+                self.unmirrored.append(step)
+                self.mirror_pending()
             for _, old in complete_checkpoints(self.local_dir)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
         return control
+
+    def mirror_pending(self) -> None:
+        """Upload the complete checkpoints the mirror lacks (still kept here), each marked there last; a mirror
+        that does not answer leaves them for the next save."""
+        from medssr.dependencies import DependencyUnavailable
+
+        while self.unmirrored:
+            step = self.unmirrored[0]
+            folder = self.local_dir / f"checkpoint-{step}"
+            if folder.is_dir():
+                remote = _join(self.mirror, folder.name)
+                try:
+                    storage.upload_dir(folder, remote, exclude={MARKER})
+                    write_marker(remote, step, self.run)
+                except DependencyUnavailable as exc:
+                    log.warning("checkpoint-%d is not in the mirror yet (%s); training goes on, the next save tries again", step, exc)
+                    return
+                log.info("mirrored checkpoint-%d to %s", step, remote)
+            self.unmirrored.pop(0)
 
 
 def _barrier() -> None:

@@ -226,6 +226,7 @@ class KubeCluster:
     admin_token: str
     workdir: Path
     _processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    _apiserver_command: list[str] = field(default_factory=list, repr=False)
     _crds_applied: set[str] = field(default_factory=set, repr=False)
     # CRD name -> schema keys the server dropped on storing it, with at how many places (SCHEMA_KEYS_NEWER_THAN_SERVER).
     ignored_schema_keys: dict[str, Counter] = field(default_factory=dict)
@@ -378,6 +379,23 @@ class KubeCluster:
             input=input,
         )
 
+    def restart_apiserver(self, while_down=None) -> None:
+        """Stop the API server (etcd and what it stores stay), call ``while_down()`` if given, and start it again
+        on the same port: a restarted control plane, as clients see it."""
+        apiserver = self._processes.pop()
+        apiserver.terminate()
+        try:
+            apiserver.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            apiserver.kill()
+            apiserver.wait(timeout=5)
+        if while_down is not None:
+            while_down()
+        log = self.workdir / "kube-apiserver.log"
+        restarted = subprocess.Popen(self._apiserver_command, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=self.workdir)
+        self._processes.append(restarted)
+        _wait_ready(self.server, self.ca_file, self.admin_token, {"kube-apiserver": (restarted, log)})
+
     def stop(self) -> None:
         """Stop the API server before etcd (it would otherwise keep retrying its storage)."""
         for process in reversed(self._processes):
@@ -465,6 +483,7 @@ def start_kube_cluster(workdir: Path) -> KubeCluster:
         ca_file=pki / "ca.crt",
         admin_token=admin_token,
         workdir=workdir,
+        _apiserver_command=apiserver_cmd,
     )
     try:
         etcd = subprocess.Popen(etcd_cmd, stdout=etcd_log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir)
