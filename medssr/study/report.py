@@ -289,8 +289,8 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
         lines.append(f"| {kind} | " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " |")
     lines += ["", "## Wall time per step", "", "| step | wall (s) | finished |", "|---|---:|---|"]
     total = 0.0
-    for marker in sorted(study.root.glob("*/done.json"), key=lambda p: json.loads(p.read_text(encoding="utf-8"))["finished_at"]):
-        done = json.loads(marker.read_text(encoding="utf-8"))
+    for marker in sorted(study.root.glob("*/done.json"), key=lambda p: study.read_marker(p)["finished_at"]):
+        done = study.read_marker(marker)
         total += done["wall_seconds"]
         lines.append(f"| {marker.parent.name} | {done['wall_seconds']:.0f} | {done['finished_at']} |")
     lines.append(f"| total | {total:.0f} | |")

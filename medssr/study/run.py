@@ -25,6 +25,8 @@ from medssr.study.config import ARMS, StudyConfig
 log = logging.getLogger(__name__)
 
 DONE = "done.json"
+IN_STUDY = "<study>/"
+"""How a marker writes a path inside the study folder, so the folder can be moved or copied to another machine."""
 STUDY_FILE = "study.json"
 PARTS_FILE = "parts.json"
 
@@ -88,7 +90,11 @@ class Study:
 
     def finished(self, step: str) -> dict | None:
         marker = self.folder(step) / DONE
-        return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+        return self.read_marker(marker) if marker.is_file() else None
+
+    def read_marker(self, marker: Path) -> dict:
+        """A step's done.json, its paths resolved against where the study folder is now."""
+        return self._local(json.loads(marker.read_text(encoding="utf-8")))
 
     def step(self, step: str, compute: Callable[[Path], dict]) -> dict:
         """``compute(folder)``'s result, computed once: a finished step is read back from its marker."""
@@ -102,8 +108,28 @@ class Study:
         result = compute(folder)
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(folder / DONE, result)
+        write_json(folder / DONE, self._portable(result))
         return result
+
+    def _portable(self, value):
+        """``value`` with every path under the study folder written relative to it (IN_STUDY...)."""
+        if isinstance(value, dict):
+            return {key: self._portable(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._portable(item) for item in value]
+        if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).is_relative_to(self.root):
+            return IN_STUDY + Path(value).relative_to(self.root).as_posix()
+        return value
+
+    def _local(self, value):
+        """The inverse of _portable, against where the study folder is now."""
+        if isinstance(value, dict):
+            return {key: self._local(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._local(item) for item in value]
+        if isinstance(value, str) and value.startswith(IN_STUDY):
+            return str(self.root / value[len(IN_STUDY):])
+        return value
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -35,7 +35,7 @@ class StudyTracking:
             logged = folder / LOGGED
             if logged.is_file() and json.loads(logged.read_text(encoding="utf-8"))["tracking_uri"] == self.tracker.tracking_uri:
                 continue
-            done = json.loads(marker.read_text(encoding="utf-8"))
+            done = self.study.read_marker(marker)
             self._drop_partial_run(folder.name)
             with self.tracker.stage(folder.name, self.parent) as run:
                 self._log_step(run, folder.name, done)
