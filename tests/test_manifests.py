@@ -457,7 +457,9 @@ def readme_cluster_commands() -> list[str]:
     assert found, "README.md has a 'Running on a cluster' section"
     section = re.split(r"\n## ", section, maxsplit=1)[0]
     blocks = re.findall(r"```bash\n(.*?)\n\s*```", section, flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    # a command continued over lines with a trailing backslash is one command, as the shell reads it
+    lines = [line.strip() for block in blocks for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.mark.k8s
