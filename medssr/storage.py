@@ -243,7 +243,7 @@ def download_dir(uri: str, local_dir: str | os.PathLike) -> Path:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(bucket, obj["Key"], str(dest))
     if not found:
-        raise FileNotFoundError(f"nothing stored under {uri}")
+        raise StorageError(f"nothing stored under {uri}")
     return local_dir
 
 

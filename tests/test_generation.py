@@ -276,7 +276,7 @@ def test_resolve_model_downloads_an_s3_model_once(tiny_model, tmp_path, monkeypa
     (local / "model.safetensors").write_bytes(b"kept")  # a second resolve must not download again
     assert resolve_model(f"s3://{bucket}/models/tiny/") == str(local)
     assert (local / "model.safetensors").read_bytes() == b"kept"
-    with pytest.raises(FileNotFoundError, match="nothing stored under"):
+    with pytest.raises(storage.StorageError, match="nothing stored under"):
         resolve_model(f"s3://{bucket}/models/missing")
 
 
