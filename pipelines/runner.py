@@ -84,7 +84,23 @@ def compile_pipeline(out: str | os.PathLike, settings: ClusterSettings | None = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(settings), str(out))
+    out.write_text(_sorted_header_defaults(out.read_text(encoding="utf-8")), encoding="utf-8")
     return out
+
+
+def _sorted_header_defaults(text: str) -> str:
+    """KFP's comment header prints a mapping parameter's default in protobuf map order, which changes from one
+    process to the next; sorted, the compiled file is the same for the same pipeline."""
+    import ast
+    import re
+
+    def ordered(value):
+        return {k: ordered(v) for k, v in sorted(value.items())} if isinstance(value, dict) else value
+
+    def sort(match: re.Match) -> str:
+        return f"{match[1]}{ordered(ast.literal_eval(match[2]))}]"
+
+    return re.sub(r"^(#\s+\w+: dict \[Default: )(\{.*\})\]$", sort, text, flags=re.MULTILINE)
 
 
 @dataclass(frozen=True)
