@@ -170,8 +170,11 @@ def test_a_pipeline_killed_in_stage_2_resumes_reusing_the_finished_stages(tmp_pa
         runner = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # Stage 2 is under way once its torchrun writes its log.
-        wait_until(lambda: list((run_folder / "train-supervised" / "launch").glob("*/train.log")), 600,
-                   "stage 2 (train-supervised) started training", interval=0.5)
+        def stage_2_started():
+            assert runner.poll() is None, (tmp_path / "first.log").read_text()[-3000:]  # a run that failed early fails here
+            return list((run_folder / "train-supervised" / "launch").glob("*/train.log"))
+
+        wait_until(stage_2_started, 600, "stage 2 (train-supervised) started training", interval=0.5)
         assert runner.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert processes_of_run(run_folder)  # the train step and its torchrun
         runner.send_signal(signal.SIGKILL)
