@@ -169,17 +169,7 @@ class StepDecoder:
                 kept = self._compact()
                 next_tokens = next_tokens[kept]
             if self.rows:
-                running = self._running
-                running.mask = torch.cat([running.mask, running.mask.new_ones(len(running), 1)], dim=1)
-                out = self.generator.model(
-                    input_ids=next_tokens[:, None],
-                    attention_mask=running.mask,
-                    position_ids=running.positions,
-                    cache=running.cache,
-                    use_cache=True,
-                )
-                running.cache, running.logits = out.cache, out.logits[:, -1].float()
-                running.positions = running.positions + 1
+                self._running.feed(self.generator.model, next_tokens)
         return deltas
 
     def _advance(self, key, sample: int, token: int, by_eos: bool, made: int) -> Delta:

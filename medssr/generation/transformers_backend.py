@@ -136,6 +136,15 @@ class _Running:
         self.made = torch.cat([self.made, other.made])
         self.alive = torch.cat([self.alive, other.alive])
 
+    def feed(self, model, next_tokens) -> None:
+        """One decode step: every row takes its next token, and the logits for the one after come back."""
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
+        out = model(input_ids=next_tokens[:, None], attention_mask=self.mask, position_ids=self.positions, cache=self.cache, use_cache=True)
+        self.cache, self.logits = out.cache, out.logits[:, -1].float()
+        self.positions = self.positions + 1
+
     def keep(self, rows) -> None:
         """Only ``rows`` go on; the left padding they all share is cut off."""
         self.cache.batch_select_indices(rows)
@@ -461,16 +470,7 @@ class TransformersGenerator:
                     waiting = []
                 if not running.alive.any():
                     continue
-                running.mask = torch.cat([running.mask, running.mask.new_ones(len(running), 1)], dim=1)
-                out = self.model(
-                    input_ids=next_tokens[:, None],
-                    attention_mask=running.mask,
-                    position_ids=running.positions,
-                    cache=running.cache,
-                    use_cache=True,
-                )
-                running.cache, running.logits = out.cache, out.logits[:, -1].float()
-                running.positions = running.positions + 1
+                running.feed(self.model, next_tokens)
         progress.close()
         return tokens, logprobs, answers
 
