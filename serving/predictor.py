@@ -36,7 +36,7 @@ from medssr.serving.protocol import (  # noqa: E402
     parse_settings,
     require_unicode_text,
 )
-from medssr.serving.scheduler import DecodeScheduler, QueueFull, Ticket  # noqa: E402
+from medssr.serving.scheduler import DecodeScheduler, DecoderStopped, QueueFull, Ticket  # noqa: E402
 
 V2_TEXT_INPUTS = ("text_input", "prompt", "input")
 @dataclass
@@ -154,6 +154,15 @@ class MedssrPredictor(Model):
         self.scheduler: DecodeScheduler | None = None
         self.context_window: int | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Loaded, and its decode thread alive: a server whose thread died fails its readiness probe."""
+        return self._loaded and (self.scheduler is None or self.scheduler.failure is None)
+
+    @ready.setter
+    def ready(self, loaded: bool) -> None:  # kserve.Model sets it on load and stop
+        self._loaded = loaded
+
     def load(self) -> bool:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -251,6 +260,8 @@ class MedssrPredictor(Model):
         except QueueFull as exc:
             REJECTED.labels(reason="queue_full").inc()
             raise RequestError(429, f"server is at capacity: {exc}; retry later", code="server_overloaded") from None
+        except DecoderStopped as exc:
+            raise RequestError(503, f"model '{self.name}' cannot decode: {exc}", code="model_not_ready") from None
         PROMPT_TOKENS.inc(sum(map(len, encoded)))
         return RequestRun(self.scheduler, jobs, tickets, [len(ids) for ids in encoded], settings, events)
 

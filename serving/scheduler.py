@@ -5,7 +5,10 @@ and, before every step, admits waiting prompts while the batch has room (``max_p
 the decoder's row limit). Each step's text goes back to the event loop, where every prompt's
 :class:`Ticket` yields it (the streaming routes send it on as it comes). A ticket cancelled while it
 waits never reaches the model; one cancelled while it decodes stops before the next step. A full
-queue refuses new work at once (``QueueFull``) instead of letting latency grow without bound.
+queue refuses new work at once (``QueueFull``) instead of letting latency grow without bound. A step
+that raises fails the prompts of that batch and the thread goes on; should the thread itself die, every
+waiting and decoding prompt fails with ``DecoderStopped``, so does every later submit, and the server
+reports itself not ready: no request waits on a thread that is gone.
 
 ``admission="batch"`` is the earlier policy, kept to measure against (``bench/serving.py``): prompts
 are admitted only into an empty batch, gathered for up to ``max_wait_ms``, and the batch then runs
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -35,10 +39,15 @@ from medssr.serving.metrics import (
 )
 
 Admission = Literal["step", "batch"]
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     """The waiting queue is at capacity: the caller should answer 429 and the client retry later."""
+
+
+class DecoderStopped(RuntimeError):
+    """The decode thread is gone (it died on an error, or the server is closing): no prompt will decode."""
 
 
 @dataclass(eq=False)
@@ -72,6 +81,7 @@ class DecodeScheduler:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free_since = time.monotonic()  # when the batch last emptied (admission="batch")
+        self.failure: DecoderStopped | None = None  # set once the decode thread has ended
         self._thread = threading.Thread(target=self._work, name="medssr-decode", daemon=True)
         self._thread.start()
 
@@ -87,6 +97,8 @@ class DecodeScheduler:
         ``QueueFull`` when there is no room."""
         self._loop = asyncio.get_running_loop()
         with self._lock:
+            if self.failure is not None:
+                raise self.failure
             if self.depth + len(jobs) > self.max_queue:
                 raise QueueFull(f"queue is full ({self.depth} prompts waiting, limit {self.max_queue})")
             tickets = [Ticket(job, events) for job in jobs]
@@ -112,6 +124,19 @@ class DecodeScheduler:
     # ---------------------------------------------------------------------------------- decoder thread
 
     def _work(self) -> None:
+        try:
+            self._serve()
+            stopped = DecoderStopped("the server is shutting down")
+        except BaseException as exc:  # noqa: BLE001 - whatever ended the thread, no caller may wait on it
+            logger.exception("the decode thread stopped")
+            stopped = DecoderStopped(f"the decode thread stopped: {type(exc).__name__}: {exc}")
+            stopped.__cause__ = exc
+        with self._lock:
+            self.failure = stopped
+            waiting, self._waiting = list(self._waiting), deque()
+        self._fail([*self._running.values(), *waiting], stopped)
+
+    def _serve(self) -> None:
         while True:
             with self._lock:
                 while not self._closed and not self._cancelled and not self.decoder.rows and not self.depth:
@@ -121,10 +146,10 @@ class DecodeScheduler:
                 cancelled, self._cancelled = self._cancelled, []
                 self._drop_abandoned()
                 admitted = self._choose()
-            for ticket in cancelled:
-                if ticket.admitted and self._running.pop(ticket.job.key, None) is not None:
-                    CANCELLED_ROWS.inc(self.decoder.cancel(ticket.job.key))
             try:
+                for ticket in cancelled:
+                    if ticket.admitted and self._running.pop(ticket.job.key, None) is not None:
+                        CANCELLED_ROWS.inc(self.decoder.cancel(ticket.job.key))
                 if admitted:
                     self.decoder.admit([ticket.job for ticket in admitted])
                     ADMITTED.observe(len(admitted))
@@ -202,7 +227,7 @@ class DecodeScheduler:
     def _fail(self, tickets: list[Ticket], exc: Exception) -> None:
         self.decoder.reset()
         self._running.clear()
-        if self._loop is not None:
+        if tickets and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_put_all, [(ticket, exc) for ticket in tickets])
 
 

@@ -4,7 +4,6 @@ reference-format fixtures with a real (tiny) model."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

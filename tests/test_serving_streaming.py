@@ -114,6 +114,95 @@ def test_scheduler_refuses_when_full_and_drops_waiting_prompts_of_clients_that_w
     assert abandoned() - before == 8
 
 
+@pytest.mark.slow  # loads the model in this process
+def test_cancelling_a_decoding_prompt_stops_its_rows_and_the_thread_serves_the_next(tiny_generator):
+    from prometheus_client import REGISTRY
+
+    cancelled_rows = lambda: REGISTRY.get_sample_value("medssr_serving_cancelled_rows_total") or 0.0  # noqa: E731
+
+    async def scenario():
+        scheduler = _scheduler(tiny_generator, "step")
+        events = asyncio.Queue()
+        sampling = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=64, seed=1)
+        tickets = scheduler.submit([_job(scheduler, tiny_generator, "A patient", sampling, samples=3, min_tokens=64)],
+                                   events)
+        await events.get()
+        scheduler.cancel(tickets)
+        deadline = time.monotonic() + 30
+        while scheduler.decoder.rows and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        rows_left, delivered = scheduler.decoder.rows, events.qsize()
+        after = asyncio.Queue()
+        scheduler.submit([_job(scheduler, tiny_generator, "The answer is", GREEDY)], after)
+        last = await asyncio.wait_for(_last_delta(after), 30)
+        scheduler.close()
+        return rows_left, delivered, last
+
+    before = cancelled_rows()
+    rows_left, delivered, last = asyncio.run(scenario())
+    assert rows_left == 0 and cancelled_rows() - before == 3
+    assert delivered < 3 * 63, "the cancelled rows decoded on"
+    assert not isinstance(last, Exception) and last.finish_reason in ("stop", "length")
+
+
+async def _last_delta(events: asyncio.Queue):
+    while True:
+        event = await events.get()
+        if isinstance(event, Exception) or event.finish_reason is not None:
+            return event
+
+
+@pytest.mark.slow  # loads the model in this process
+def test_a_decode_thread_that_dies_fails_every_prompt_and_later_submits_at_once(tiny_generator):
+    from medssr.serving.scheduler import DecoderStopped
+
+    async def scenario():
+        scheduler = _scheduler(tiny_generator, "step")
+        decoding, waiting = asyncio.Queue(), asyncio.Queue()
+        scheduler.submit([_job(scheduler, tiny_generator, "A patient", SamplingParams(temperature=0, max_tokens=64),
+                               min_tokens=64)], decoding)
+        await decoding.get()
+
+        def broken() -> bool:  # an error where the thread admits, outside the step it guards
+            raise MemoryError("no room for the cache")
+
+        scheduler.decoder.can_join = broken
+        scheduler.submit([_job(scheduler, tiny_generator, "The answer is", GREEDY)], waiting)
+        failures = await asyncio.wait_for(asyncio.gather(_last_delta(decoding), _last_delta(waiting)), 30)
+        with pytest.raises(DecoderStopped, match="MemoryError: no room for the cache"):
+            scheduler.submit([_job(scheduler, tiny_generator, "later", GREEDY)], asyncio.Queue())
+        return failures
+
+    for failure in asyncio.run(scenario()):
+        assert isinstance(failure, DecoderStopped) and "MemoryError" in str(failure)
+
+
+@pytest.mark.slow  # loads the model in this process
+def test_a_predictor_whose_decode_thread_died_is_not_ready_and_answers_503(tiny_model):
+    from medssr.serving.config import ServeConfig
+    from medssr.serving.predictor import MedssrPredictor
+    from medssr.serving.protocol import GenerationSettings, PromptJob, RequestError
+
+    predictor = MedssrPredictor(ServeConfig(model=str(tiny_model), device="cpu", torch_threads=1))
+    assert predictor.load() and predictor.ready
+
+    def broken() -> bool:
+        raise RuntimeError("the cache is corrupt")
+
+    async def scenario():
+        predictor.scheduler.decoder.can_join = broken
+        with pytest.raises(Exception):  # the request that met the death fails (in its stream), never hangs
+            await asyncio.wait_for(predictor.complete([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY)), 30)
+        with pytest.raises(RequestError) as refused:
+            await predictor.submit([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY))
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 503 and "RuntimeError: the cache is corrupt" in refused.message
+    assert not predictor.ready and not asyncio.run(predictor.healthy())
+    predictor.stop()
+
+
 # ------------------------------------------------------------------------------------ running server
 
 

@@ -120,7 +120,7 @@ class StepDecoder:
         rows = [row for row, owner in enumerate(self._running.owners) if owner[0] == key]
         stopped = int(self._running.alive[rows].sum()) if rows else 0
         if rows:
-            with torch.inference_mode():  # the batch's tensors were made in inference mode; writing them needs it too
+            with self._torch.inference_mode():  # the batch's tensors were made in inference mode; writing them needs it too
                 self._running.alive[rows] = False
         self._forget(key)
         return stopped

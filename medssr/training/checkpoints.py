@@ -26,6 +26,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from medssr import storage
+from medssr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,14 @@ def check_provenance(checkpoint: Path, run: dict) -> None:
     recorded = json.loads((checkpoint / MARKER).read_text(encoding="utf-8")).get("run")
     remedy = f"give another output folder, or delete {checkpoint.parent} to start over"
     if recorded is None:
-        raise ValueError(f"{checkpoint}: no record of the config that wrote it, so it cannot be resumed; {remedy}")
+        raise UserError(f"{checkpoint}: no record of the config that wrote it, so it cannot be resumed; {remedy}")
     differences = [
         f"{key}: {recorded.get(key)!r} in the checkpoint, {run.get(key)!r} now"
         for key in sorted(set(recorded) | set(run))
         if recorded.get(key) != run.get(key)
     ]
     if differences:
-        raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}); {remedy}")
+        raise UserError(f"{checkpoint} was trained with other settings ({'; '.join(differences)}); {remedy}")
 
 
 def latest_checkpoint(local_dir: Path, mirror: str | None) -> Path | None:
