@@ -202,6 +202,19 @@ def read_yaml(path: str | os.PathLike, section: str = "") -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
+def flatten(cls: type, data: Mapping[str, Any], prefixes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``data`` with a nested config written as a mapping (``generator: {model: M}``) as its flat settings
+    (``rewrite_model: M``); a key of that mapping that is no setting stays, as ``generator.modle``, to be named."""
+    by_path = {s.path: s.name for s in settings_of(cls, prefixes)}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if (key,) not in by_path and isinstance(value, Mapping):
+            flat.update({by_path.get((key, inner), f"{key}.{inner}"): item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -209,18 +222,23 @@ def add_arguments(
     skip: tuple[str, ...] = (),
     aliases: Mapping[str, tuple[str, ...]] | None = None,
     required: tuple[str, ...] = (),
+    positional: Mapping[str, str] | None = None,
+    negations: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
     """One ``--setting-name`` option per setting (default None: not given, so a ``--config`` file or the
-    dataclass default decides). Lists take several values (``--benchmarks medqa nejm``)."""
-    aliases = aliases or {}
+    dataclass default decides). Lists take several values (``--benchmarks medqa nejm``). A boolean alone is
+    true (``--dry-run``), takes a value (``--recovery false``), and ``--no-recovery`` (or a spelling in
+    ``negations``) is false. ``positional`` maps settings given as positional arguments to their metavar; one
+    with a default may be left out."""
+    aliases, positional, negations = aliases or {}, positional or {}, negations or {}
     for setting in settings_of(cls, prefixes):
         if setting.name in skip:
             continue
         inner = _optional_inner(setting.annotation)
         origin = typing.get_origin(inner)
-        options = [*aliases.get(setting.name, ()), f"--{setting.name.replace('_', '-')}"]
+        option = f"--{setting.name.replace('_', '-')}"
         default = "" if setting.default is dataclasses.MISSING else f" (default: {plain(setting.default)})"
-        kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": f"{setting.help}{default}".replace("%", "%%")}
+        kwargs: dict[str, Any] = {"default": None, "help": f"{setting.help}{default}".replace("%", "%%")}
         if origin in (list, tuple):
             (item_type, *_) = typing.get_args(inner) or (str,)
             kwargs.update(nargs="+", action="extend", type=_parser(item_type, setting.name))
@@ -228,9 +246,20 @@ def add_arguments(
             kwargs["type"] = _parser(setting.annotation, setting.name)
             if origin is Literal:
                 kwargs["metavar"] = "{" + ",".join(map(str, typing.get_args(inner))) + "}"
+            if inner is bool:
+                kwargs.update(nargs="?", const=True, metavar="{true,false}")
+        if setting.name in positional:
+            kwargs["metavar"] = positional[setting.name]
+            if setting.default is not dataclasses.MISSING:
+                kwargs["nargs"] = "?"
+            parser.add_argument(setting.name, **kwargs)
+            continue
         if setting.name in required:
             kwargs["required"] = True
-        parser.add_argument(*options, **kwargs)
+        parser.add_argument(*aliases.get(setting.name, ()), option, dest=setting.name, **kwargs)
+        if inner is bool:
+            parser.add_argument(*negations.get(setting.name, ()), f"--no-{option[2:]}", dest=setting.name, action="store_const",
+                                const=False, default=None, help=f"Same as {option} false.")
 
 
 def _parser(annotation: Any, name: str):
@@ -251,7 +280,7 @@ def from_args(
     on the command line laid over it, and ``wired`` values laid over both. Every value is the user's, so a
     value the config refuses (its ``__post_init__``) is a UserError."""
     with user_input():
-        values = read_yaml(args.config, section) if getattr(args, "config", None) else {}
+        values = flatten(cls, read_yaml(args.config, section), prefixes) if getattr(args, "config", None) else {}
         for setting in settings_of(cls, prefixes):
             given = getattr(args, setting.name, None)
             if given is not None:

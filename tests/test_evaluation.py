@@ -221,7 +221,7 @@ def test_evaluate_cli(tiny_answerer, tmp_path, capsys):  # noqa: F811
 
     out = tmp_path / "report"
     code = main([
-        "evaluate", "--model", str(tiny_answerer), "--benchmarks", str(FIXTURES), "--only", "pubmedqa", "raredis_sub",
+        "evaluate", "--model", str(tiny_answerer), "--benchmarks-dir", str(FIXTURES), "--only", "pubmedqa", "raredis_sub",
         "--limit", "2", "--n", "1", "--max-tokens", "8", "--no-hub", "--bootstrap", "50",
         "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
     ])
@@ -234,7 +234,7 @@ def test_evaluate_cli(tiny_answerer, tmp_path, capsys):  # noqa: F811
     assert main(["calibration", str(out), "--bins", "4", "--out", str(tmp_path / "calibration")]) == 0
     assert "### tiny-answerer · pubmedqa: 2 questions" in capsys.readouterr().out
     assert (tmp_path / "calibration" / "calibration.json").is_file()
-    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--benchmarks", str(FIXTURES), "--out", str(out)]) == 2
+    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--benchmarks-dir", str(FIXTURES), "--out", str(out)]) == 2
     assert "no model folder" in capsys.readouterr().err
 
 

@@ -1,6 +1,7 @@
 """One declaration per setting: every field of every stage config is a pipeline parameter (the stage's
-mapping, with the config's default) and an option of the stage's command; a preset's labelling is the
-same through the pipeline step and through `medssr label --config`."""
+mapping, with the config's default) and an option of the stage's command; a command's `--config` reads
+its stage's section of a preset, and a preset's labelling is the same through the pipeline step and
+through `medssr label --config`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ import yaml
 from medssr import configs
 from medssr.stages import STAGES
 
-COMMANDS = {"labeling": ["label"], "train_self": ["train"], "train_supervised": ["train"]}
+# Each stage's command, with the arguments it cannot run without.
+COMMANDS = {
+    "labeling": ["label"], "train_self": ["train"], "train_supervised": ["train"],
+    "synthesis": ["synthesize", "--out", "items.jsonl", "--seed-questions", "seeds.jsonl"],
+    "evaluation": ["evaluate", "--model", "base"], "promotion": ["promote", "medssr"], "deployment": ["deploy", "medssr"],
+}
 PRESETS = Path(__file__).resolve().parent.parent / "pipelines" / "presets"
 
 
@@ -45,9 +51,33 @@ def test_every_stage_setting_is_an_option_of_its_command_with_the_same_default(s
     for setting in stage.settings():
         assert f"--{setting.name.replace('_', '-')}" in options, (stage_name, setting.name)
     args = parser.parse_args(COMMANDS[stage_name])
+    given = {s.name: getattr(args, s.name) for s in configs.settings_of(stage.config, stage.prefixes) if getattr(args, s.name, None) is not None}
     from_cli = configs.flat_values(configs.from_args(stage.config, args, stage.prefixes), stage.prefixes)
-    from_pipeline = configs.flat_values(stage.build(stage.defaults()), stage.prefixes)
+    from_pipeline = configs.flat_values(stage.build(stage.defaults(), **given), stage.prefixes)
     assert {k: from_cli[k] for k in stage.defaults()} == {k: from_pipeline[k] for k in stage.defaults()}
+
+
+def test_a_converted_command_reads_its_section_of_a_preset_and_its_options_override_it():
+    from medssr.cli import build_parser
+
+    stage = STAGES["evaluation"]
+    args = build_parser().parse_args(["evaluate", "--config", str(PRESETS / "tiny.yaml"), "--model", "m", "--limit", "2", "--no-recovery"])
+    config = configs.from_args(stage.config, args, stage.prefixes, section=stage.name)
+    preset = yaml.safe_load((PRESETS / "tiny.yaml").read_text())["evaluation"]
+    assert config.benchmarks == preset["benchmarks"] and config.sampling.max_tokens == preset["max_tokens"] and not config.use_hub
+    assert (config.models, config.limit, config.recovery) == (["m"], 2, False)
+
+
+def test_a_boolean_option_alone_is_true_and_its_no_form_false():
+    from medssr.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["promote", "medssr", "--dry-run"]).dry_run is True
+    assert parser.parse_args(["promote", "medssr", "--dry-run", "false"]).dry_run is False
+    assert parser.parse_args(["deploy", "m", "--no-wait"]).wait is False
+    assert parser.parse_args(["evaluate", "--model", "m", "--no-hub"]).use_hub is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["promote", "medssr", "--dry-run", "maybe"])
 
 
 def test_a_pipeline_override_is_typed_by_the_config_field():

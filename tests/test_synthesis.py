@@ -241,12 +241,23 @@ def test_tiny_model_garbage_is_rejected(tmp_path, tiny_model):
 
 
 def test_config_from_yaml(tmp_path):
+    """`medssr synthesize --config` reads a YAML of settings, a nested config written as a mapping too."""
+    from medssr.cli import build_parser
+    from medssr.configs import from_args
+    from medssr.stages import STAGES
+
+    stage = STAGES["synthesis"]
+
+    def read(path):
+        args = build_parser().parse_args(["synthesize", "--config", str(path), "--out", str(tmp_path / "unused.jsonl")])
+        return from_args(stage.config, args, stage.prefixes, section=stage.name)
+
     path = tmp_path / "synth.yaml"
     path.write_text(
         "n: 30\nrare_ratio: 1.0\nseed: 4\noptions_per_item: 4\nquestion_types: {diagnosis: 1, inheritance: 1}\n"
         "category_weights: {nervous_system: 3, eye: 1}\nrewrite_sampling: {temperature: 0.2, max_tokens: 64}\n"
     )
-    config = SynthesisConfig.from_yaml(path)
+    config = read(path)
     assert config.rewrite_sampling.max_tokens == 64 and config.category_weights == {"nervous_system": 3, "eye": 1}
     result = run_synthesis(config, tmp_path / "y.jsonl")
     items = read_jsonl(result.path).records
@@ -254,7 +265,7 @@ def test_config_from_yaml(tmp_path):
     assert {i.metadata["question_type"] for i in items} == {"diagnosis", "inheritance"}
     path.write_text("n: 3\nrare_ratoi: 1\n")
     with pytest.raises(ValueError, match="rare_ratoi"):
-        SynthesisConfig.from_yaml(path)
+        read(path)
     with pytest.raises(ValueError, match="category_weights: no training diseases in kidney"):
         run_synthesis(SynthesisConfig(n=5, rare_ratio=1.0, category_weights={"kidney": 1}), tmp_path / "z.jsonl")
 

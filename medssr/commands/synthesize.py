@@ -1,35 +1,19 @@
 """``medssr synthesize``: knowledge-grounded rare-disease questions plus seed-based items, in the mix
-the config asks for; writes FILE, FILE.stats.json and FILE.stats.png."""
+the config asks for; writes FILE, FILE.stats.json and FILE.stats.png.
+
+Every SynthesisConfig setting is an option (the settings of the pipeline's ``synthesis`` mapping; the rewrite
+generator's as ``--rewrite-*``); ``--config`` reads them from YAML, a pipeline preset included."""
 
 from __future__ import annotations
 
 
 def _handle(args) -> int:
-    from medssr.errors import user_input
-    from medssr.generation.base import GeneratorConfig
-    from medssr.synthesis import SynthesisConfig, run_synthesis
+    from medssr.configs import from_args
+    from medssr.stages import STAGES
+    from medssr.synthesis import run_synthesis
 
-    values = {}
-    if args.config:
-        import dataclasses
-
-        base = SynthesisConfig.from_yaml(args.config)
-        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    overrides = {
-        "n": args.n,
-        "rare_ratio": args.rare_ratio,
-        "seed": args.seed,
-        "seed_questions": args.seed_questions,
-        "options_per_item": args.options,
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if args.decontaminate:
-        values["decontaminate_against"] = list(args.decontaminate)
-    with user_input():
-        if args.rewrite_model:
-            values["rewrite"] = True
-            values["generator"] = GeneratorConfig(model=args.rewrite_model, backend=args.rewrite_backend)
-        config = SynthesisConfig(**values)
+    stage = STAGES["synthesis"]
+    config = from_args(stage.config, args, stage.prefixes, section=stage.name)
     result = run_synthesis(config, args.out)
     stats = result.stats
     print(f"wrote {stats['n_written']} items to {result.path}")
@@ -48,21 +32,14 @@ def _handle(args) -> int:
 
 
 def register(subparsers) -> None:
+    from medssr.configs import add_arguments
+    from medssr.stages import STAGES
+
     parser = subparsers.add_parser(
         "synthesize", help="Synthesize rare-disease questions from the HPO knowledge base (plus seed-based items)."
     )
     parser.add_argument("--out", required=True, help="Output JSONL; FILE.stats.json and FILE.stats.png go beside it.")
-    parser.add_argument("--config", help="YAML with SynthesisConfig fields; the flags below override it.")
-    parser.add_argument("--n", type=int, help="Total number of items (default 1000).")
-    parser.add_argument("--rare-ratio", type=float, help="alpha: share of knowledge-grounded rare-disease items.")
-    parser.add_argument("--seed", type=int, help="Seed; the same config and seed give the same file.")
-    parser.add_argument("--seed-questions", help="Human-annotated MCQs (JSONL or reference JSON) for the 1 - alpha share.")
-    parser.add_argument("--options", type=int, choices=(4, 5), help="Options per knowledge item.")
-    parser.add_argument(
-        "--decontaminate", action="append", metavar="PATH",
-        help="Benchmark file or folder to decontaminate against (13-gram overlap); repeatable.",
-    )
-    parser.add_argument("--rewrite-model", help="Model that rewrites templates into prose and paraphrases seeds.")
-    parser.add_argument("--rewrite-backend", default="transformers", choices=("transformers", "vllm", "openai"),
-                        help="Generation backend of --rewrite-model.")
+    parser.add_argument("--config", help="YAML of synthesis settings, or a pipeline preset (its synthesis section); options override it.")
+    stage = STAGES["synthesis"]
+    add_arguments(parser, stage.config, stage.prefixes, aliases={"options_per_item": ("--options",), "decontaminate_against": ("--decontaminate",)})
     parser.set_defaults(func=_handle)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from medssr.errors import UserError
 from medssr.generation.base import GeneratorConfig, SamplingParams
 
 QUESTION_TYPES = ("diagnosis", "causal_gene", "inheritance", "not_expected", "distinguishing")
@@ -142,39 +139,3 @@ class SynthesisConfig:
             raise ValueError("near_duplicate_threshold: must be in (0, 1]")
         if isinstance(self.decontaminate_against, (str, Path)):
             self.decontaminate_against = [str(self.decontaminate_against)]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SynthesisConfig:
-        """Build from plain data (YAML), naming any unknown field."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"synthesis config: unknown field(s) {', '.join(unknown)}")
-        values = dict(data)
-        if isinstance(values.get("rewrite_sampling"), dict):
-            values["rewrite_sampling"] = _nested(SamplingParams, values["rewrite_sampling"], "rewrite_sampling")
-        if isinstance(values.get("generator"), dict):
-            values["generator"] = _nested(GeneratorConfig, values["generator"], "generator")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> SynthesisConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"no such config file: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(data)
-
-
-def _nested(kind, data: dict, name: str):
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown field(s) {', '.join(unknown)}")
-    if "allowed_letters" in data and data["allowed_letters"] is not None:
-        data = {**data, "allowed_letters": tuple(data["allowed_letters"])}
-    return kind(**data)
