@@ -190,15 +190,18 @@ ARMS = {  # name: (label, generation_backend, shared_prompt_forward)
 }
 
 
-def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, warmup: int, completion_tokens: int) -> dict:
-    """(r): both arms alternately, ``rounds`` runs of ``steps`` steps each; medians over the steps after warm-up."""
+def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, warmup: int, completion_tokens: int,
+                  accumulation: int = 1, arms: tuple[str, ...] = tuple(ARMS)) -> dict:
+    """(r): the arms alternately, ``rounds`` runs of ``steps`` steps each; medians over the steps after warm-up.
+    With ``accumulation`` > 1 each optimizer step trains on that many prompts' groups, all sampled in one
+    rollout call (TRL's generation batch is per-device batch x gradient accumulation)."""
     from medssr.training import TrainingConfig, run_training
 
     names = ("step", "rollout", "forward_backward", "rest")
-    measured: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    lengths: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    measured: dict[str, list[dict]] = {arm: [] for arm in arms}
+    lengths: dict[str, list[float]] = {arm: [] for arm in arms}
     for round_index in range(rounds):
-        order = list(ARMS)[round_index % len(ARMS):] + list(ARMS)[: round_index % len(ARMS)]  # who goes first rotates
+        order = list(arms)[round_index % len(arms):] + list(arms)[: round_index % len(arms)]  # who goes first rotates
         for arm in order:
             out = work / f"rollout-{arm}"
             shutil.rmtree(out, ignore_errors=True)
@@ -206,7 +209,7 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
             config = TrainingConfig(
                 stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
                 shared_prompt_forward=shared_prompt_forward, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
-                temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
+                gradient_accumulation_steps=accumulation, temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
             )
             timer = PhaseTimer()
             with timer:
@@ -227,7 +230,8 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
         "median_s": median,
         "mean_completion_tokens": {arm: statistics.fmean(values) for arm, values in lengths.items()},
         "rollout_speedup": {kind: median[kind]["trl"]["rollout"] / median[kind]["medssr"]["rollout"] for kind in median},
-        "step_speedup": {kind: {arm: median[kind]["trl"]["step"] / median[kind][arm]["step"] for arm in ARMS} for kind in median},
+        "step_speedup": {kind: {arm: median[kind]["trl"]["step"] / median[kind][arm]["step"] for arm in arms} for kind in median},
+        "completions_per_rollout": 8 * accumulation,
         "steps_measured_each": len(measured["trl"]),
     }
 
@@ -367,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollout-warmup", type=int, default=1, help="(r) steps of each run left out of the medians.")
     parser.add_argument("--rollout-tokens", type=int, default=64, help="(r) max_completion_length.")
     parser.add_argument("--rollout-threads", type=int, default=2, help="(r) torch threads for SmolLM2.")
+    parser.add_argument("--rollout-accumulation", type=int, default=1,
+                        help="(r) gradient accumulation steps: prompts per optimizer step, sampled in one rollout call of 8 x this many completions.")
+    parser.add_argument("--rollout-arms", default=",".join(ARMS), help=f"(r) arms to run, of {', '.join(ARMS)} (trl is the reference).")
     parser.add_argument("--rounds", type=int, default=6, help="(a) alternating rounds of ours vs plain TRL.")
     parser.add_argument("--steps", type=int, default=10, help="(a) GRPO steps per overhead run.")
     parser.add_argument("--warmup", type=int, default=2, help="(a) steps of each run left out of the median.")
@@ -390,13 +397,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if "rollouts" in parts:
         torch.set_num_threads(args.rollout_threads)
-        print(f"(r) SmolLM2 GRPO on MedQA, 8 completions of up to {args.rollout_tokens} tokens per step, TRL's rollout vs ours: "
+        arms = tuple(args.rollout_arms.split(","))
+        if "trl" not in arms or set(arms) - set(ARMS):
+            parser.error(f"--rollout-arms: give trl and any of {', '.join(ARMS)}")
+        print(f"(r) SmolLM2 GRPO on MedQA, {8 * args.rollout_accumulation} completions of up to {args.rollout_tokens} tokens "
+              f"per optimizer step ({args.rollout_accumulation} prompts x 8) in one rollout call, TRL's rollout vs ours: "
               f"{args.rollout_rounds} alternating rounds x {args.rollout_steps} steps (first {args.rollout_warmup} of each left out), "
               f"torch threads {args.rollout_threads}", flush=True)
         rollouts = rollout_bench(build_smollm2(), medqa_task(work / "medqa.jsonl", 32), work, args.rollout_rounds,
-                                 args.rollout_steps, args.rollout_warmup, args.rollout_tokens)
+                                 args.rollout_steps, args.rollout_warmup, args.rollout_tokens, args.rollout_accumulation, arms)
         for kind in ("wall", "cpu"):
-            for arm, (label, _, _) in ARMS.items():
+            for arm in arms:
+                label = ARMS[arm][0]
                 m = rollouts["median_s"][kind][arm]
                 print(f"median {kind:4s} {label:34s}: step {m['step']:6.2f} s = rollout {m['rollout']:6.2f} + forward/backward "
                       f"{m['forward_backward']:6.2f} + rest {m['rest']:5.2f}  (step {rollouts['step_speedup'][kind][arm]:.2f}x TRL's)")
@@ -404,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = rollouts["mean_completion_tokens"]
         print("mean completion length: " + ", ".join(f"{arm} {value:.1f}" for arm, value in tokens.items())
               + f" tokens; {rollouts['steps_measured_each']} steps measured per arm")
-        results["rollouts"] = rollouts
+        results["rollouts" if args.rollout_accumulation == 1 else f"rollouts_x{args.rollout_accumulation}"] = rollouts
 
     if parts & {"overhead", "signal"}:
         torch.set_num_threads(args.threads)

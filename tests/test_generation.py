@@ -439,3 +439,24 @@ def test_sample_ids_on_a_model_in_memory_returns_ids_and_their_logprobs(tiny_mod
             assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
     with pytest.raises(ValueError, match="counts"):
         generator.sample_ids(prompts, [1], SamplingParams())
+
+
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "expected"),
+    [
+        (0, 1.0, [0.0, 0.1, 0.0, 0.6, 0.3]),  # the whole distribution; zero-probability tokens never drawn
+        (2, 1.0, [0.0, 0.0, 0.0, 2 / 3, 1 / 3]),  # the two most likely, renormalised
+        (0, 0.7, [0.0, 0.0, 0.0, 2 / 3, 1 / 3]),  # mass before token 4 is 0.6 < 0.7: kept; before token 1: 0.9
+    ],
+)
+def test_sampled_tokens_follow_the_configured_distribution(top_k, top_p, expected):
+    import torch
+
+    from medssr.generation.transformers_backend import sample_tokens
+
+    probabilities = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3])
+    logits = probabilities.log().repeat(100_000, 1)
+    draws = sample_tokens(logits, SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p),
+                          torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=5) / len(draws)
+    assert torch.allclose(frequencies, torch.tensor(expected), atol=0.005), frequencies
