@@ -14,7 +14,6 @@ how many "waiting for ..." progress lines it printed, and the report's last line
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -26,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MEDSSR = str(Path(sys.executable).with_name("medssr"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers
+from tests.plugins.unreachable import kubeconfig_for  # noqa: E402
 S3_CALL = "from medssr import storage; storage.read_text('s3://bucket/key')"
 OPENAI_CALL = (
     "import sys; from medssr.generation import GeneratorConfig, build_generator; "
@@ -49,17 +50,6 @@ def dead_port(kind: str):
         yield server.getsockname()[1]
 
 
-def kubeconfig(server: str, folder: Path) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
-        "clusters": [{"name": "dead", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
-        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
-    }))
-    return path
-
-
 def command_for(dependency: str, port: int, folder: Path) -> tuple[list[str], dict[str, str]]:
     url = f"http://127.0.0.1:{port}"
     if dependency == "mlflow":
@@ -68,7 +58,7 @@ def command_for(dependency: str, port: int, folder: Path) -> tuple[list[str], di
         keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
         return [sys.executable, "-c", S3_CALL], {**keys, "AWS_ENDPOINT_URL": url}
     if dependency == "kubernetes":
-        return [MEDSSR, "status", "run-x", "--kubeconfig", str(kubeconfig(f"https://127.0.0.1:{port}", folder))], {}
+        return [MEDSSR, "status", "run-x", "--kubeconfig", str(kubeconfig_for(f"https://127.0.0.1:{port}", folder))], {}
     if dependency == "kfp":
         return [MEDSSR, "pipeline", "submit", "--host", url, "--param", "run_id=dead-host"], {}
     if dependency == "openai":

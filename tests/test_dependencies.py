@@ -3,22 +3,20 @@ bounded retry policy; run creation is not retried blindly. Each test prints how 
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from medssr.dependencies import DependencyUnavailable
+from tests.plugins.http_proxy import ForwardingProxy
 from tests.plugins.s3_server import free_port
+from tests.plugins.unreachable import kubeconfig_for
 
 MEDSSR = str(Path(sys.executable).with_name("medssr"))
 
@@ -56,17 +54,6 @@ def waiting_lines(stderr: str, what: str) -> list[str]:
     lines = [line for line in stderr.splitlines() if line.startswith(prefix)]
     assert all("the wait is set by" in line for line in lines), lines
     return [line[len(prefix):].split(" failed")[0] for line in lines]
-
-
-def kubeconfig_for(server: str, folder: Path) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
-        "clusters": [{"name": "dead", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
-        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}],
-        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
-    }))
-    return path
 
 
 def test_stopped_mlflow_server_is_one_line_naming_it():
@@ -162,49 +149,26 @@ def test_hung_kfp_host_is_bounded():
     print(f"\nKFP host, hung server (1 s read timeout, 1 retry): gave up after {time.monotonic() - started:.1f} s")
 
 
-class AnswerLosingProxy:
-    """An HTTP proxy to an MLflow server that forwards the first run-creation POST and then drops the
-    connection without its answer: the server made the run, the client never heard."""
+class AnswerLosingProxy(ForwardingProxy):
+    """A proxy to an MLflow server that forwards the first run-creation POST and then drops the connection
+    without its answer: the server made the run, the client never heard."""
+
+    timeout_s = 30.0
 
     def __init__(self, upstream: str):
-        self.upstream, self.created, self.dropped = upstream, 0, 0
-        proxy = self
+        self.created, self.dropped = 0, 0
+        super().__init__(upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                                 headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as response:
-                        status, payload, kind = response.status, response.read(), response.headers.get("Content-Type", "")
-                except urllib.error.HTTPError as error:
-                    status, payload, kind = error.code, error.read(), error.headers.get("Content-Type", "")
-                if self.path.startswith("/api/2.0/mlflow/runs/create"):
-                    proxy.created += 1
-                    if proxy.dropped == 0:
-                        proxy.dropped += 1
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def after(self, handler, status: int) -> bool:
+        if not handler.path.startswith("/api/2.0/mlflow/runs/create"):
+            return False
+        self.created += 1
+        if self.dropped:
+            return False
+        self.dropped += 1
+        handler.close_connection = True
+        handler.connection.shutdown(socket.SHUT_RDWR)
+        return True
 
 
 @pytest.mark.slow

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.plugins.http_proxy import ForwardingProxy
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 300  # a guard against a hang, far above what any of these takes
@@ -174,50 +173,25 @@ def test_api_server_restarted_while_a_launcher_waits_the_wait_resumes(kube_clust
 # --- The registry: no half-registered version -------------------------------------------------------------
 
 
-class HoldingProxy:
-    """An HTTP proxy to an MLflow server that holds the request marking a model version complete: the test kills
+class HoldingProxy(ForwardingProxy):
+    """A proxy to an MLflow server that holds the request marking a model version complete: the test kills
     the registering process while it waits for that answer."""
 
     def __init__(self, upstream: str):
-        self.upstream, self.held = upstream, threading.Event()
-        self.release = threading.Event()
-        proxy = self
+        self.held, self.release = threading.Event(), threading.Event()
+        super().__init__(upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    def before(self, handler, body: bytes | None) -> bool:
+        if not (handler.path.startswith("/api/2.0/mlflow/model-versions/set-tag") and b"medssr.complete" in (body or b"")):
+            return False
+        self.held.set()
+        self.release.wait(DEADLINE_S)
+        handler.close_connection = True
+        return True
 
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-                if self.path.startswith("/api/2.0/mlflow/model-versions/set-tag") and b"medssr.complete" in (body or b""):
-                    proxy.held.set()
-                    proxy.release.wait(DEADLINE_S)
-                    self.close_connection = True
-                    return
-                request = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                                 headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                try:
-                    with urllib.request.urlopen(request, timeout=60) as response:
-                        status, payload, kind = response.status, response.read(), response.headers.get("Content-Type", "")
-                except urllib.error.HTTPError as error:
-                    status, payload, kind = error.code, error.read(), error.headers.get("Content-Type", "")
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
+    def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 REGISTER = """

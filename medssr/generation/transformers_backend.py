@@ -83,7 +83,6 @@ def sample_tokens(logits, sampling: SamplingParams, generator=None):
     ``model.generate``), then a draw (from ``generator``, a ``torch.Generator``, when given). Top-p keeps
     the most likely tokens until the mass of those before a token reaches ``top_p`` (at least one),
     computed among the top-k when top-k is set."""
-    import torch
 
     if sampling.temperature == 0:
         return logits.argmax(-1)

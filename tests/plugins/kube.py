@@ -262,7 +262,7 @@ class KubeCluster:
         for body in crds:
             if body["metadata"]["name"] not in self._crds_applied:
                 self._install_crd(api, body)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound, not a wait: an apiserver starved by other tests on 2 cores took over 30 s
         extensions = client.ApiextensionsV1Api(api)
         for name in names:
             while True:
@@ -329,7 +329,7 @@ class KubeCluster:
 
         api = self.api_client()
         groups = {name.split(".", 1)[1] for name in crd_names}
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
             served = {g.name for g in client.ApisApi(api).get_api_versions().groups}
             if groups <= served:
