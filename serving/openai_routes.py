@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from medssr.serving.predictor import JobResult, MedssrPredictor, RequestRun
+from medssr.serving.scheduler import DecodeFailed
 from medssr.serving.protocol import (
     EXTENSION,
     RequestError,
@@ -183,7 +184,7 @@ class OpenAIRoutes:
                         extension = _extension(run.results(), run.settings.abstain_below)
                         extra = {EXTENSION: extension} if extension else {}
                     yield chunk([self._choice(chat, index, "" if chat else text, finish)], **extra)
-        except Exception as exc:  # the batch's step failed: the client learns it in the stream
+        except DecodeFailed as exc:  # the headers are sent: the client learns it in the stream
             yield _event({"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
                                     "code": None}})
             return

@@ -36,7 +36,7 @@ from medssr.serving.protocol import (  # noqa: E402
     parse_settings,
     require_unicode_text,
 )
-from medssr.serving.scheduler import DecodeScheduler, DecoderStopped, QueueFull, Ticket  # noqa: E402
+from medssr.serving.scheduler import DecodeFailed, DecodeScheduler, DecoderStopped, QueueFull, Ticket  # noqa: E402
 
 V2_TEXT_INPUTS = ("text_input", "prompt", "input")
 @dataclass
@@ -80,6 +80,14 @@ class JobResult:
             abstained = vote.agreement < abstain_below
             summary.update(abstain_below=abstain_below, abstained=abstained, answer=None if abstained else vote.label)
         return summary
+
+
+def decode_error(model: str, failure: DecodeFailed) -> RequestError:
+    """The answer to a request that could not be decoded: 503 once the decode thread is gone (the pod is not
+    ready), else 500 with the failed step's reason."""
+    if isinstance(failure, DecoderStopped):
+        return RequestError(503, f"model '{model}' cannot decode: {failure}", code="model_not_ready")
+    return RequestError(500, f"generation failed: {failure}", code="generation_failed")
 
 
 class RequestRun:
@@ -261,7 +269,7 @@ class MedssrPredictor(Model):
             REJECTED.labels(reason="queue_full").inc()
             raise RequestError(429, f"server is at capacity: {exc}; retry later", code="server_overloaded") from None
         except DecoderStopped as exc:
-            raise RequestError(503, f"model '{self.name}' cannot decode: {exc}", code="model_not_ready") from None
+            raise decode_error(self.name, exc) from None
         PROMPT_TOKENS.inc(sum(map(len, encoded)))
         return RequestRun(self.scheduler, jobs, tickets, [len(ids) for ids in encoded], settings, events)
 
@@ -271,6 +279,8 @@ class MedssrPredictor(Model):
         try:
             async for _ in run.stream():
                 pass
+        except DecodeFailed as failure:
+            raise decode_error(self.name, failure) from failure
         finally:
             run.close()
         return run.results()

@@ -26,7 +26,8 @@ EXTENSION = "medssr"  # the request and reply field of what OpenAI's schema has 
 
 
 class RequestError(Exception):
-    """A client error: HTTP status, a message naming the field, and OpenAI's error ``type``/``code``."""
+    """An error answered to the client: HTTP status, a message (naming the field of a bad request), and
+    OpenAI's error ``type``/``code``. Mostly 4xx; 5xx where the server cannot decode (``decode_error``)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -34,6 +35,8 @@ class RequestError(Exception):
 
     @property
     def error_type(self) -> str:
+        if self.status >= 500:
+            return "server_error"
         return {404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
             self.status, "invalid_request_error"
         )

@@ -46,7 +46,15 @@ class QueueFull(Exception):
     """The waiting queue is at capacity: the caller should answer 429 and the client retry later."""
 
 
-class DecoderStopped(RuntimeError):
+class DecodeFailed(RuntimeError):
+    """What a prompt's events end with when it cannot be decoded to its end."""
+
+
+class StepFailed(DecodeFailed):
+    """A decode step raised: the prompts of that batch fail; the thread goes on with the next."""
+
+
+class DecoderStopped(DecodeFailed):
     """The decode thread is gone (it died on an error, or the server is closing): no prompt will decode."""
 
 
@@ -160,7 +168,10 @@ class DecodeScheduler:
                 rows = self.decoder.rows
                 deltas = self.decoder.step()
             except Exception as exc:  # every prompt in the batch learns the failure; the thread lives on
-                self._fail([*self._running.values(), *admitted], exc)
+                logger.exception("a decode step failed")
+                failed = StepFailed(f"the decode step failed: {type(exc).__name__}: {exc}")
+                failed.__cause__ = exc
+                self._fail([*self._running.values(), *admitted], failed)
                 continue
             if rows:
                 STEP_ROWS.observe(rows)
@@ -224,7 +235,7 @@ class DecodeScheduler:
         if sends and self._loop is not None:
             self._loop.call_soon_threadsafe(_put_all, sends)
 
-    def _fail(self, tickets: list[Ticket], exc: Exception) -> None:
+    def _fail(self, tickets: list[Ticket], exc: DecodeFailed) -> None:
         self.decoder.reset()
         self._running.clear()
         if tickets and self._loop is not None and not self._loop.is_closed():

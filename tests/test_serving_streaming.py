@@ -189,10 +189,24 @@ def test_a_predictor_whose_decode_thread_died_is_not_ready_and_answers_503(tiny_
     def broken() -> bool:
         raise RuntimeError("the cache is corrupt")
 
+    decoder = predictor.scheduler.decoder
+    step = decoder.step
+
+    def step_that_fails_once():
+        decoder.step = step
+        raise RuntimeError("one bad step")
+
     async def scenario():
-        predictor.scheduler.decoder.can_join = broken
-        with pytest.raises(Exception):  # the request that met the death fails (in its stream), never hangs
+        one = [PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY)
+        decoder.step = step_that_fails_once
+        with pytest.raises(RequestError) as failed_step:  # a failed step is a 500 for its batch; the thread goes on
+            await asyncio.wait_for(predictor.complete(*one), 30)
+        assert failed_step.value.status == 500 and "RuntimeError: one bad step" in failed_step.value.message
+        assert predictor.ready and (await asyncio.wait_for(predictor.complete(*one), 30))[0].completions[0].finish_reason
+        decoder.can_join = broken
+        with pytest.raises(RequestError) as met:  # the request that met the death fails, never hangs
             await asyncio.wait_for(predictor.complete([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY)), 30)
+        assert met.value.status == 503 and met.value.error_type == "server_error"
         with pytest.raises(RequestError) as refused:
             await predictor.submit([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY))
         return refused.value
