@@ -258,6 +258,11 @@ def test_a_finished_run_is_not_resumed_under_another_config(answer_format_model,
     assert (out / "metrics.json").read_text() == metrics, "metrics.json claims settings it was not trained with"
     assert all(weights[name].equal(tensor) for name, tensor in load_weights(out).items())
 
+    assert main(["train", "--stage", "self", "--data", str(SELF_DATA), "--learning-rate", "0.1", "--overwrite", *common]) == 0
+    retrained = json.loads((out / "metrics.json").read_text())
+    assert retrained["config"]["stage"] == "self" and retrained["config"]["learning_rate"] == 0.1
+    assert not all(weights[name].equal(tensor) for name, tensor in load_weights(out).items()), "--overwrite kept the old weights"
+
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_data_parallel(answer_format_model, tmp_path):

@@ -36,7 +36,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 # (the step budget) and how it fits in memory. Every other setting shapes the weights.
 RESUMABLE_SETTINGS = frozenset({
     "output_dir", "checkpoint_dir", "max_steps", "num_train_epochs", "save_steps", "save_total_limit",
-    "logging_steps", "vllm_gpu_memory_utilization", "gradient_checkpointing",
+    "logging_steps", "vllm_gpu_memory_utilization", "gradient_checkpointing", "overwrite",
 })
 
 
@@ -88,7 +88,7 @@ def write_marker(location: str, step: int, run: dict) -> None:
 def check_provenance(checkpoint: Path, run: dict) -> None:
     """Refuse to resume ``checkpoint`` under settings other than those that wrote it, naming each difference."""
     recorded = json.loads((checkpoint / MARKER).read_text(encoding="utf-8")).get("run")
-    remedy = f"give another output folder, or delete {checkpoint.parent} to start over"
+    remedy = f"give another output folder, or start over with --overwrite (deletes {checkpoint.parent})"
     if recorded is None:
         raise UserError(f"{checkpoint}: no record of the config that wrote it, so it cannot be resumed; {remedy}")
     differences = [

@@ -76,6 +76,11 @@ class TrainingConfig:
     bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; None = on when a CUDA GPU with bf16 support is present."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Start afresh: delete output_dir's checkpoints and resume from none (not even the mirror's) "
+                          "instead of refusing a folder trained with other settings. A restart with it still set starts over again."},
+    )
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

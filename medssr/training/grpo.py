@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -157,7 +158,12 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         if config.use_vllm and backend != "vllm-colocate":
             log.info("use_vllm requested but no CUDA device: %s rollouts instead", backend)
 
-    resume_from = _choose_checkpoint(state, checkpoints_dir, config.checkpoint_dir)
+    if config.overwrite:
+        if state.is_main_process and checkpoints_dir.exists():
+            log.warning("overwrite: deleting %s", checkpoints_dir)
+            shutil.rmtree(checkpoints_dir)
+        state.wait_for_everyone()
+    resume_from = None if config.overwrite else _choose_checkpoint(state, checkpoints_dir, config.checkpoint_dir)
     run = checkpoints.provenance(config, data_path)
     if resume_from:
         checkpoints.check_provenance(Path(resume_from), run)
