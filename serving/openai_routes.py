@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from medssr.serving.predictor import JobResult, MedssrPredictor, RequestRun
+from medssr.serving.predictor import JobResult, MedssrPredictor, RequestRun, decode_error
 from medssr.serving.scheduler import DecodeFailed
 from medssr.serving.protocol import (
     EXTENSION,
@@ -185,8 +185,7 @@ class OpenAIRoutes:
                         extra = {EXTENSION: extension} if extension else {}
                     yield chunk([self._choice(chat, index, "" if chat else text, finish)], **extra)
         except DecodeFailed as exc:  # the headers are sent: the client learns it in the stream
-            yield _event({"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
-                                    "code": None}})
+            yield _event(decode_error(self.predictor.name, exc).openai_body())
             return
         if include_usage:
             results = run.results()
