@@ -8,10 +8,16 @@
    from [--min-length, --max-length] by a seeded generator, the same sequence for both servers.
    Reported per server: p50 and p99 latency (request to ``[DONE]``) and time to first token, and the
    throughput (completions and tokens per second inside the window).
-2. 64 concurrent clients against the per-step server with a bounded queue: 5xx (must be 0), 429/503
+   A closed loop measures throughput more than waiting: by Little's law its mean latency is the clients
+   over the completions per second. So:
+2. Open loop, the same seeded Poisson arrivals for both servers, at ``--load`` (default 0.7) of the
+   completions per second the whole-batch server reached in 1: requests arrive whether or not earlier
+   ones have finished, as a service's users do, and latency includes the wait for a batch to take them.
+   Requests arrive for ``--duration`` seconds; every one is followed to its end.
+3. 64 concurrent clients against the per-step server with a bounded queue: 5xx (must be 0), 429/503
    refusals (clients wait Retry-After, then go on) and the server's RSS (must stay bounded).
 
-    .venv/bin/python bench/serving.py [--model DIR] [--duration 60] [--overload-duration 30] [--json out.json]
+    .venv/bin/python bench/serving.py [--model DIR] [--duration 60] [--load 0.7] [--overload-duration 30] [--json out.json]
 
 Without --model it serves the tiny random test model (built in a second into a temporary folder), so
 the figures compare the two policies on this machine, not a real model's speed. Requests still
@@ -54,6 +60,7 @@ class PhaseResult:
     outcomes: list[Outcome] = field(default_factory=list)
     cancelled: int = 0
     rss_mib: list[float] = field(default_factory=list)
+    unit: str = "clients"  # what `clients` counts: concurrent clients (closed loop) or requests (open loop)
 
     def served(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == 200]
@@ -180,6 +187,33 @@ async def run_phase(server, label: str, clients: int, window_s: float, questions
     return result
 
 
+async def run_open_loop(server, label: str, rate_per_s: float, window_s: float, questions: list, lengths: list[int],
+                        seed: int) -> PhaseResult:
+    """Requests at seeded Poisson arrival times over ``window_s``, each followed to its end."""
+    import httpx
+
+    rng = random.Random(seed)
+    arrivals, at = [], rng.expovariate(rate_per_s)
+    while at < window_s:
+        arrivals.append(at)
+        at += rng.expovariate(rate_per_s)
+    result = PhaseResult(label=label, clients=len(arrivals), window_s=window_s, unit="requests")
+    limits = httpx.Limits(max_connections=len(arrivals) or 1, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as client:
+        started = time.monotonic()
+
+        async def one_request(k: int, at: float):
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            body = {"model": SERVED_NAME, "messages": questions[k % len(questions)], "max_tokens": lengths[k % len(lengths)],
+                    "min_tokens": lengths[k % len(lengths)], "temperature": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            result.outcomes.append(await streamed_request(client, body))
+
+        await asyncio.gather(*(one_request(k, at) for k, at in enumerate(arrivals)))
+        result.window_s = time.monotonic() - started  # throughput over the time to the last reply
+    return result
+
+
 def warm_up(server, questions) -> None:
     import httpx
 
@@ -189,7 +223,7 @@ def warm_up(server, questions) -> None:
 
 def describe(result: PhaseResult) -> str:
     return (
-        f"{result.label}: {result.clients} clients, {result.window_s:.0f} s: {len(result.served())} completions, "
+        f"{result.label}: {result.clients} {result.unit}, {result.window_s:.0f} s: {len(result.served())} completions, "
         f"{result.completions_per_s:.2f} completions/s, {result.tokens_per_s:.1f} tokens/s; latency p50 "
         f"{result.quantile('latency_s', 0.5):.2f} s, p99 {result.quantile('latency_s', 0.99):.2f} s; time to first "
         f"token p50 {result.quantile('first_token_s', 0.5):.2f} s, p99 {result.quantile('first_token_s', 0.99):.2f} s; "
@@ -204,6 +238,8 @@ def main() -> int:
     parser.add_argument("--overload-duration", type=float, default=30.0, help="Overload window (s); 0 skips it.")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--overload-clients", type=int, default=64)
+    parser.add_argument("--load", type=float, default=0.7,
+                        help="Open-loop arrival rate as a share of the whole-batch server's closed-loop completions/s; 0 skips it.")
     parser.add_argument("--min-length", type=int, default=8, help="Shortest completion (tokens).")
     parser.add_argument("--max-length", type=int, default=128, help="Longest completion (tokens).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the completion lengths.")
@@ -243,13 +279,21 @@ def main() -> int:
         return ServerProcess(config, work / f"server-{admission}.log")
 
     results: dict[str, PhaseResult] = {}
-    for admission, label in (("step", "per-step admission"), ("batch", "whole-batch grouping")):
+    rate = None
+    # Whole-batch first: its closed-loop capacity sets the open loop's arrival rate for both servers.
+    for admission, label in (("batch", "whole-batch grouping"), ("step", "per-step admission")):
         server = server_for(admission).start(timeout_s=900)  # a loaded machine takes minutes to import
         try:
             warm_up(server, questions)
             results[admission] = asyncio.run(run_phase(
-                server, f"{label} (max batch {args.max_batch_size})", args.clients, args.duration, questions, lengths))
+                server, f"{label}, closed loop (max batch {args.max_batch_size})", args.clients, args.duration, questions, lengths))
             print(describe(results[admission]), flush=True)
+            if args.load > 0:
+                rate = rate or args.load * results["batch"].completions_per_s
+                results[f"{admission}-open"] = asyncio.run(run_open_loop(
+                    server, f"{label}, open loop ({rate:.2f} arrivals/s = {args.load:g} x whole-batch capacity)", rate,
+                    args.duration, questions, lengths, args.seed))
+                print(describe(results[f"{admission}-open"]), flush=True)
             if admission == "step" and args.overload_duration > 0:
                 results["overload"] = asyncio.run(run_phase(
                     server, f"overload (per-step, max batch {args.max_batch_size}, queue {args.max_queue})",
@@ -262,20 +306,28 @@ def main() -> int:
         finally:
             server.stop()
 
-    step, batch = results["step"], results["batch"]
-    p50_ratio = step.quantile("latency_s", 0.5) / batch.quantile("latency_s", 0.5)
-    ttft_ratio = step.quantile("first_token_s", 0.5) / batch.quantile("first_token_s", 0.5)
-    throughput_ratio = step.tokens_per_s / max(batch.tokens_per_s, 1e-9)
-    print(f"per-step vs whole-batch: p50 latency x{p50_ratio:.2f} (target <= 0.5), p50 time to first token "
-          f"x{ttft_ratio:.2f}, tokens/s x{throughput_ratio:.2f} (target >= 1), completions/s "
-          f"x{step.completions_per_s / max(batch.completions_per_s, 1e-9):.2f}")
+    ratios = {}
+    for phase, (step, batch) in {"closed": (results["step"], results["batch"]),
+                                 "open": (results.get("step-open"), results.get("batch-open"))}.items():
+        if step is None:
+            continue
+        ratios[phase] = {
+            "p50_latency": step.quantile("latency_s", 0.5) / batch.quantile("latency_s", 0.5),
+            "p99_latency": step.quantile("latency_s", 0.99) / batch.quantile("latency_s", 0.99),
+            "p50_ttft": step.quantile("first_token_s", 0.5) / batch.quantile("first_token_s", 0.5),
+            "tokens_per_s": step.tokens_per_s / max(batch.tokens_per_s, 1e-9),
+        }
+        r = ratios[phase]
+        print(f"per-step vs whole-batch, {phase} loop: p50 latency x{r['p50_latency']:.2f} (target <= 0.5), p99 latency "
+              f"x{r['p99_latency']:.2f}, p50 time to first token x{r['p50_ttft']:.2f}, tokens/s x{r['tokens_per_s']:.2f} "
+              "(target >= 1)")
     five_xx = sum(r.server_errors for r in results.values())
     print(f"5xx over all phases: {five_xx}; overload refusals (429/503): "
           f"{results['overload'].count(429, 503) if 'overload' in results else 'n/a'}; load average now "
           f"{os.getloadavg()[0]:.1f}")
     if args.json:
         summary = {k: v.summary() for k, v in results.items()}
-        summary |= {"p50_latency_ratio": p50_ratio, "p50_ttft_ratio": ttft_ratio, "tokens_per_s_ratio": throughput_ratio}
+        summary |= {"ratios": ratios}
         args.json.write_text(json.dumps(summary, indent=2))
     return 1 if five_xx else 0
 

@@ -72,6 +72,16 @@ class GrowingLayer(DynamicLayer):
         self._length -= positions
         self._expose()
 
+    def write_row(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put one prompt's states ``[kv_heads, positions, head_dim]`` into ``row``, right-aligned to the
+        filled length and zeros before them: a new row takes a finished row's place without copying the batch."""
+        length = keys.shape[-2]
+        if length > self._length:
+            raise ValueError(f"a row of {length} positions does not fit a cache of {self._length}")
+        for buffer, states in ((self._key_buffer, keys), (self._value_buffer, values)):
+            buffer[row, :, : self._length - length] = 0
+            buffer[row, :, self._length - length : self._length] = states
+
     def selected(self, indices: torch.Tensor) -> "GrowingLayer":
         """A new layer with only the rows ``indices`` (their filled positions), leaving this one as is."""
         return GrowingLayer([self.keys[indices]], [self.values[indices]], spare=self.spare)

@@ -46,7 +46,10 @@ class Delta:
 @dataclass
 class _Sample:
     ids: list[int] = field(default_factory=list)
-    sent: str = ""
+    sent: str = ""  # text released so far
+    text: str = ""  # the text of ids[:read]
+    prefix: int = 0  # where the last decoded window began (its first tokens are context)
+    read: int = 0  # tokens whose text is in `text`
 
 
 class StepDecoder:
@@ -85,29 +88,60 @@ class StepDecoder:
         return self.generator._stackable_cache or self.rows == 0
 
     def admit(self, jobs: list[DecodeJob]) -> None:
-        """Prefill ``jobs`` (each prompt once, its cache repeated per sample) and join their rows."""
+        """Prefill ``jobs`` (each prompt once) and join their rows: into the places of finished rows where
+        the prompt fits (no copy of the batch), the rest appended."""
         if not jobs:
             return
         torch = self._torch
         if sum(job.samples for job in jobs) + self.rows > self.max_rows:
             raise ValueError(f"admitting {len(jobs)} jobs would exceed {self.max_rows} rows")
-        if self._running is not None and len(self._running) + sum(job.samples for job in jobs) > self.max_rows:
-            self._compact()
+        rows = [(index, sample) for index, job in enumerate(jobs) for sample in range(job.samples)]
+        owners = [(jobs[index].key, sample) for index, sample in rows]
         with torch.inference_mode():
-            cache, mask, positions, logits = self.generator._prefill([job.prompt_ids for job in jobs])
-            repeats = torch.tensor([job.samples for job in jobs], device=self.generator.device)
-            for layer in cache.layers:
-                layer.batch_select_indices(torch.arange(len(jobs), device=self.generator.device).repeat_interleave(repeats))
-            mask, positions, logits = (t.repeat_interleave(repeats, dim=0) for t in (mask, positions, logits))
-        owners = [(job.key, sample) for job in jobs for sample in range(job.samples)]
-        made = torch.zeros(len(owners), dtype=torch.long, device=self.generator.device)
-        admitted = _Running(cache, mask, positions, logits, owners, made)
+            prefilled = self.generator._prefill([job.prompt_ids for job in jobs])
+            placed = self._reuse_finished_rows(jobs, rows, owners, *prefilled)
+            if placed < len(rows):
+                self._append(rows[placed:], owners[placed:], *prefilled)
         for job in jobs:
             self._jobs[job.key] = job
             if job.sampling.seed is not None:
                 self._rngs[job.key] = torch.Generator(device=self.generator.device).manual_seed(job.sampling.seed)
             for sample in range(job.samples):
                 self._samples[job.key, sample] = _Sample()
+
+    def _reuse_finished_rows(self, jobs, rows, owners, cache, mask, positions, logits) -> int:
+        """Write new rows into finished rows' places, in order while the prompt fits the batch's width;
+        returns how many were placed."""
+        running = self._running
+        if running is None or not self.rows or not all(hasattr(layer, "write_row") for layer in running.cache.layers):
+            return 0
+        free = (~running.alive).nonzero().squeeze(1).tolist()
+        width, prompt_width = running.mask.shape[1], mask.shape[1]
+        placed = 0
+        for (index, _), slot in zip(rows, free):
+            length = len(jobs[index].prompt_ids)
+            if length > width:
+                break
+            for mine, theirs in zip(running.cache.layers, cache.layers):
+                mine.write_row(slot, theirs.keys[index, :, prompt_width - length:], theirs.values[index, :, prompt_width - length:])
+            running.mask[slot] = 0
+            running.mask[slot, width - length:] = 1
+            running.positions[slot], running.logits[slot] = positions[index], logits[index]
+            running.owners[slot] = owners[placed]
+            running.made[slot], running.alive[slot] = 0, True
+            placed += 1
+        return placed
+
+    def _append(self, rows, owners, cache, mask, positions, logits) -> None:
+        """Join new rows after the batch's (a copy of its cache), compacting it first if they would not fit."""
+        torch = self._torch
+        if self._running is not None and len(self._running) + len(rows) > self.max_rows:
+            self._compact()
+        index = torch.tensor([prompt for prompt, _ in rows], device=self.generator.device)
+        for layer in cache.layers:
+            layer.batch_select_indices(index)
+        made = torch.zeros(len(rows), dtype=torch.long, device=self.generator.device)
+        admitted = _Running(cache, mask[index], positions[index], logits[index], owners, made)
         if self._running is None or not self.rows:
             self._running = admitted
         else:
@@ -133,50 +167,65 @@ class StepDecoder:
         self._samples.clear()
 
     def step(self) -> list[Delta]:
-        """Sample one token for every decoding row, then run the batch's forward pass over them."""
-        running = self._running
-        if running is None or not self.rows:
+        """Sample one token for every decoding row, then run the batch's forward pass over them. Rows that
+        ended in the previous step are dropped only now, once an admission has had the chance to reuse
+        their places."""
+        if self._running is None or not self.rows:
             return []
         torch = self._torch
         with torch.inference_mode():
-            alive = running.alive.nonzero().squeeze(1).tolist()
-            by_job: dict[Hashable, list[int]] = {}
-            for row in alive:
-                by_job.setdefault(running.owners[row][0], []).append(row)
+            finished = len(self._running) - self.rows
+            if finished and finished * 8 >= len(self._running):
+                self._compact()
+            else:
+                self._running.drop_shared_padding()
+            running = self._running
+            alive = running.alive.nonzero().squeeze(1)
+            rows = alive.tolist()
+            jobs = [self._jobs[running.owners[row][0]] for row in rows]
+            floor = torch.tensor([job.min_tokens for job in jobs], device=self.generator.device)
+            early = alive[running.made[alive] < floor]
+            if len(early):
+                running.logits[early[:, None], self._eos] = float("-inf")
             next_tokens = torch.zeros(len(running), dtype=torch.long, device=self.generator.device)
-            for key, rows in by_job.items():
-                job, index = self._jobs[key], torch.tensor(rows, device=self.generator.device)
-                logits = running.logits[index]
-                if job.min_tokens:
-                    early = (running.made[index] < job.min_tokens).nonzero().squeeze(1)
-                    logits[early[:, None], self._eos] = float("-inf")
-                next_tokens[index] = sample_tokens(logits, job.sampling, self._rngs.get(key))
+            for sampling, key, group in self._sampling_groups(rows, jobs):
+                index = torch.tensor(group, device=self.generator.device)
+                next_tokens[index] = sample_tokens(running.logits[index], sampling, self._rngs.get(key))
             running.made[alive] += 1
             ended_by_eos = torch.isin(next_tokens, self._eos).tolist()
             made = running.made.tolist()
+            tokens = next_tokens.tolist()
             deltas = []
-            for row in alive:
+            for row in rows:
                 key, sample = running.owners[row]
-                delta = self._advance(key, sample, int(next_tokens[row]), ended_by_eos[row], made[row])
+                delta = self._advance(key, sample, tokens[row], ended_by_eos[row], made[row])
                 deltas.append(delta)
                 if delta.finish_reason is not None:
                     running.alive[row] = False
             for key in {delta.key for delta in deltas if delta.finish_reason is not None}:
                 if all(self._samples.get((key, s)) is None for s in range(self._jobs[key].samples)):
                     self._forget(key)
-            finished = len(running) - self.rows
-            if finished and finished * 8 >= len(running):
-                kept = self._compact()
-                next_tokens = next_tokens[kept]
             if self.rows:
-                self._running.feed(self.generator.model, next_tokens)
+                running.feed(self.generator.model, next_tokens)
         return deltas
+
+    @staticmethod
+    def _sampling_groups(rows: list[int], jobs: list[DecodeJob]) -> list[tuple[SamplingParams, Hashable, list[int]]]:
+        """(settings, seeded job's key or None, rows) sampled by one call: a seeded job's rows on their own
+        (its generator's draws are its own), every unseeded row with the same settings together."""
+        groups: dict[tuple, tuple[SamplingParams, Hashable, list[int]]] = {}
+        for row, job in zip(rows, jobs):
+            sampling = job.sampling
+            seeded = job.key if sampling.seed is not None and sampling.temperature > 0 else None
+            settings = (0.0,) if sampling.temperature == 0 else (sampling.temperature, sampling.top_p, sampling.top_k)
+            groups.setdefault((settings, seeded is not None, seeded), (sampling, seeded, []))[2].append(row)
+        return list(groups.values())
 
     def _advance(self, key, sample: int, token: int, by_eos: bool, made: int) -> Delta:
         """Add ``token`` to a sample: the text it releases, and whether the sample has ended."""
         job, state = self._jobs[key], self._samples[key, sample]
         state.ids.append(token)
-        text = self.generator.tokenizer.decode(state.ids, skip_special_tokens=True)
+        text = self._text(state)
         cuts = [at for at in (text.find(stop, len(state.sent)) for stop in job.stop) if at >= 0]
         finish = None
         if cuts:
@@ -198,14 +247,31 @@ class StepDecoder:
             del self._samples[key, sample]
         return Delta(key=key, sample=sample, text=added, tokens=made, finish_reason=finish)
 
+    def _text(self, state: _Sample) -> str:
+        """The text of a sample's ids, decoding only the tokens since the last complete character, after
+        the few before them (a token's text can depend on the one before it: a leading space). Decoding
+        every id at every step cost a serving step more than its sampling."""
+        decode = self.generator.tokenizer.decode
+        head = decode(state.ids[state.prefix:state.read], skip_special_tokens=True)
+        window = decode(state.ids[state.prefix:], skip_special_tokens=True)
+        if window.startswith(head):
+            added = window[len(head):]
+            if added.endswith(_UNFINISHED_CHARACTER):  # the next token may complete it
+                return state.text + added
+            state.text += added
+            state.prefix, state.read = state.read, len(state.ids)
+            return state.text
+        text = decode(state.ids, skip_special_tokens=True)  # a tokenizer whose text does not add up here
+        if not text.endswith(_UNFINISHED_CHARACTER):
+            state.text, state.prefix, state.read = text, len(state.ids) - 1, len(state.ids)
+        return text
+
     def _forget(self, key) -> None:
         job = self._jobs.pop(key)
         self._rngs.pop(key, None)
         for sample in range(job.samples):
             self._samples.pop((key, sample), None)
 
-    def _compact(self):
+    def _compact(self) -> None:
         """Drop finished rows from the batch (copies the cache: done once an eighth of it is finished)."""
-        kept = self._running.alive.nonzero().squeeze(1)
-        self._running.keep(kept)
-        return kept
+        self._running.keep(self._running.alive.nonzero().squeeze(1))

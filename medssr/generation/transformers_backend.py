@@ -164,8 +164,14 @@ class _Running:
         self.mask, self.positions, self.logits = self.mask[rows], self.positions[rows], self.logits[rows]
         self.made, self.alive = self.made[rows], self.alive[rows]
         self.owners = [self.owners[r] for r in rows.tolist()]
-        shared_padding = int((self.mask.cumsum(-1) == 0).sum(-1).min()) if len(self.owners) else 0
-        if shared_padding and all(hasattr(layer, "drop_front") for layer in self.cache.layers):
+        self.drop_shared_padding()
+
+    def drop_shared_padding(self) -> None:
+        """Cut off the left padding every decoding row has (a finished row's state no longer matters)."""
+        if not bool(self.alive.any()) or not all(hasattr(layer, "drop_front") for layer in self.cache.layers):
+            return
+        shared_padding = int((self.mask[self.alive].cumsum(-1) == 0).sum(-1).min())
+        if shared_padding:
             for layer in self.cache.layers:
                 layer.drop_front(shared_padding)
             self.mask = self.mask[:, shared_padding:]

@@ -1,0 +1,95 @@
+"""The server's step decoder on the real tiny model: rows that join a running batch (into finished rows'
+places or appended) decode exactly what each prompt decodes alone, and the text released step by step
+is the text of the ids."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from medssr.generation.base import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model):
+    import torch
+
+    from medssr.generation import GeneratorConfig, build_generator
+
+    torch.set_num_threads(1)
+    return build_generator(GeneratorConfig(model=str(tiny_model), batch_size=8, device="cpu", progress=False))
+
+
+def _prompts(generator, count: int, seed: int = 0) -> list[list[int]]:
+    words = "patient fever rash enzyme deficiency which gene presents with the most likely diagnosis".split()
+    rng = random.Random(seed)
+    return [generator.tokenizer.encode(" ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))) for _ in range(count)]
+
+
+def _decode(generator, arrivals: dict[int, list], max_rows: int) -> dict:
+    """Run a StepDecoder, admitting ``arrivals[step]`` jobs before that step (when they fit); the ids and the
+    released text of every (job, sample)."""
+    from medssr.generation.step_decoder import StepDecoder
+
+    decoder = StepDecoder(generator, max_rows=max_rows)
+    waiting, step, texts, tokens, logits = [], 0, {}, {}, {}
+    while step <= max(arrivals) or waiting or decoder.rows:
+        waiting += arrivals.get(step, [])
+        admitted = []
+        while waiting and decoder.rows + sum(job.samples for job in admitted) + waiting[0].samples <= max_rows:
+            admitted.append(waiting.pop(0))
+        decoder.admit(admitted)
+        for delta in decoder.step():
+            texts[delta.key, delta.sample] = texts.get((delta.key, delta.sample), "") + delta.text
+            tokens[delta.key, delta.sample] = delta.tokens
+        running = decoder._running
+        for row in running.alive.nonzero().squeeze(1).tolist():  # the next-token logits each row has reached
+            logits[(*running.owners[row], int(running.made[row]))] = running.logits[row].clone()
+        step += 1
+    return {"texts": texts, "tokens": tokens, "logits": logits}
+
+
+@pytest.mark.slow
+def test_rows_joining_a_running_batch_decode_what_each_prompt_decodes_alone(generator):
+    import torch
+
+    from medssr.generation.step_decoder import DecodeJob
+
+    prompts = _prompts(generator, 12)
+    lengths = [random.Random(k).randint(2, 24) for k in range(12)]
+
+    def job(k, samples=1):
+        return DecodeJob(key=k, prompt_ids=prompts[k], samples=samples, sampling=SamplingParams(temperature=0, max_tokens=lengths[k]),
+                         min_tokens=lengths[k])
+
+    # Staggered: short and long prompts arrive while others decode, so rows fill finished places (when the
+    # prompt fits the batch's width), are appended (when it does not), or wait for room.
+    together = _decode(generator, {0: [job(0), job(1, samples=2)], 3: [job(2), job(3)], 5: [job(4), job(5)], 9: [job(6)],
+                                   10: [job(7), job(8)], 14: [job(9), job(10, samples=2)], 20: [job(11)]}, max_rows=5)
+    for k in range(12):
+        alone = _decode(generator, {0: [job(k)]}, max_rows=1)
+        assert together["texts"][k, 0] == alone["texts"][k, 0], f"job {k}"
+        assert together["tokens"][k, 0] == alone["tokens"][k, 0] == lengths[k]
+        for (key, sample, made), expected in alone["logits"].items():
+            assert torch.allclose(together["logits"][key, 0, made], expected, atol=1e-4), f"job {k} after {made} tokens"
+    assert together["texts"][1, 1] == together["texts"][1, 0] and together["texts"][10, 1] == together["texts"][10, 0]
+
+
+@pytest.mark.slow
+def test_released_text_is_the_text_of_the_ids_including_characters_split_over_tokens(generator):
+    from medssr.generation.step_decoder import DecodeJob, StepDecoder, _Sample
+
+    decoder = StepDecoder(generator, max_rows=1)
+    tokenizer = generator.tokenizer
+    text = "Fièvre méditerranéenne familiale — 家族性地中海熱 (FMF) ✓ 🧬 ok. Gaucher, type 1; " * 3
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    job = DecodeJob(key="k", prompt_ids=[1], samples=1, sampling=SamplingParams(temperature=0, max_tokens=len(ids) + 1))
+    decoder._jobs["k"] = job
+    decoder._samples["k", 0] = _Sample()
+    released = ""
+    for made, token in enumerate(ids, start=1):
+        delta = decoder._advance("k", 0, token, False, made)
+        released += delta.text
+        assert "\ufffd" not in released and tokenizer.decode(ids[:made]).startswith(released)
+    assert released + decoder._advance("k", 0, tokenizer.eos_token_id, True, len(ids) + 1).text == tokenizer.decode(ids, skip_special_tokens=True)
