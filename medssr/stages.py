@@ -26,22 +26,40 @@ CANDIDATE_NAME, BASELINE_NAME = "stage2", "base"  # the registered model and the
 
 @dataclass
 class TrainingJobConfig:
-    """Where a GRPO stage runs: the launcher backend and the job's processes and resources."""
+    """Where a GRPO stage runs: the launcher backend and the job's processes, resources and placement. Unset
+    resources come from the cluster settings (ConfigMap medssr-config: ``cluster_config``, else the step's
+    environment), else the fields' fallbacks."""
 
     launcher: Literal["local", "pytorchjob", "trainjob"] = field(
         default="local", metadata={"help": "local (torchrun subprocess), pytorchjob (kubeflow.org/v1) or trainjob (Trainer v2)."})
-    namespace: str = field(default="", metadata={"help": "Namespace of the cluster job; empty: the cluster settings' (medssr-config), else default."})
+    namespace: str = field(default="", metadata={"help": "Namespace of the cluster job; empty: the cluster settings', else MEDSSR_NAMESPACE, else default."})
     image: str = field(default="", metadata={"help": "Container image of the cluster job (medssr installed); required for pytorchjob and trainjob."})
-    nproc_per_node: int = field(default=1, metadata={"help": "Training processes per node (torchrun; GPUs per node on a GPU cluster)."})
-    num_workers: int = field(default=0, metadata={"help": "Nodes besides the first (PyTorchJob workers; TrainJob numNodes - 1)."})
-    gpus_per_node: int = field(default=0, metadata={"help": "nvidia.com/gpu of each node's pod."})
+    nproc_per_node: int = field(default=0, metadata={"help": "Training processes per node (torchrun); 0: the GPUs per node, at least 1."})
+    num_workers: int | None = field(default=None, metadata={"help": "Nodes besides the first (PyTorchJob workers; TrainJob numNodes - 1); "
+                                                                     "unset: the cluster settings' MEDSSR_TRAIN_WORKERS, else 0."})
+    gpus_per_node: int | None = field(default=None, metadata={"help": "nvidia.com/gpu of each node's pod; unset: the cluster settings' MEDSSR_TRAIN_GPUS, else 0."})
+    cpu: str = field(default="", metadata={"help": "CPU request of each node's pod; empty: the cluster settings' MEDSSR_TRAIN_CPU."})
+    memory: str = field(default="", metadata={"help": "Memory request and limit of each node's pod; empty: the cluster settings' MEDSSR_TRAIN_MEMORY."})
+    shm_size: str = field(default="", metadata={"help": "Size limit of the memory-backed /dev/shm (GPU pods always get one); empty: no limit."})
+    service_account: str = field(default="", metadata={"help": "Service account of the training pods; empty: the namespace's default."})
+    pvcs: list[str] = field(default_factory=list, metadata={"help": "PersistentVolumeClaims mounted in every pod, as CLAIM:/PATH "
+                                                                    "(a pipeline step also mounts the cluster settings' workspace PVC)."})
+    cluster_config: str = field(default="", metadata={"help": "YAML with ConfigMap medssr-config (e.g. `kubectl kustomize manifests/overlays/gpu`) "
+                                                              "or its data; empty: the MEDSSR_* environment, when set (a pipeline step's)."})
+    kubeconfig: str = field(default="", metadata={"help": "kubeconfig file; empty: in-cluster service account, else ~/.kube/config."})
+    context: str = field(default="", metadata={"help": "kubeconfig context; empty: the current one."})
     timeout_s: int = field(default=0, metadata={"help": "Seconds to wait for the job; 0: no limit."})
 
     def __post_init__(self):
         if self.launcher != "local" and not self.image:
             raise ValueError(f"image: required for launcher {self.launcher}")
-        if self.nproc_per_node < 1:
-            raise ValueError(f"nproc_per_node: must be at least 1, got {self.nproc_per_node}")
+        for name in ("nproc_per_node", "num_workers", "gpus_per_node", "timeout_s"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")
+        for item in self.pvcs:
+            claim, _, mount_path = item.partition(":")
+            if not claim or not mount_path.startswith("/"):
+                raise ValueError(f"pvcs: {item!r} is not CLAIM:/MOUNT/PATH")
 
 
 @dataclass
@@ -207,44 +225,71 @@ def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:
     return train
 
 
-def cluster_defaults():
-    """ConfigMap medssr-config as the step's environment carries it (cluster steps), else None."""
-    if os.environ.get("MEDSSR_TRAIN_GPUS") is None:
-        return None
+def cluster_defaults(path: str = ""):
+    """ClusterDefaults from ``path`` (a YAML file with ConfigMap medssr-config among its documents, or the
+    ConfigMap's data mapping), else from the environment when it carries them (a step's envFrom), else None."""
     from medssr.cluster import ClusterDefaults
 
-    return ClusterDefaults.from_mapping(os.environ, source="step environment (medssr-config)")
+    if path:
+        import yaml
+
+        from medssr.errors import UserError, user_input
+
+        with user_input():
+            documents = [doc for doc in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if doc]
+        config_maps = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == "ConfigMap"
+                       and doc.get("metadata", {}).get("name") == "medssr-config"]
+        data = config_maps[0].get("data") if config_maps else documents[0] if len(documents) == 1 else None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: no ConfigMap medssr-config and not a single mapping of its settings")
+        return ClusterDefaults.from_mapping(data, source=path)
+    if os.environ.get("MEDSSR_TRAIN_GPUS") is None:
+        return None
+    return ClusterDefaults.from_mapping(os.environ, source="environment (medssr-config)")
 
 
-def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, folder: Path, workspace: str):
-    """(launcher config, JobSpec): placement, CPU and memory of the pods from the cluster settings, the
-    workspace PVC mounted where the step sees it, the S3 keys from their Secret."""
+def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, folder: Path, workspace: str = ""):
+    """(launcher config, JobSpec) of one GRPO stage, for the pipeline's train steps and ``medssr train``:
+    resources and placement the job leaves unset from the cluster settings; in a step (settings from its
+    environment) also the workspace PVC mounted where the step sees ``workspace``, the S3 keys from their
+    Secret and the step's S3 endpoint and hub settings."""
     from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, launcher_config_from_dict
 
-    if job.launcher == "local":
-        return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(
-            run_id=run_id, stage=stage, training=configs.plain(dataclasses.asdict(training)),
-            nproc_per_node=job.nproc_per_node, num_workers=job.num_workers, gpus_per_node=job.gpus_per_node,
-        )
-    defaults = cluster_defaults()
+    defaults = cluster_defaults(job.cluster_config) if job.launcher != "local" else None
     train = defaults.train if defaults else None
+    gpus = job.gpus_per_node if job.gpus_per_node is not None else (train.gpus if train else 0)
+    resources = {
+        "nproc_per_node": job.nproc_per_node or max(1, gpus),
+        "num_workers": job.num_workers if job.num_workers is not None else (defaults.train_workers if defaults else 0),
+        "gpus_per_node": gpus,
+    }
+    fields = {"run_id": run_id, "stage": stage, "training": configs.plain(dataclasses.asdict(training)), **resources}
+    if job.launcher == "local":
+        return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(**fields)
     launcher = launcher_config_from_dict({
         "backend": job.launcher,
-        "namespace": job.namespace or (defaults.namespace if defaults else "default"),
+        "namespace": job.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", "default")),
+        "kubeconfig": job.kubeconfig or None,
+        "context": job.context or None,
+        "service_account_name": job.service_account or None,
         "node_selector": dict(train.node_selector) if train else {},
         "tolerations": list(train.tolerations) if train else [],
     })
-    volumes, secret_env = [], []
-    if defaults and defaults.workspace_pvc:
-        volumes = [VolumeMount(name="workspace", claim_name=defaults.workspace_pvc, mount_path=str(Path(workspace).resolve()))]
+    volumes, secret_env, env = [], [], {}
+    in_step = defaults is not None and not job.cluster_config
+    if in_step and defaults.workspace_pvc and workspace:
+        volumes.append(VolumeMount(name="workspace", claim_name=defaults.workspace_pvc, mount_path=str(Path(workspace).resolve())))
+    for index, item in enumerate(job.pvcs):
+        claim, _, mount_path = item.partition(":")
+        volumes.append(VolumeMount(name=f"pvc-{index}", claim_name=claim, mount_path=mount_path))
     if defaults and defaults.s3_secret:
         secret_env = [SecretEnvVar(k, defaults.s3_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
-    passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+    if in_step:  # a laptop's endpoints mean nothing in a pod; a step's are the cluster's
+        passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+        env = {k: os.environ[k] for k in passthrough if k in os.environ}
     spec = JobSpec(
-        run_id=run_id, stage=stage, training=configs.plain(dataclasses.asdict(training)), image=job.image,
-        nproc_per_node=job.nproc_per_node, num_workers=job.num_workers, gpus_per_node=job.gpus_per_node,
-        cpu=train.cpu if train else None, memory=train.memory if train else None,
-        env={k: os.environ[k] for k in passthrough if k in os.environ}, secret_env=secret_env, volumes=volumes,
+        **fields, image=job.image, cpu=job.cpu or (train.cpu if train else None), memory=job.memory or (train.memory if train else None),
+        shm_size=job.shm_size or None, env=env, secret_env=secret_env, volumes=volumes,
     )
     return launcher, spec
 

@@ -113,7 +113,7 @@ LDFLAGS+=" -X $VERSION_PKG.gitTreeState=clean -X $VERSION_PKG.buildDate=$(date -
 go build -ldflags "$LDFLAGS" -o "$KUBE_DIR/bin/kube-apiserver" ./cmd/kube-apiserver
 install -m 0755 "$ROOT/usr/bin/etcd" "$KUBE_DIR/bin/etcd"
 "$KUBE_DIR/bin/kube-apiserver" --version
-"$KUBE_DIR/bin/etcd" --version | head -n1
+"$KUBE_DIR/bin/etcd" --version | sed -n 1p  # sed reads it all: with head, etcd could die of SIGPIPE (exit 141 under pipefail)
 
 # The toolchain, sources and go cache are only needed to build: drop them to keep the cache small.
 cd "$KUBE_DIR"

@@ -720,7 +720,7 @@ def test_train_dry_run_needs_a_launcher_and_the_job_settings(capsys):
     assert main(["train", *training, "--dry-run"]) == 2
     assert "--dry-run prints a cluster job: give --launcher" in capsys.readouterr().err
     assert main(["train", *training, "--launcher", "trainjob", "--dry-run", "--run-id", "r1"]) == 2
-    assert "needs --run-id and --image" in capsys.readouterr().err
+    assert "image: required for launcher trainjob" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])

@@ -17,7 +17,7 @@ from medssr.stages import STAGES
 
 # Each stage's command, with the arguments it cannot run without.
 COMMANDS = {
-    "labeling": ["label"], "train_self": ["train"], "train_supervised": ["train"],
+    "labeling": ["label"], "train_self": ["train"], "train_supervised": ["train"], "training_job": ["train"],
     "synthesis": ["synthesize", "--out", "items.jsonl", "--seed-questions", "seeds.jsonl"],
     "evaluation": ["evaluate", "--model", "base"], "promotion": ["promote", "medssr"], "deployment": ["deploy", "medssr"],
 }
