@@ -56,10 +56,17 @@ class TrainingJobConfig:
         for name in ("nproc_per_node", "num_workers", "gpus_per_node", "timeout_s"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")
+        self.claims()  # validates them
+
+    def claims(self) -> list[tuple[str, str]]:
+        """``pvcs`` as (claim, mount path) pairs."""
+        pairs = []
         for item in self.pvcs:
             claim, _, mount_path = item.partition(":")
             if not claim or not mount_path.startswith("/"):
                 raise ValueError(f"pvcs: {item!r} is not CLAIM:/MOUNT/PATH")
+            pairs.append((claim, mount_path))
+        return pairs
 
 
 @dataclass
@@ -279,8 +286,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     in_step = defaults is not None and not job.cluster_config
     if in_step and defaults.workspace_pvc and workspace:
         volumes.append(VolumeMount(name="workspace", claim_name=defaults.workspace_pvc, mount_path=str(Path(workspace).resolve())))
-    for index, item in enumerate(job.pvcs):
-        claim, _, mount_path = item.partition(":")
+    for index, (claim, mount_path) in enumerate(job.claims()):
         volumes.append(VolumeMount(name=f"pvc-{index}", claim_name=claim, mount_path=mount_path))
     if defaults and defaults.s3_secret:
         secret_env = [SecretEnvVar(k, defaults.s3_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
