@@ -155,18 +155,22 @@ def _prepare(values: dict, ctx: StageContext) -> StageRecord:
     )
 
 
+def synthesis_config(values: Mapping[str, Any], stage2: str, eval_dir: str):
+    """Synthesis's config in a run: the seed pool is the run's stage-2 questions unless one is given; the run's
+    evaluation set is always among the decontamination targets (no evaluated question may leak into training data)."""
+    return STAGES["synthesis"].build(
+        values,
+        seed_questions=values.get("seed_questions") or stage2,
+        decontaminate_against=[*values.get("decontaminate_against", []), eval_dir],
+    )
+
+
 def _synthesize(values: dict, ctx: StageContext) -> StageRecord:
-    """The seed pool is the run's stage-2 questions unless one is given; the run's evaluation set is always
-    among the decontamination targets (no evaluated question may leak into training data)."""
     from medssr.synthesis.run import run_synthesis
 
     stage2 = ctx.folder / "stage2.jsonl"  # a KFP artifact's file has no suffix, and seed files are read by theirs
     shutil.copyfile(ctx.inputs["stage2"], stage2)
-    config = STAGES["synthesis"].build(
-        values,
-        seed_questions=values.get("seed_questions") or str(stage2),
-        decontaminate_against=[*values.get("decontaminate_against", []), ctx.inputs["eval_benchmarks_dir"]],
-    )
+    config = synthesis_config(values, str(stage2), ctx.inputs["eval_benchmarks_dir"])
     result = run_synthesis(config, ctx.folder / "items.jsonl")
     summary = ctx.folder / "stats.json"
     summary.write_text(json.dumps({"config": configs.plain(json.loads(json.dumps(dataclasses.asdict(config), default=str))),
@@ -185,15 +189,8 @@ def _label(values: dict, ctx: StageContext) -> StageRecord:
     from medssr.labeling import run_labeling
 
     config = STAGES["labeling"].build(values, data=ctx.inputs["items"], out=str(ctx.folder / "labeled.jsonl"), model=ctx.inputs["base_model"])
-    result = run_labeling(config)
-    report, metrics = result.audit, result.metrics()
-    if not result.kept:
-        raise RuntimeError(
-            f"pseudo-label: kept 0 of {report['items']} synthesised questions (free-form parse rate {result.parse_rate:.2f}, "
-            f"recovered {result.recovered_rate:.2f}, dropped {report['dropped']}), so stage 1 (train-self) has nothing "
-            "to train on; raise synthesis.n or labeling.n_samples, widen labeling.min_agreement/max_agreement, lower "
-            "labeling.min_parsed, " + ("or raise labeling.max_tokens" if config.recovery else "or turn labeling.recovery on")
-        )
+    result = require_labels(run_labeling(config), config)
+    metrics = result.metrics()
     return StageRecord(
         config, metrics=metrics,
         headline={f"label.{k}": v for k, v in metrics.items() if not k.startswith(("bucket_precision.", "dropped."))},
@@ -201,6 +198,20 @@ def _label(values: dict, ctx: StageContext) -> StageRecord:
         datasets=[(result.paths["labeled"], "pseudo-labeled", "training")],
         files={"labeled": result.paths["labeled"], "audit": result.paths["markdown"]},
     )
+
+
+def require_labels(result, config):
+    """``result``, unless labelling kept no question: then stage 1 would have nothing to train on, and the
+    settings that decide it are named."""
+    if not result.kept:
+        report = result.audit
+        raise RuntimeError(
+            f"pseudo-label: kept 0 of {report['items']} synthesised questions (free-form parse rate {result.parse_rate:.2f}, "
+            f"recovered {result.recovered_rate:.2f}, dropped {report['dropped']}), so stage 1 (train-self) has nothing "
+            "to train on; raise synthesis.n or labeling.n_samples, widen labeling.min_agreement/max_agreement, lower "
+            "labeling.min_parsed, " + ("or raise labeling.max_tokens" if config.recovery else "or turn labeling.recovery on")
+        )
+    return result
 
 
 def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:

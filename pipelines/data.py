@@ -27,6 +27,7 @@ class SplitConfig:
     benchmarks_dir: str = field(metadata={"help": "folder of benchmark files in the reference format"})
     split_benchmark: str = field(default="medqa", metadata={"help": "benchmark split into stage-2 train / eval parts"})
     train_size: int = field(default=200, metadata={"help": "questions of split_benchmark moved to the train part"})
+    eval_size: int = field(default=0, metadata={"help": "held-out questions of split_benchmark kept for evaluation (the first ones of its eval part); 0: all"})
     stage2_data: str = field(default="", metadata={"help": "given stage-2 JSONL (MCQItem with answers); replaces the split"})
     seed: int = field(default=0, metadata={"help": "seed of the id hash that orders questions for the split"})
 
@@ -88,17 +89,22 @@ def split_stage2_data(config: SplitConfig, out_dir: str | os.PathLike) -> SplitR
         train_ids = {item.id for item in train}
         rows = json.loads(split_path.read_text(encoding="utf-8"))
         eval_rows = [row for row in rows if str(row.get("id")) not in train_ids]
+        counts[f"removed_from_eval.{config.split_benchmark}"] = len(rows) - len(eval_rows)
+        if config.eval_size:
+            if len(eval_rows) < config.eval_size:
+                raise ValueError(f"eval_size: {split_path.name} has {len(eval_rows)} held-out questions, fewer than {config.eval_size}")
+            eval_rows = eval_rows[: config.eval_size]
         for path in sorted(source.glob(f"{BENCHMARK_PREFIX}*.json")):
             if path == split_path:
                 (eval_dir / path.name).write_text(json.dumps(eval_rows, ensure_ascii=False), encoding="utf-8")
             else:
                 shutil.copyfile(path, eval_dir / path.name)
-        counts[f"removed_from_eval.{config.split_benchmark}"] = len(rows) - len(eval_rows)
+        counts[f"eval_questions.{config.split_benchmark}"] = len(eval_rows)
     train_path = out_dir / "stage2.jsonl"
     counts["stage2_items"] = write_jsonl(train_path, train)
     if not train:
         raise ValueError(
             "prepare: stage 2 (train-supervised) has 0 human-annotated questions to train on: "
-            + ("stage2_data holds none" if config.stage2_data else "raise stage2_size (0 questions moved from the split benchmark)")
+            + ("stage2_data holds none" if config.stage2_data else "raise split.train_size (0 questions moved from the split benchmark)")
         )
     return SplitResult(train_path, eval_dir, counts)

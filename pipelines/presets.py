@@ -1,5 +1,5 @@
-"""Pipeline presets: YAML files of run parameters and stage mappings (``presets/*.yaml``: tiny, smol, paper),
-plus ``study`` (``medssr study``'s settings at their defaults). Each is validated against the stage configs
+"""Pipeline presets: YAML files of run parameters and stage mappings (``presets/*.yaml``: tiny, smol, study,
+paper; ``medssr study`` reads the same files). Each is validated against the stage configs
 by the same path as ``--param``, so a preset can only name settings that exist.
 
 The local presets split the stage-2 data off one benchmark file by question id (``split.split_benchmark``):
@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-PRESETS = (*sorted(p.stem for p in PRESET_DIR.glob("*.yaml")), "study")
+PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
 def default_benchmarks_dir() -> str:
@@ -40,43 +40,22 @@ def preset_file(name: str) -> Path:
     return PRESET_DIR / f"{name}.yaml"
 
 
-def study_preset() -> dict:
-    """``medssr study``'s settings at its defaults (StudyConfig, their only declaration) as pipeline parameters:
-    the pipeline then runs the study's medssr arm (base, stage 1, stage 2). Its one evaluation limit covers both
-    benchmarks, so it evaluates the first max(split_eval_size, heldout_size) questions of each."""
-    from medssr.study.config import StudyConfig
-
-    study = StudyConfig()
-    training = {"num_generations": study.num_generations, "per_device_train_batch_size": study.train_batch_size,
-                "learning_rate": study.learning_rate, "beta": study.beta, "max_completion_length": study.max_completion_length,
-                "temperature": study.train_temperature, "save_steps": study.save_steps, "seed": study.seed}
-    generation = {"batch_size": study.generation_batch_size, "prompt_style": study.prompt_style}
-    return {
-        "base_model": study.base_model,
-        "split": {"split_benchmark": study.split_benchmark, "train_size": study.stage2_size, "seed": study.seed},
-        "synthesis": {"n": study.synth_n, "rare_ratio": study.rare_ratio, "options_per_item": study.options_per_item, "seed": study.seed},
-        "labeling": {"n_samples": study.label_samples, "min_agreement": study.min_agreement, "max_agreement": study.max_agreement,
-                     "min_parsed": study.min_parsed, "max_tokens": study.label_max_tokens, "recovery": study.label_recovery,
-                     "seed": study.seed, **generation},
-        "train_self": {**training, "max_steps": study.stage1_max_steps},
-        "train_supervised": {**training, "max_steps": study.stage2_max_steps},
-        "evaluation": {"benchmarks": [study.split_benchmark, "raredis_heldout"], "limit": max(study.split_eval_size, study.heldout_size),
-                       "n": study.eval_samples, "max_tokens": study.eval_max_tokens, "heldout_size": study.heldout_size,
-                       "seed": study.seed, "use_hub": False, "on_error": "skip", **generation},
-        "registration": {"name": "medssr-study"},
-        "promotion": {"metric": "with_recovery"},
-    }
-
-
 def preset_values(name: str) -> dict:
-    """A preset's parameters as written (run parameters and ``{stage: {setting: value}}``), checked."""
+    """A preset's parameters as written (run parameters and ``{stage: {setting: value}}``), checked. ``name`` is a
+    preset's name or the path of a YAML file of the same form."""
     import yaml
 
     from medssr.stages import STAGES
 
-    if name not in PRESETS:
-        raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, not {name!r}")
-    values = study_preset() if name == "study" else yaml.safe_load(preset_file(name).read_text(encoding="utf-8")) or {}
+    if name in PRESETS:
+        path = preset_file(name)
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        path = Path(name)
+    else:
+        raise ValueError(f"preset: must be one of {', '.join(PRESETS)} or a YAML file, not {name!r}")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {name}: expected a mapping of run parameters and stage sections")
     for stage, settings in values.items():
         if isinstance(settings, dict):
             if stage not in STAGES:

@@ -322,6 +322,13 @@ def test_stage2_split_is_disjoint_from_the_evaluation_set(tmp_path):
     assert len(train) == 6 and len(evaluated) == 14 and all(item.answer for item in train)
     assert not {i.id for i in train} & {i.id for i in evaluated}
     assert (split.eval_dir / "test_short_nejm.json").read_text() == (source / "test_short_nejm.json").read_text()
+    assert split.counts == {"removed_from_eval.medqa": 6, "eval_questions.medqa": 14, "stage2_items": 6}
+    cut = split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=6, eval_size=4, seed=3), tmp_path / "cut")
+    # eval_size keeps the first held-out questions in file order, the same train part
+    assert [i.id for i in read_reference_benchmark(cut.eval_dir / "test_short_medqa.json").records] == [i.id for i in evaluated[:4]]
+    assert cut.train_path.read_text() == split.train_path.read_text() and cut.counts["eval_questions.medqa"] == 4
+    with pytest.raises(ValueError, match="eval_size: test_short_medqa.json has 14 held-out questions, fewer than 15"):
+        split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=6, eval_size=15, seed=3), tmp_path / "short")
     again = split_stage2_data(SplitConfig(benchmarks_dir=str(source), split_benchmark="medqa", train_size=6, seed=3), tmp_path / "again")
     assert again.train_path.read_text() == split.train_path.read_text()  # synthesis seeds use the same split
 
@@ -334,5 +341,5 @@ def test_stage2_split_is_disjoint_from_the_evaluation_set(tmp_path):
     assert result.counts == {"removed_from_eval.medqa": 2, "removed_from_eval.nejm": 1, "stage2_items": 3}
     with pytest.raises(ValueError, match="leaves no eval questions"):
         split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=20), tmp_path / "all")
-    with pytest.raises(ValueError, match=r"prepare: stage 2 \(train-supervised\) has 0 .*raise stage2_size"):
+    with pytest.raises(ValueError, match=r"prepare: stage 2 \(train-supervised\) has 0 .*raise split.train_size"):
         split_stage2_data(SplitConfig(benchmarks_dir=str(source), train_size=0), tmp_path / "none")

@@ -19,13 +19,16 @@ from medssr.data import LabeledItem, MCQItem
 from medssr.study import ARMS, StudyConfig
 from medssr.study.config import PAIRED_COMPARISONS
 from medssr.study.prior import AnswerPrior
+from medssr.pipelines.presets import preset_file
 
-TINY = {
-    "base_model": "tiny", "stage2_size": 8, "split_eval_size": 4, "heldout_size": 4, "synth_n": 16, "min_agreement": 0.0,
-    "label_max_tokens": 8, "stage1_max_steps": 2, "stage2_max_steps": 2, "num_generations": 2, "train_batch_size": 2,
-    "learning_rate": 1e-4, "max_completion_length": 8, "save_steps": 1, "eval_samples": 2, "eval_max_tokens": 8,
-    "generation_batch_size": 16, "bootstrap_samples": 50,
-}
+TINY = [
+    "base_model=tiny", "split.train_size=8", "split.eval_size=4", "evaluation.heldout_size=4", "synthesis.n=16",
+    "labeling.min_agreement=0.0", "labeling.max_tokens=8", "labeling.batch_size=16",
+    *(f"{stage}.{setting}" for stage in ("train_self", "train_supervised") for setting in (
+        "max_steps=2", "num_generations=2", "per_device_train_batch_size=2", "learning_rate=1e-4", "max_completion_length=8", "save_steps=1")),
+    "evaluation.n=2", "evaluation.max_tokens=8", "evaluation.batch_size=16", "evaluation.bootstrap_samples=50",
+]
+"""The tiny study: the study preset with these overrides (a study is a preset's stage settings plus --param)."""
 
 
 def options(letters: str = "ABCD") -> dict[str, str]:
@@ -51,24 +54,50 @@ def test_prior_answers_the_most_common_target_of_the_question_type():
 def test_settings_are_checked_and_the_identity_leaves_out_what_a_part_chooses(tmp_path):
     with pytest.raises(ValueError, match="arms: unknown"):
         StudyConfig(arms="base,rl_real")
-    with pytest.raises(ValueError, match="multiple of num_generations"):
-        StudyConfig(num_generations=4, train_batch_size=6)
+    with pytest.raises(ValueError, match="num_generations: GRPO needs at least 2"):
+        StudyConfig(params=["train_supervised.num_generations=1"])
+    with pytest.raises(ValueError, match="--param labeling.max_tokenz: no such pipeline parameter"):
+        StudyConfig(params=["labeling.max_tokenz=3"])
+    with pytest.raises(ValueError, match="evaluation.benchmarks: a study names .* raredis_heldout"):
+        StudyConfig(params=["evaluation.benchmarks=[medqa]"])
     assert StudyConfig(arms="oracle,base").selected_arms() == ["base", "oracle"]
-    assert StudyConfig(arms="base").identity_hash() == StudyConfig(arms="all", report="x.md").identity_hash()
-    assert StudyConfig(stage1_max_steps=3).identity_hash() != StudyConfig().identity_hash()
+    assert StudyConfig(arms="base").identity_hash() == StudyConfig(arms="all", report="x.md", out_dir=str(tmp_path)).identity_hash()
+    assert StudyConfig(params=["train_self.max_steps=3"]).identity_hash() != StudyConfig().identity_hash()
+    # the same settings by another route are the same study
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(Path(preset_file("study")).read_text().replace("max_steps: 16", "max_steps: 3"))
+    assert StudyConfig(preset=str(preset)).identity_hash() == StudyConfig(params=["train_self.max_steps=3", "train_supervised.max_steps=3"]).identity_hash()
+
+
+def test_the_study_builds_each_stage_as_the_pipeline_step_does():
+    """The study's stage settings are the study preset's, built through the same stage registry as the pipeline's
+    steps: `medssr pipeline run --preset study` runs the study's medssr arm."""
+    from medssr.pipelines.presets import preset_values
+    from medssr.stages import STAGES
+
+    config, preset = StudyConfig(), preset_values("study")
+    assert config.settings["base_model"] == preset["base_model"]
+    for stage in ("split", "synthesis", "labeling", "train_self", "train_supervised", "evaluation"):
+        assert config.settings[stage] == {**STAGES[stage].defaults(), **preset.get(stage, {})}, stage
+    labeling = config.stage("labeling", data="i.jsonl", out="o.jsonl", model="m")
+    assert (labeling.n_samples, labeling.sampling.max_tokens, labeling.max_agreement) == (4, 96, 1.0)
+    assert config.stage("train_self", stage="self").max_steps == 16
 
 
 def test_the_cli_has_an_option_per_setting():
     from medssr.cli import build_parser
 
-    args = build_parser().parse_args(["study", "--arms", "base,prior", "--stage1-max-steps", "3", "--label-recovery", "false"])
-    assert (args.arms, args.stage1_max_steps, args.label_recovery, args.heldout_size) == ("base,prior", 3, False, StudyConfig().heldout_size)
+    args = build_parser().parse_args(["study", "--arms", "base,prior", "--param", "train_self.max_steps=3", "--param", "labeling.recovery=false",
+                                      "--extra-benchmarks", "nejm", "mmlu"])
+    assert (args.arms, args.params, args.extra_benchmarks) == ("base,prior", ["train_self.max_steps=3", "labeling.recovery=false"], ["nejm", "mmlu"])
+    with pytest.raises(SystemExit):  # no abbreviations, and the old flat options are gone
+        build_parser().parse_args(["study", "--stage1-max-steps", "3"])
 
 
 def study_options(out_dir: Path, tracking: str) -> list[str]:
     options = ["--out-dir", str(out_dir), "--report", str(out_dir.parent / "report" / "study-tiny.md"), "--tracking-uri", tracking]
-    for key, value in TINY.items():
-        options += [f"--{key.replace('_', '-')}", str(value)]
+    for pair in TINY:
+        options += ["--param", pair]
     return options
 
 
@@ -134,28 +163,12 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
     assert nested == sorted(["prepare", "synthesize", "label", *(f"train-{r}" for r in ("rl-real", "self", "medssr", "oracle-stage1", "oracle")),
                              *(f"arm-{arm}" for arm in ARMS)])
     assert "paired.medssr_vs_rl-real.raredis_heldout.with_recovery.delta" in parents[0].data.metrics
-    assert json.loads((out_dir / "study.json").read_text())["identity"]["synth_n"] == TINY["synth_n"]
+    assert json.loads((out_dir / "study.json").read_text())["identity"]["synthesis.n"] == 16
 
 
 def test_a_folder_holding_another_study_is_refused(tmp_path):
     from medssr.study.run import Study
 
-    Study(StudyConfig(out_dir=str(tmp_path), **TINY)).claim()
-    with pytest.raises(ValueError, match="synth_n: 16 there"):
-        Study(StudyConfig(out_dir=str(tmp_path), **{**TINY, "synth_n": 17})).claim()
-
-
-def test_the_pipeline_preset_has_the_study_settings():
-    from medssr.pipelines.presets import preset_params
-
-    params, defaults = preset_params("study"), StudyConfig()
-    pairs = {("synthesis", "n"): "synth_n", ("labeling", "n_samples"): "label_samples", ("train_self", "max_steps"): "stage1_max_steps",
-             ("train_supervised", "max_steps"): "stage2_max_steps", ("train_self", "learning_rate"): "learning_rate",
-             ("train_supervised", "max_completion_length"): "max_completion_length", ("evaluation", "n"): "eval_samples",
-             ("evaluation", "max_tokens"): "eval_max_tokens", ("evaluation", "heldout_size"): "heldout_size",
-             ("train_self", "per_device_train_batch_size"): "train_batch_size", ("train_self", "num_generations"): "num_generations",
-             ("labeling", "max_tokens"): "label_max_tokens"}
-    for (stage, setting), name in pairs.items():
-        assert params[stage][setting] == getattr(defaults, name), (stage, setting)
-    assert params["evaluation"]["limit"] >= max(defaults.split_eval_size, defaults.heldout_size)
-    assert set(params["evaluation"]["benchmarks"]) == {defaults.split_benchmark, "raredis_heldout"}
+    Study(StudyConfig(out_dir=str(tmp_path), params=TINY)).claim()
+    with pytest.raises(ValueError, match="synthesis.n: 16 there"):
+        Study(StudyConfig(out_dir=str(tmp_path), params=[*TINY, "synthesis.n=17"])).claim()

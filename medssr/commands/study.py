@@ -1,48 +1,43 @@
 """``medssr study``: every arm of a MedSSR study (base, prior, rl-real, self, medssr, oracle), resumable, then the report.
 
-Every StudyConfig field is an option (``--field-name``); a rerun with the same settings continues the study in
-its folder, and ``--arms`` runs it in parts.
+Every StudyConfig field is an option (``--field-name``) and ``--config`` reads them from YAML. The stage
+settings come from a pipeline preset (``--preset``, default study) with ``--param STAGE.SETTING=VALUE``
+overrides, as in ``medssr pipeline run``; a rerun with the same settings continues the study in its
+folder, and ``--arms`` runs it in parts.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
-import typing
 
 
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+def _as_typed(args: argparse.Namespace, skip: tuple[str, ...]) -> list[str]:
+    """The options given, as they would be typed again (for the report's record of each part)."""
+    from medssr import configs
     from medssr.study.config import StudyConfig
-    from medssr.configs import parse_bool
 
-    hints = typing.get_type_hints(StudyConfig)
-    for spec in dataclasses.fields(StudyConfig):
-        if spec.name == "command":
-            continue  # set from the command line itself
-        kind = hints[spec.name]
-        parser.add_argument(
-            f"--{spec.name.replace('_', '-')}",
-            dest=spec.name,
-            type=parse_bool if kind is bool else kind,
-            default=spec.default,
-            help=f"{spec.metadata['help']} (default: {spec.default})",
-        )
+    typed = ["--config", args.config] if args.config else []
+    for setting in configs.settings_of(StudyConfig):
+        value = getattr(args, setting.name, None)
+        if setting.name in skip or value is None:
+            continue
+        option = "--param" if setting.name == "params" else f"--{setting.name.replace('_', '-')}"
+        if setting.name == "params":
+            typed += [item for pair in value for item in (option, pair)]
+        else:
+            typed += [option, *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return typed
 
 
 def run_study_command(args: argparse.Namespace) -> int:
     import logging
 
-    from medssr.errors import user_input
+    from medssr.configs import from_args
     from medssr.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    fields = [f for f in dataclasses.fields(StudyConfig) if f.name != "command"]
-    values = {f.name: getattr(args, f.name) for f in fields}
-    # The command as it would be typed again: every option that differs from its default.
-    given = [item for f in fields if values[f.name] != f.default for item in (f"--{f.name.replace('_', '-')}", str(values[f.name]))]
-    with user_input():
-        config = StudyConfig(**values, command=shlex.join(["medssr", "study", *given]))
+    config = from_args(StudyConfig, args, command=shlex.join(["medssr", "study", *_as_typed(args, ("command",))]))
     result = run_study(config)
     print(f"study {result.out_dir}: finished arms {', '.join(result.finished_arms) or 'none'}"
           + (f"; still to run: {', '.join(result.missing_arms)}" if result.missing_arms else ""))
@@ -52,10 +47,14 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from medssr import configs
+    from medssr.study.config import StudyConfig
+
     parser = subparsers.add_parser(
         "study",
         help="Measure MedSSR: arms base, prior, rl-real, self, medssr, oracle on the same questions; resumable; writes the report.",
         description=__doc__,
     )
-    add_study_arguments(parser)
+    parser.add_argument("--config", help="YAML of study settings (the fields below); options given here override it.")
+    configs.add_arguments(parser, StudyConfig, skip=("command",), aliases={"params": ("--param",)})
     parser.set_defaults(func=run_study_command)
