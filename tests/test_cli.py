@@ -38,7 +38,7 @@ def test_version():
     ("args", "message"),
     [
         (("demo", "--model", "/nonexistent/model-folder"), "medssr demo: error: no model folder at /nonexistent/model-folder"),
-        (("demo", "--max-tokens", "many"), "medssr demo: error: argument --max-tokens: invalid int value: 'many'"),
+        (("demo", "--max-tokens", "many"), "medssr demo: error: argument --max-tokens: max_tokens: 'many' is not a valid int"),
         (("demo", "--no-such-option"), "medssr: error: unrecognized arguments: --no-such-option"),
         (("no-such-command",), "medssr: error: argument COMMAND: invalid choice: 'no-such-command'"),
     ],

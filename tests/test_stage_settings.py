@@ -133,3 +133,42 @@ def test_the_tiny_presets_labelling_is_the_same_through_medssr_label(tiny_model,
     assert out.read_text() == Path(outputs["labeled"].path).read_text() and out.read_text()
     assert outputs["metrics"].metrics["items"] == 6.0 and json.loads(out.read_text().splitlines()[0])["n_samples"] == 4
     assert list((tmp_path / "other-cache" / "completions").rglob("completions.jsonl"))
+
+
+# The commands whose settings are one typed config of their own (not a pipeline stage), with what they cannot run without.
+OWN_CONFIGS = {
+    "serve": ("medssr.serving.config:ServeConfig", ["serve", "--local", "m"]),
+    "ask": ("medssr.serving.client:AskConfig", ["ask", "--url", "http://127.0.0.1:1", "q"]),
+    "calibration": ("medssr.evaluation.calibration:CalibrationConfig", ["calibration", "folder"]),
+    "demo": ("medssr.commands.demo:DemoConfig", ["demo"]),
+    "study": ("medssr.study.config:StudyConfig", ["study"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_CONFIGS))
+def test_every_command_takes_each_field_of_its_config_and_a_config_file(name, tmp_path):
+    import importlib
+
+    from medssr.cli import build_parser
+
+    module, _, cls_name = OWN_CONFIGS[name][0].partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    parser = build_parser()
+    command = parser._subparsers._group_actions[0].choices[name]
+    options = {opt for action in command._actions for opt in action.option_strings}
+    positional = {action.dest for action in command._actions if not action.option_strings}
+    assert "--config" in options
+    for setting in configs.settings_of(cls):
+        if setting.name != "command":  # the study's record of its own command line
+            assert f"--{setting.name.replace('_', '-')}" in options or setting.name in positional, (name, setting.name)
+    # nothing given: the config's defaults; a --config file sets a field and an option given overrides it
+    args = parser.parse_args(OWN_CONFIGS[name][1])
+    built = configs.from_args(cls, args)
+    numeric = next(s for s in configs.settings_of(cls) if s.annotation is int)  # its first whole-number setting
+    assert getattr(built, numeric.name) == numeric.default
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump({numeric.name: numeric.default + 3}))
+    args = parser.parse_args([*OWN_CONFIGS[name][1], "--config", str(settings_file)])
+    assert getattr(configs.from_args(cls, args), numeric.name) == numeric.default + 3
+    args = parser.parse_args([*OWN_CONFIGS[name][1], "--config", str(settings_file), f"--{numeric.name.replace('_', '-')}", str(numeric.default + 5)])
+    assert getattr(configs.from_args(cls, args), numeric.name) == numeric.default + 5

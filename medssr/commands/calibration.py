@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 
 def register(subparsers) -> None:
+    from medssr.configs import add_arguments
     from medssr.evaluation.calibration import CalibrationConfig
 
     parser = subparsers.add_parser(
@@ -18,20 +18,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("folder", metavar="DIR", help="Evaluation output folder (holds samples/).")
     parser.add_argument("--out", default=None, help="Where calibration.{json,md} go (default: DIR).")
-    defaults = CalibrationConfig()
-    for item in dataclasses.fields(CalibrationConfig):
-        default = getattr(defaults, item.name)
-        parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=type(default), default=default,
-                            help=f"{item.metadata['help']} (default: {default})")
+    parser.add_argument("--config", help="YAML of calibration settings (bins, letters); options override it.")
+    add_arguments(parser, CalibrationConfig)
     parser.set_defaults(func=run_calibration_command)
 
 
 def run_calibration_command(args: argparse.Namespace) -> int:
+    from medssr.configs import from_args
     from medssr.errors import UserError
     from medssr.evaluation.calibration import CalibrationConfig, calibration_markdown, calibration_of_folder, write_calibration
 
-    try:
-        config = CalibrationConfig(**{item.name: getattr(args, item.name) for item in dataclasses.fields(CalibrationConfig)})
+    config = from_args(CalibrationConfig, args)
+    try:  # what the folder holds is the user's
         result = calibration_of_folder(args.folder, config)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None

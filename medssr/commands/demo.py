@@ -107,14 +107,15 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
 
 
 def _handle(args) -> int:
-    from medssr.errors import user_input
+    import dataclasses
 
-    model, summary, timings = args.model, "", ""
-    if not model:
+    from medssr.configs import from_args
+
+    config, summary, timings = from_args(DemoConfig, args), "", ""
+    if not config.model:
         summary, timings, model, role = run_pipeline_demo(args.preset)
         print(f"\n=== this run's model, {model}, the {role}, answers ===")
-    with user_input():
-        config = DemoConfig(model=model, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+        config = dataclasses.replace(config, model=model)
     _print_answers(run_demo(config))
     if summary:
         print(f"\n=== timings ===\n{timings}\n\n{summary}")
@@ -122,13 +123,12 @@ def _handle(args) -> int:
 
 
 def register(subparsers) -> None:
+    from medssr.configs import add_arguments
+
     parser = subparsers.add_parser(
         "demo", help="Run the MedSSR pipeline locally (preset smol), then the champion answers example questions."
     )
-    defaults = DemoConfig()
     parser.add_argument("--preset", choices=["smol", "tiny"], default="smol", help="Pipeline preset (smol: SmolLM2-135M).")
-    parser.add_argument("--model", default=defaults.model, help=DemoConfig.__dataclass_fields__["model"].metadata["help"])
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="New tokens per answer.")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 is greedy.")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="Sampling seed when temperature > 0.")
+    parser.add_argument("--config", help="YAML of the answers' settings (the options below); options override it.")
+    add_arguments(parser, DemoConfig)
     parser.set_defaults(func=_handle)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-# Options taken from ServeConfig's fields (each with its help text); `model` is the --local argument.
-_NOT_OPTIONS = ("model",)
-
 
 def _serve(args) -> int:
-    from medssr.errors import user_input
+    from medssr.configs import from_args
     from medssr.serving.config import ServeConfig
     from medssr.serving.server import run_serve
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig) if f.name not in _NOT_OPTIONS}
-    with user_input():
-        config = ServeConfig(model=args.local, **values)
+    config = from_args(ServeConfig, args)
+    if not config.model:
+        from medssr.errors import UserError
+
+        raise UserError("serve: give the model to serve with --local MODEL (or model: in --config)")
     print(f"serving {config.model} as '{config.name}' on http://{config.host}:{config.port} "
           f"(OpenAI API at /openai/v1, KServe v1/v2, /metrics)", flush=True)
     run_serve(config)
@@ -23,26 +20,15 @@ def _serve(args) -> int:
 
 
 def register(subparsers) -> None:
+    from medssr.configs import add_arguments
     from medssr.serving.config import ServeConfig
 
     parser = subparsers.add_parser(
         "serve",
         help="Serve a model with KServe's model server: OpenAI-compatible, v1 and v2 routes.",
-        description="Start kserve.ModelServer with the medssr predictor (dynamic batching, answer letters).",
+        description="Start kserve.ModelServer with the medssr predictor (dynamic batching, answer letters). "
+                    "`--local MODEL`: a model folder, s3:// URI, hub id, or NAME@ALIAS / models:/NAME@ALIAS from the MLflow registry.",
     )
-    parser.add_argument(
-        "--local", required=True, metavar="MODEL",
-        help="Model folder, s3:// URI, hub id, or NAME@ALIAS / models:/NAME@ALIAS from the MLflow registry.",
-    )
-    defaults = ServeConfig(model="-")
-    for f in dataclasses.fields(ServeConfig):
-        if f.name in _NOT_OPTIONS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=default,
-                                help=f"{f.metadata['help']} (default: {default})")
+    parser.add_argument("--config", help="YAML of ServeConfig settings; options override it.")
+    add_arguments(parser, ServeConfig, aliases={"model": ("--local",)})
     parser.set_defaults(func=_serve)
