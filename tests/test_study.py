@@ -149,6 +149,8 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
         assert f"| {a} vs {b} | raredis_heldout | 4 |" in report
     assert "## `raredis_heldout` by question type" in report and "| = 1.00 |" in report
     assert report.count("- part ") == 2 and "medssr study --out-dir" in report
+    # the settings block shows what differs from the stage configs' defaults, not all of them
+    assert '"synthesis.n": 16' in report and '"split.eval_size": 4' in report and "synthesis.contamination_ngram" not in report
     figures = report_path.with_suffix("")
     assert sorted(p.name for p in figures.glob("*.png")) == ["accuracy.png", "by_type.png", "labels.png", "paired.png", "training.png"]
 

@@ -193,6 +193,16 @@ def plot_figures(report: StudyReport, by_type: dict, folder: Path) -> dict[str, 
     return paths
 
 
+def changed_settings(config) -> dict:
+    """The study's identity less the stage settings left at their config's default."""
+    from medssr.configs import plain
+    from medssr.stages import STAGES
+    from medssr.study.config import STUDY_STAGES
+
+    defaults = {f"{stage}.{name}": plain(value) for stage in STUDY_STAGES for name, value in STAGES[stage].defaults().items()}
+    return {key: value for key, value in config.identity().items() if key not in defaults or defaults[key] != value}
+
+
 def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report_path: Path) -> str:
     config, study = report.config, report.study
     settings = config.settings
@@ -230,8 +240,11 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
         f"- evaluation: n={evaluation['n']}, T {evaluation['temperature']}, top-p {evaluation['top_p']}, top-k {evaluation['top_k']}, "
         f"{evaluation['max_tokens']} tokens; {evaluation['bootstrap_samples']} bootstrap resamples",
         "",
+        "Settings that differ from their stage config's default (the config sha256 covers every setting; `study.json` in the "
+        "study folder lists them all):",
+        "",
         "```json",
-        json.dumps(config.identity(), indent=1),
+        json.dumps(changed_settings(config), indent=1),
         "```",
         "",
         "## Accuracy",
