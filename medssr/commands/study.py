@@ -12,21 +12,20 @@ import argparse
 import shlex
 
 
-def _as_typed(args: argparse.Namespace, skip: tuple[str, ...]) -> list[str]:
+def _as_typed(args: argparse.Namespace) -> list[str]:
     """The options given, as they would be typed again (for the report's record of each part)."""
     from medssr import configs
     from medssr.study.config import StudyConfig
 
     typed = ["--config", args.config] if args.config else []
     for setting in configs.settings_of(StudyConfig):
-        value = getattr(args, setting.name, None)
-        if setting.name in skip or value is None:
+        value = getattr(args, setting.name, None)  # None: not given (`command` is no option at all)
+        if value is None:
             continue
-        option = "--param" if setting.name == "params" else f"--{setting.name.replace('_', '-')}"
         if setting.name == "params":
-            typed += [item for pair in value for item in (option, pair)]
+            typed += [item for pair in value for item in ("--param", pair)]
         else:
-            typed += [option, *(map(str, value) if isinstance(value, list) else [str(value)])]
+            typed += [f"--{setting.name.replace('_', '-')}", *(map(str, value) if isinstance(value, list) else [str(value)])]
     return typed
 
 
@@ -37,7 +36,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     from medssr.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = from_args(StudyConfig, args, command=shlex.join(["medssr", "study", *_as_typed(args, ("command",))]))
+    config = from_args(StudyConfig, args, command=shlex.join(["medssr", "study", *_as_typed(args)]))
     result = run_study(config)
     print(f"study {result.out_dir}: finished arms {', '.join(result.finished_arms) or 'none'}"
           + (f"; still to run: {', '.join(result.missing_arms)}" if result.missing_arms else ""))

@@ -105,15 +105,18 @@ class StudyConfig:
     def identity(self) -> dict:
         """What makes the study what it is, flat as ``--param`` names it: base_model, every stage setting
         (``synthesis.n``) and the extra evaluation set."""
-        from medssr.configs import plain
-
-        settings = self.settings
-        flat = {"base_model": settings["base_model"]}
-        flat.update({f"{stage}.{name}": plain(value) for stage in STUDY_STAGES for name, value in settings[stage].items()})
-        return {**flat, "extra_benchmarks": list(self.extra_benchmarks), "extra_limit": self.extra_limit}
+        return {"base_model": self.settings["base_model"], **flat_settings(self.settings),
+                "extra_benchmarks": list(self.extra_benchmarks), "extra_limit": self.extra_limit}
 
     def identity_hash(self) -> str:
         return config_hash(self.identity())
+
+
+def flat_settings(by_stage: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The study stages' settings as ``--param`` names them (``synthesis.n``), as plain data."""
+    from medssr.configs import plain
+
+    return {f"{stage}.{name}": plain(value) for stage in STUDY_STAGES for name, value in by_stage[stage].items()}
 
 
 PLACEHOLDERS = {

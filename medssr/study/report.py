@@ -195,11 +195,10 @@ def plot_figures(report: StudyReport, by_type: dict, folder: Path) -> dict[str, 
 
 def changed_settings(config) -> dict:
     """The study's identity less the stage settings left at their config's default."""
-    from medssr.configs import plain
     from medssr.stages import STAGES
-    from medssr.study.config import STUDY_STAGES
+    from medssr.study.config import STUDY_STAGES, flat_settings
 
-    defaults = {f"{stage}.{name}": plain(value) for stage in STUDY_STAGES for name, value in STAGES[stage].defaults().items()}
+    defaults = flat_settings({stage: STAGES[stage].defaults() for stage in STUDY_STAGES})
     return {key: value for key, value in config.identity().items() if key not in defaults or defaults[key] != value}
 
 
