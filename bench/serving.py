@@ -253,6 +253,7 @@ def main() -> int:
         help="torch threads in the server. 1 by default: on a shared, oversubscribed CPU torch's spinning "
              "OpenMP threads slow a small model down many times over.",
     )
+    parser.add_argument("--dtype", default="auto", help="Weights' dtype in both servers (auto = float32 on CPU).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args()
 
@@ -266,7 +267,7 @@ def main() -> int:
     lengths = [random.Random(args.seed + k).randint(args.min_length, args.max_length) for k in range(4096)]
     print(f"model {model}{' (tiny random test model)' if args.model is None else ''}; {len(questions)} MedMCQA "
           f"questions with prompts <= {args.prompt_tokens} tokens; completions of {args.min_length}-{args.max_length} "
-          f"tokens; {os.cpu_count()} CPUs, {args.torch_threads} torch thread(s), load average "
+          f"tokens; {os.cpu_count()} CPUs, {args.torch_threads} torch thread(s), dtype {args.dtype}, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
     def server_for(admission: str) -> ServerProcess:
@@ -274,7 +275,7 @@ def main() -> int:
             model=str(model), name=SERVED_NAME, port=free_port(), max_batch_size=args.max_batch_size, max_n=1,
             admission=admission, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
             max_prompt_tokens=args.prompt_tokens, max_tokens_limit=max(args.max_length, 16),
-            default_max_tokens=min(args.max_length, 16), torch_threads=args.torch_threads,
+            default_max_tokens=min(args.max_length, 16), torch_threads=args.torch_threads, dtype=args.dtype,
         )
         return ServerProcess(config, work / f"server-{admission}.log")
 

@@ -7,7 +7,9 @@
     that machine load hits both. Per step: rollout time (``GRPOTrainer._generate``: tokenizing,
     sampling, decoding), forward/backward (``training_step`` without its input preparation), and the
     rest (rewards, padding, optimizer step, callbacks, logging). Target: our rollout >= 3x faster. A
-    third arm adds the shared-prompt forward/backward (``shared_prompt_forward``) to our rollout.
+    third arm adds the shared-prompt forward/backward (``shared_prompt_forward``) to our rollout. The
+    ``-bf16`` arms (``--rollout-arms``) run the same in bf16, TRL's default: autocast over float32 weights
+    on a CPU; each of our arms is compared with TRL's rollout in its precision and with TRL's fastest.
 
 (a) The same model, data and GRPO settings go through ``medssr.training.run_training`` and through a
     GRPOTrainer built by hand from TRL alone, alternately, several rounds; the per-step wall time
@@ -183,15 +185,20 @@ def medqa_task(path: Path, count: int) -> Path:
     return path
 
 
-ARMS = {  # name: (label, generation_backend, shared_prompt_forward)
-    "trl": ("TRL rollout, TRL forward", "trl", False),
-    "medssr": ("medssr rollout, TRL forward", "medssr", False),
-    "medssr+shared": ("medssr rollout, shared-prompt forward", "medssr", True),
+ARMS = {  # name: (label, generation_backend, shared_prompt_forward, bf16)
+    "trl": ("TRL rollout, TRL forward", "trl", False, False),
+    "medssr": ("medssr rollout, TRL forward", "medssr", False, False),
+    "medssr+shared": ("medssr rollout, shared-prompt forward", "medssr", True, False),
+    # bf16=True is TRL's own default; on a CPU it is autocast over float32 weights (AMX runs bf16 matmuls).
+    "trl-bf16": ("bf16: TRL rollout, TRL forward", "trl", False, True),
+    "medssr-bf16": ("bf16: medssr rollout, TRL forward", "medssr", False, True),
+    "medssr+shared-bf16": ("bf16: medssr rollout, shared-prompt fwd", "medssr", True, True),
 }
+DEFAULT_ARMS = ("trl", "medssr", "medssr+shared")
 
 
 def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, warmup: int, completion_tokens: int,
-                  accumulation: int = 1, arms: tuple[str, ...] = tuple(ARMS)) -> dict:
+                  accumulation: int = 1, arms: tuple[str, ...] = DEFAULT_ARMS) -> dict:
     """(r): the arms alternately, ``rounds`` runs of ``steps`` steps each; medians over the steps after warm-up.
     With ``accumulation`` > 1 each optimizer step trains on that many prompts' groups, all sampled in one
     rollout call (TRL's generation batch is per-device batch x gradient accumulation)."""
@@ -205,10 +212,10 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
         for arm in order:
             out = work / f"rollout-{arm}"
             shutil.rmtree(out, ignore_errors=True)
-            generation_backend, shared_prompt_forward = ARMS[arm][1:]
+            generation_backend, shared_prompt_forward, bf16 = ARMS[arm][1:]
             config = TrainingConfig(
                 stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
-                shared_prompt_forward=shared_prompt_forward, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
+                shared_prompt_forward=shared_prompt_forward, bf16=bf16, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
                 gradient_accumulation_steps=accumulation, temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
             )
             timer = PhaseTimer()
@@ -229,11 +236,21 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
     return {
         "median_s": median,
         "mean_completion_tokens": {arm: statistics.fmean(values) for arm, values in lengths.items()},
-        "rollout_speedup": {kind: median[kind]["trl"]["rollout"] / median[kind]["medssr"]["rollout"] for kind in median},
+        "rollout_speedup": {kind: {arm: rollout_speedups(median[kind], arm, arms) for arm in arms if ARMS[arm][1] == "medssr"} for kind in median},
         "step_speedup": {kind: {arm: median[kind]["trl"]["step"] / median[kind][arm]["step"] for arm in arms} for kind in median},
         "completions_per_rollout": 8 * accumulation,
         "steps_measured_each": len(measured["trl"]),
     }
+
+
+def rollout_speedups(median: dict, arm: str, arms) -> dict:
+    """Our arm's rollout time against TRL's in the same precision (when that arm ran) and TRL's fastest here."""
+    trl_arms = [other for other in arms if ARMS[other][1] == "trl"]
+    speedups = {"fastest_trl": min(median[other]["rollout"] for other in trl_arms) / median[arm]["rollout"]}
+    for other in trl_arms:
+        if ARMS[other][3] == ARMS[arm][3]:
+            speedups["same_precision"] = median[other]["rollout"] / median[arm]["rollout"]
+    return speedups
 
 
 def run_ours(config, timer) -> None:
@@ -373,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollout-threads", type=int, default=2, help="(r) torch threads for SmolLM2.")
     parser.add_argument("--rollout-accumulation", type=int, default=1,
                         help="(r) gradient accumulation steps: prompts per optimizer step, sampled in one rollout call of 8 x this many completions.")
-    parser.add_argument("--rollout-arms", default=",".join(ARMS), help=f"(r) arms to run, of {', '.join(ARMS)} (trl is the reference).")
+    parser.add_argument("--rollout-arms", default=",".join(DEFAULT_ARMS), help=f"(r) arms to run, of {', '.join(ARMS)} (trl is the reference).")
     parser.add_argument("--rounds", type=int, default=6, help="(a) alternating rounds of ours vs plain TRL.")
     parser.add_argument("--steps", type=int, default=10, help="(a) GRPO steps per overhead run.")
     parser.add_argument("--warmup", type=int, default=2, help="(a) steps of each run left out of the median.")
@@ -412,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                 m = rollouts["median_s"][kind][arm]
                 print(f"median {kind:4s} {label:34s}: step {m['step']:6.2f} s = rollout {m['rollout']:6.2f} + forward/backward "
                       f"{m['forward_backward']:6.2f} + rest {m['rest']:5.2f}  (step {rollouts['step_speedup'][kind][arm]:.2f}x TRL's)")
-            print(f"{kind}: rollout {rollouts['rollout_speedup'][kind]:.2f}x faster than TRL's (target >= 3x)")
+            for arm, speedup in rollouts["rollout_speedup"][kind].items():
+                same = f"{speedup['same_precision']:.2f}x TRL's in the same precision, " if "same_precision" in speedup else ""
+                print(f"{kind}: {ARMS[arm][0]}: rollout {same}{speedup['fastest_trl']:.2f}x TRL's fastest here (target >= 3x)")
         tokens = rollouts["mean_completion_tokens"]
         print("mean completion length: " + ", ".join(f"{arm} {value:.1f}" for arm, value in tokens.items())
               + f" tokens; {rollouts['steps_measured_each']} steps measured per arm")

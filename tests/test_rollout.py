@@ -103,6 +103,28 @@ def test_logprobs_and_completions_agree_with_a_forward_pass(tiny_model, tmp_path
             assert mass_before[position, rank] < 0.8 + 1e-4, "outside the top-p nucleus"
 
 
+def test_bf16_on_cpu_is_autocast_over_float32_weights_and_the_rollout_samples_under_it(tiny_model, tmp_path, one_thread):
+    """With bf16 on a CPU the policy keeps float32 weights (the optimizer's) and the rollout decodes under
+    the trainer's own autocast, so its log-probabilities are the ones the trainer's bf16 forward gives."""
+    import torch
+
+    trainer = build_trainer(tiny_model, tmp_path, temperature=1.0, bf16=True)
+    assert {parameter.dtype for parameter in trainer.model.parameters()} == {torch.float32}
+    output_dtypes = []
+    hook = trainer.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, output: output_dtypes.append(output.dtype))
+    try:
+        out = run_rollout(trainer, grouped_prompts(2))
+    finally:
+        hook.remove()
+    assert set(output_dtypes) == {torch.bfloat16}, "the rollout's matmuls ran in bf16, as the trainer's do"
+    for prompt_ids, completion, logprobs in zip(out["prompt_ids"], out["completion_ids"], out["logprobs"]):
+        with trainer.accelerator.autocast():
+            logits = forward_logits(trainer.model, prompt_ids + completion)[len(prompt_ids) - 1 : -1]
+        expected = logits.log_softmax(-1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
+        # bf16 rounds differently in a batched, cached decode than in one unbatched pass: not 1e-4.
+        assert torch.allclose(torch.tensor(logprobs), expected, atol=2e-2), (logprobs, expected.tolist())
+
+
 def test_groups_of_any_size_come_back_in_prompt_order(tiny_model, tmp_path, one_thread):
     """A process may get part of a group (its batch split across ranks): each row still gets a
     completion of its own prompt, in the order given."""
@@ -155,8 +177,10 @@ def test_sampling_settings_it_does_not_implement_are_refused(tiny_model, tmp_pat
         run_rollout(trainer, grouped_prompts(1))
 
 
-def test_a_stage_trains_through_the_medssr_rollout(tiny_model, tmp_path, monkeypatch, one_thread):
-    """run_training's default CPU rollout is ours: TRL's model.generate is never called, ours every step."""
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_a_stage_trains_through_the_medssr_rollout(tiny_model, tmp_path, monkeypatch, one_thread, bf16):
+    """run_training's default CPU rollout is ours: TRL's model.generate is never called, ours every step;
+    in float32 and in bf16 autocast."""
     from transformers import GenerationMixin
 
     from medssr.data import LabeledItem, read_jsonl
@@ -173,7 +197,7 @@ def test_a_stage_trains_through_the_medssr_rollout(tiny_model, tmp_path, monkeyp
     out = tmp_path / "run"
     config = TrainingConfig(
         stage="self", model=str(model), data=str(SELF_DATA), output_dir=str(out), learning_rate=1e-3,
-        num_generations=4, per_device_train_batch_size=4, max_completion_length=8, max_steps=3, save_steps=2, top_k=20,
+        num_generations=4, per_device_train_batch_size=4, max_completion_length=8, max_steps=3, save_steps=2, top_k=20, bf16=bf16,
     )
     result = run_training(config)
     assert calls == [4, 4, 4]

@@ -73,7 +73,7 @@ class TrainingConfig:
         default=1,
         metadata={"help": "GPUs (consecutive ranks of one node) each colocated vLLM engine is split over; must divide the processes per node."},
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; None = on when a CUDA GPU with bf16 support is present."})
+    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training (on a GPU bf16 weights; on a CPU bf16 autocast over float32 weights, fast where the CPU has AMX); None = on when a CUDA GPU with bf16 support is present."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
     overwrite: bool = field(

@@ -103,7 +103,9 @@ def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
         bf16=bool(bf16),
         gradient_checkpointing=config.gradient_checkpointing,
         trust_remote_code=config.trust_remote_code,
-        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
+        # On a GPU bf16 trains bf16 weights, as TRL does; on a CPU it is autocast over float32 weights (a
+        # bf16 weight keeps about 3 significant digits and would round most Adam steps of 1e-5 away).
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 and on_gpu else torch.float32},
         # Explicit gloo for CPU ranks under torchrun; a lone process must not ask for a process group.
         ddp_backend="gloo" if launched_distributed() and not on_gpu else None,
         use_cpu=not on_gpu,

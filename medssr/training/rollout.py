@@ -53,7 +53,11 @@ def generator_rollout(prompts: list, trainer) -> dict[str, list]:
     was_training = model.training
     model.eval()  # no dropout while sampling, as model.generate would run
     try:
-        samples = generator.sample_ids([list(ids) for ids in rows_of], [len(rows) for rows in rows_of.values()], rollout_sampling(trainer.args))
+        # The trainer's own precision context (a no-op in float32). One block around the whole rollout also
+        # keeps autocast's bfloat16 copies of the weights from one decode step to the next; TRL's per-call
+        # autocast casts every weight again at every step.
+        with trainer.accelerator.autocast():
+            samples = generator.sample_ids([list(ids) for ids in rows_of], [len(rows) for rows in rows_of.values()], rollout_sampling(trainer.args))
     finally:
         model.train(was_training)
 
