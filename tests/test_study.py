@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from medssr.data import LabeledItem, MCQItem
+from medssr.data import EvalResult, LabeledItem, MCQItem, read_jsonl
+from medssr.evaluation.calibration import sample_letter
 from medssr.study import ARMS, StudyConfig
 from medssr.study.config import PAIRED_COMPARISONS
 from medssr.study.prior import AnswerPrior
@@ -148,9 +149,18 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
     for a, b in PAIRED_COMPARISONS:
         assert f"| {a} vs {b} | raredis_heldout | 4 |" in report
     assert "## `raredis_heldout` by question type" in report and "| = 1.00 |" in report
-    assert report.count("- part ") == 2 and "medssr study --out-dir" in report
+    assert report.count("- part ") == 2 and "medssr study --out-dir" in report and "--command" not in report
     # the settings block shows what differs from the stage configs' defaults, not all of them
     assert '"synthesis.n": 16' in report and '"split.eval_size": 4' in report and "synthesis.contamination_ngram" not in report
+    # answer letters: each row's shares add up to 100, and the base arm's are its samples' reference-protocol letters
+    table = report.split("## Answer letters")[1].split("`raredis_heldout`")[1].split("\n\n")[1].splitlines()
+    columns = [cell.strip() for cell in table[0].strip("|").split("|")][1:]
+    rows = {cells[0]: [float(c) for c in cells[1:]] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    assert set(rows) == {"gold", "base", "rl-real", "self", "medssr", "oracle"}
+    assert all(abs(sum(values) - 100) < 0.5 for values in rows.values())
+    samples = read_jsonl(next((out_dir / "arm-base" / "eval" / "samples").glob("*/raredis_heldout.jsonl")), EvalResult).records
+    letters = [sample_letter(record, "with_recovery") or "none" for record in samples]
+    assert rows["base"] == [round(100 * letters.count(c) / len(letters), 1) for c in columns]
     figures = report_path.with_suffix("")
     assert sorted(p.name for p in figures.glob("*.png")) == ["accuracy.png", "by_type.png", "labels.png", "paired.png", "training.png"]
 

@@ -19,7 +19,8 @@ def _as_typed(args: argparse.Namespace) -> list[str]:
 
     typed = ["--config", args.config] if args.config else []
     for setting in configs.settings_of(StudyConfig):
-        value = getattr(args, setting.name, None)  # None: not given (`command` is no option at all)
+        # `command` is this record, not an option; the namespace's `command` is the subcommand's name
+        value = None if setting.name == "command" else getattr(args, setting.name, None)  # None: not given
         if value is None:
             continue
         if setting.name == "params":

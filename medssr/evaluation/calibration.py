@@ -43,7 +43,8 @@ class CalibrationConfig:
             raise ValueError(f"letters must be lenient, strict or with_recovery, not {self.letters!r}")
 
 
-def _letter(record: EvalResult, letters: str) -> str | None:
+def sample_letter(record: EvalResult, letters: str = "lenient") -> str | None:
+    """The letter one sample answered under ``letters`` (lenient, strict, or with_recovery)."""
     if letters == "with_recovery":
         return record.strict if record.strict is not None else record.recovered
     return getattr(record, letters)
@@ -56,7 +57,7 @@ def question_votes(records: Iterable[EvalResult], letters: str = "lenient") -> l
         by_question[record.item_id].append(record)
     outcomes = []
     for samples in by_question.values():
-        vote = majority_vote([_letter(record, letters) for record in sorted(samples, key=lambda r: r.sample)])
+        vote = majority_vote([sample_letter(record, letters) for record in sorted(samples, key=lambda r: r.sample)])
         outcomes.append((vote.agreement, vote.label is not None and vote.label == samples[0].answer))
     return outcomes
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medssr.data import EvalResult, read_jsonl
+from medssr.evaluation.calibration import SAMPLES_FOLDER, sample_letter
 from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_deltas, read_rows
 from medssr.evaluation.scoring import bootstrap_ci, paired_bootstrap
 from medssr.storage import write_text
@@ -58,7 +60,22 @@ class StudyReport:
         self.resamples, self.seed = evaluation["bootstrap_samples"], evaluation["seed"]
         self.paired = {(a, b): paired_deltas(self.rows[a], self.rows[b], self.resamples, self.seed) for a, b in PAIRED_COMPARISONS}
         self.benchmarks = list(self.arms["base"]["summary"])
+        self.letters = {arm: self.letter_shares(arm) for arm in ARMS if arm != "prior"}
         self.types = sorted(set(self.prepared["heldout_question_types"].values()))
+
+    def letter_shares(self, arm: str) -> dict[str, dict]:
+        """Per benchmark: the share of an arm's samples answering each letter under the reference protocol
+        ("none" where neither pass read one), and the gold letters' shares. A policy that learned a letter
+        preference shows it here whatever its accuracy."""
+        out = {}
+        for path in sorted((self.study.root / f"arm-{arm}" / "eval" / SAMPLES_FOLDER).glob("*/*.jsonl")):
+            records = read_jsonl(path, EvalResult).records
+            if not records:
+                continue
+            answered = [sample_letter(record, HEADLINE_METRIC) or "none" for record in records]
+            gold = [record.answer or "none" for record in records]
+            out[records[0].benchmark] = {"samples": len(records), "answered": _shares(answered), "gold": _shares(gold)}
+        return out
 
     def type_rows(self, arm: str, kind: str) -> list[dict]:
         types = self.prepared["heldout_question_types"]
@@ -95,6 +112,10 @@ class StudyReport:
                     key = f"{a}_vs_{b}.{bench}.{metric}"
                     flat.update({f"{key}.delta": d["delta"], f"{key}.ci_low": d["ci"][0], f"{key}.ci_high": d["ci"][1]})
         return flat
+
+
+def _shares(values: list[str]) -> dict[str, float]:
+    return {value: values.count(value) / len(values) for value in sorted(set(values))}
 
 
 def history(done: dict) -> list[dict]:
@@ -304,7 +325,21 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
               "| type | letters |", "|---|---|"]
     for kind, counts in report.arms["prior"]["letters"].items():
         lines.append(f"| {kind} | " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " |")
-    lines += ["", "## Wall time per step", "", "| step | wall (s) | finished |", "|---|---:|---|"]
+    lines += ["", "## Answer letters", "",
+              "Share of each model arm's samples answering each letter under the reference protocol (none: neither pass read one), "
+              "beside the gold letters' shares (%). Accuracy near the prior's with one letter far above its gold share is a "
+              "letter preference, not knowledge.", ""]
+    for bench in report.benchmarks:
+        columns = sorted({letter for shares in report.letters.values() if bench in shares
+                          for letter in (*shares[bench]["answered"], *shares[bench]["gold"])}, key=lambda c: (c == "none", c))
+        lines += [f"`{bench}`", "", "| arm | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        gold = next((shares[bench]["gold"] for shares in report.letters.values() if bench in shares), {})
+        lines.append("| gold | " + " | ".join(pct(gold.get(c, 0.0)) for c in columns) + " |")
+        for arm, shares in report.letters.items():
+            if bench in shares:
+                lines.append(f"| {arm} | " + " | ".join(pct(shares[bench]["answered"].get(c, 0.0)) for c in columns) + " |")
+        lines.append("")
+    lines += ["## Wall time per step", "", "| step | wall (s) | finished |", "|---|---:|---|"]
     total = 0.0
     for marker in sorted(study.root.glob("*/done.json"), key=lambda p: study.read_marker(p)["finished_at"]):
         done = study.read_marker(marker)
