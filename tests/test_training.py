@@ -17,7 +17,7 @@ import yaml
 
 from medssr.training import TrainingConfig, run_training
 from medssr.training.checkpoints import MARKER
-from medssr.training.dataset import load_training_rows
+from medssr.training.dataset import balance_letters, load_training_rows
 
 DATA = Path(__file__).parent / "data"
 SELF_DATA = DATA / "train_self.jsonl"
@@ -107,6 +107,33 @@ def test_cli_options_override_the_yaml(tmp_path):
     )
     config = from_args(TrainingConfig, args, output_dir=args.output_dir)
     assert (config.output_dir, config.max_steps, config.learning_rate, config.save_steps, config.use_vllm) == ("O", 9, 5e-7, 7, False)
+
+
+def test_balanced_letters_spread_the_targets_over_every_letter_and_move_each_text_with_its_letter():
+    from collections import Counter
+
+    from medssr.data import LabeledItem, MCQItem
+
+    four = [MCQItem(id=f"q{i}", stem=f"Question {i}?", options={L: f"option {L} of {i}" for L in "ABCD"}, answer="A") for i in range(10)]
+    five = [LabeledItem(id=f"s{i}", stem=f"Synthesised {i}?", options={L: f"choice {L} of {i}" for L in "ABCDE"}, answer="C",
+                        label="B", agreement=0.75) for i in range(5)]
+    targets = ["A"] * 10 + ["B"] * 5
+    balanced = balance_letters(four + five, targets, seed=3)
+    assert sorted(Counter(t for _, t in balanced[:10]).values()) == [2, 2, 3, 3]  # 10 targets over 4 letters
+    assert Counter(t for _, t in balanced[10:]) == Counter("ABCDE")
+    for (old, target), (new, goal) in zip(zip(four + five, targets), balanced):
+        assert new.options[goal] == old.options[target]  # the target's text is at its new letter
+        assert sorted(new.options.values()) == sorted(old.options.values()) and new.letters == old.letters
+        assert new.options[new.answer] == old.options[old.answer]
+        others = [text for letter, text in old.options.items() if letter != target]
+        assert [text for letter, text in new.options.items() if letter != goal] == others  # the rest keep their order
+    assert all(new.label == goal for new, goal in balanced[10:])
+    assert balance_letters(four + five, targets, seed=3) == balanced != balance_letters(four + five, targets, seed=4)
+    # a training stage's rows: the prompts show the reordered options
+    rows = load_training_rows(SELF_DATA, "self", balance_letters_seed=0).rows
+    plain = load_training_rows(SELF_DATA, "self").rows
+    assert max(Counter(row["target"] for row in rows).values()) == 2 and len(rows) == len(plain) == 8
+    assert rows != plain
 
 
 def test_training_rows_use_label_or_answer_and_report_rejects():

@@ -51,6 +51,14 @@ class TrainingConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log loss, rewards and KL every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, sampling and initialisation."})
     format_reward_weight: float = field(default=0.1, metadata={"help": "Weight of the format reward beside the correctness reward (weight 1.0)."})
+    balance_answer_letters: bool = field(
+        default=False,
+        metadata={
+            "help": "Reorder each question's options (seeded) so that the reward targets fall on every letter equally often: "
+            "a policy that always answers one letter then earns the correctness reward on 1 in k questions. Off by default; "
+            "do not use with options that name other letters ('Both A and C')."
+        },
+    )
     generation_backend: Literal["medssr", "trl"] = field(
         default="medssr",
         metadata={

@@ -152,7 +152,8 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         model_path = str(resolve_model(config.model))
         data_path = local_copy(config.data, output_dir / "data")
     tokenizer = load_tokenizer(model_path, config.trust_remote_code)
-    data = load_training_rows(data_path, config.stage, PromptLimit(tokenizer, config.max_prompt_tokens))
+    data = load_training_rows(data_path, config.stage, PromptLimit(tokenizer, config.max_prompt_tokens),
+                              balance_letters_seed=config.seed if config.balance_answer_letters else None)
     backend = rollout_backend(config)
     if state.is_main_process:
         log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
