@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -195,10 +196,10 @@ def test_vllm_rollouts_only_with_cuda_and_cpu_settings(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["self", "supervised"])
-def test_stage_trains_and_changes_the_weights(stage, answer_format_model, tmp_path):
+@pytest.mark.parametrize(("stage", "balanced"), [("self", False), ("supervised", False), ("supervised", True)])
+def test_stage_trains_and_changes_the_weights(stage, balanced, answer_format_model, tmp_path):
     out = tmp_path / "out"
-    result = run_training(tiny_config(answer_format_model, out, stage=stage))
+    result = run_training(tiny_config(answer_format_model, out, stage=stage, balance_answer_letters=balanced))
 
     assert result.model_dir == out
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "log_history.jsonl"):
@@ -211,6 +212,8 @@ def test_stage_trains_and_changes_the_weights(stage, answer_format_model, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and metrics["stage"] == stage
     assert (metrics["records"], metrics["records_rejected"]) == (8, 1)
+    targets = Counter(row["target"] for row in load_training_rows(SELF_DATA if stage == "self" else SUPERVISED_DATA, stage).rows)
+    assert metrics["target_letters"] == ({"A": 2, "B": 2, "C": 2, "D": 2} if balanced else dict(sorted(targets.items())))
     assert metrics["rollout_backend"] == "medssr-generator"
     rewards = [json.loads(line) for line in result.history_path.read_text().splitlines()]
     assert [h["step"] for h in rewards if "reward" in h] == [1, 2, 3]

@@ -12,6 +12,7 @@ import os
 import shutil
 import statistics
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -214,6 +215,8 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         "resumed_from_step": checkpoints.checkpoint_step(Path(resume_from).name) if resume_from else None,
         "records": len(data.rows),
         "records_rejected": data.rejected,
+        # what a letter-preferring policy could earn on these targets (after balance_answer_letters, if on)
+        "target_letters": dict(sorted(Counter(row["target"] for row in data.rows).items())),
         "rollout_backend": backend,
         **_reward_summary(trainer.state.log_history),
         "config": asdict(config),
