@@ -111,8 +111,6 @@ def test_cli_options_override_the_yaml(tmp_path):
 
 
 def test_balanced_letters_spread_the_targets_over_every_letter_and_move_each_text_with_its_letter():
-    from collections import Counter
-
     from medssr.data import LabeledItem, MCQItem
 
     four = [MCQItem(id=f"q{i}", stem=f"Question {i}?", options={L: f"option {L} of {i}" for L in "ABCD"}, answer="A") for i in range(10)]

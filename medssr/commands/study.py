@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
+NOT_OPTIONS = ("command",)
+"""StudyConfig fields the CLI sets itself: ``command`` is the record of this command line."""
+
 
 def _as_typed(args: argparse.Namespace) -> list[str]:
     """The options given, as they would be typed again (for the report's record of each part)."""
@@ -19,8 +22,9 @@ def _as_typed(args: argparse.Namespace) -> list[str]:
 
     typed = ["--config", args.config] if args.config else []
     for setting in configs.settings_of(StudyConfig):
-        # `command` is this record, not an option; the namespace's `command` is the subcommand's name
-        value = None if setting.name == "command" else getattr(args, setting.name, None)  # None: not given
+        if setting.name in NOT_OPTIONS:  # the namespace's `command` is the subcommand's name, not this field
+            continue
+        value = getattr(args, setting.name, None)  # None: not given
         if value is None:
             continue
         if setting.name == "params":
@@ -56,5 +60,5 @@ def register(subparsers) -> None:
         description=__doc__,
     )
     parser.add_argument("--config", help="YAML of study settings (the fields below); options given here override it.")
-    configs.add_arguments(parser, StudyConfig, skip=("command",), aliases={"params": ("--param",)})
+    configs.add_arguments(parser, StudyConfig, skip=NOT_OPTIONS, aliases={"params": ("--param",)})
     parser.set_defaults(func=run_study_command)

@@ -98,14 +98,17 @@ def calibration_of_records(records: Iterable[EvalResult], config: CalibrationCon
     }
 
 
-def calibration_of_folder(out_dir: str | Path, config: CalibrationConfig = CalibrationConfig()) -> dict:
-    """The calibration of an evaluation output folder, from its ``samples/<model>/<benchmark>.jsonl``."""
-    samples = Path(out_dir) / SAMPLES_FOLDER
-    files = sorted(samples.glob("*/*.jsonl"))
+def read_sample_records(out_dir: str | Path) -> list[EvalResult]:
+    """Every sample record of an evaluation output folder, from its ``samples/<model>/<benchmark>.jsonl``."""
+    files = sorted((Path(out_dir) / SAMPLES_FOLDER).glob("*/*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{out_dir}: no {SAMPLES_FOLDER}/<model>/<benchmark>.jsonl files (an evaluation output folder has them)")
-    records = [record for path in files for record in read_jsonl(path, EvalResult).records]
-    return calibration_of_records(records, config)
+    return [record for path in files for record in read_jsonl(path, EvalResult).records]
+
+
+def calibration_of_folder(out_dir: str | Path, config: CalibrationConfig = CalibrationConfig()) -> dict:
+    """The calibration of an evaluation output folder, from its ``samples/<model>/<benchmark>.jsonl``."""
+    return calibration_of_records(read_sample_records(out_dir), config)
 
 
 def _pct(value: float | None) -> str:

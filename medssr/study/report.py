@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssr.data import EvalResult, read_jsonl
-from medssr.evaluation.calibration import SAMPLES_FOLDER, sample_letter
+from medssr.evaluation.calibration import read_sample_records, sample_letter
 from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_deltas, read_rows
 from medssr.evaluation.scoring import bootstrap_ci, paired_bootstrap
 from medssr.storage import write_text
@@ -67,15 +66,15 @@ class StudyReport:
         """Per benchmark: the share of an arm's samples answering each letter under the reference protocol
         ("none" where neither pass read one), and the gold letters' shares. A policy that learned a letter
         preference shows it here whatever its accuracy."""
-        out = {}
-        for path in sorted((self.study.root / f"arm-{arm}" / "eval" / SAMPLES_FOLDER).glob("*/*.jsonl")):
-            records = read_jsonl(path, EvalResult).records
-            if not records:
-                continue
-            answered = [sample_letter(record, HEADLINE_METRIC) or "none" for record in records]
-            gold = [record.answer or "none" for record in records]
-            out[records[0].benchmark] = {"samples": len(records), "answered": _shares(answered), "gold": _shares(gold)}
-        return out
+        by_benchmark: dict[str, list] = {}
+        for record in read_sample_records(self.study.root / f"arm-{arm}" / "eval"):
+            by_benchmark.setdefault(record.benchmark, []).append(record)
+        return {
+            bench: {"samples": len(records),
+                    "answered": _shares([sample_letter(record, HEADLINE_METRIC) or "none" for record in records]),
+                    "gold": _shares([record.answer or "none" for record in records])}
+            for bench, records in by_benchmark.items()
+        }
 
     def type_rows(self, arm: str, kind: str) -> list[dict]:
         types = self.prepared["heldout_question_types"]

@@ -73,7 +73,7 @@ def load_training_rows(path: str | os.PathLike, stage: str, limit: PromptLimit |
             errors.append(RecordError(path, line, "answer", "missing: supervised training needs the gold answer"))
             continue
         usable.append((item, target))
-    if balance_letters_seed is not None and usable:
+    if balance_letters_seed is not None:
         usable = balance_letters([item for item, _ in usable], [target for _, target in usable], balance_letters_seed)
     rows = [{"prompt": build_messages(item), "target": target, "letters": "".join(item.letters)} for item, target in usable]
     errors.sort(key=lambda error: error.line)
