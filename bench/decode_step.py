@@ -1,11 +1,14 @@
-"""Decode-step benchmark: what one SmolLM2 decode step costs by rows and precision, and how many operators it runs.
+"""Decode-step benchmark: what one SmolLM2 decode step costs by rows and precision, through the model's
+forward pass and through medssr's fused step, and how many operators each runs.
 
 Both rollouts (TRL's ``model.generate`` and ours) and both serving policies run one forward pass per
 generated token, so the cost of one step with few rows bounds how much faster any batching policy can
-be. For 1, 8 and 16 rows (each with a 200-token cached prompt), in one process: float32, bf16 autocast
-over float32 weights (the trainer's bf16 on a CPU), and bf16 weights; the median of ``--steps`` steps
-after 5 warm-up steps, the aten operators one step dispatches (torch.profiler), and, for scale, one
-8 x 576 x 576 matmul and one tiny add.
+be. For 1, 8 and 16 rows (each with a 200-token cached prompt in the generator's in-place cache), in one
+process: float32, bf16 autocast over float32 weights (the trainer's bf16 on a CPU), and bf16 weights;
+for each, the generator's step through transformers' forward pass and through
+:class:`~medssr.generation.decode_step.FusedDecodeStep`, measured alternately: the median of ``--steps``
+steps after 5 warm-up steps, the aten operators one step dispatches (torch.profiler), and, for scale,
+one 8 x 576 x 576 matmul and one tiny add.
 
     .venv/bin/python bench/decode_step.py [--threads 2] [--steps 30] [--model DIR]
 """
@@ -23,35 +26,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPT_TOKENS = 200
 
 
-def step_costs(model, rows: int, autocast: bool, steps: int) -> tuple[float, int]:
-    """(median ms per decode step, aten operators per step) for ``rows`` rows over a cached prompt."""
+def step_costs(generators, rows: int, autocast: bool, steps: int) -> list[tuple[float, int]]:
+    """(median ms per decode step, aten operators per step) of each generator's step, for ``rows`` rows
+    over a cached prompt; the generators' steps alternate so both see the same machine."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    ids = torch.randint(100, 1000, (rows, PROMPT_TOKENS))
+    from medssr.generation.transformers_backend import _Running
+
+    prompt = torch.randint(100, 1000, (PROMPT_TOKENS,)).tolist()
     precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
     with torch.no_grad(), precision:
-        cache = model(input_ids=ids, use_cache=True).past_key_values
-        mask = torch.ones(rows, PROMPT_TOKENS, dtype=torch.long)
-        positions = torch.full((rows, 1), PROMPT_TOKENS)
-        tokens = ids[:, -1:]
-
-        def step():
-            nonlocal mask, positions
-            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-            model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-            positions = positions + 1
-
+        batches = []
+        for generator in generators:
+            cache, mask, positions, logits = generator._prefill([prompt] * rows)
+            made = torch.zeros(rows, dtype=torch.long)
+            batches.append((generator, _Running(cache, mask, positions, logits, [(r, 0) for r in range(rows)], made)))
+        tokens = torch.full((rows,), prompt[-1])
         for _ in range(5):
-            step()
-        times = []
+            for generator, running in batches:
+                running.feed(generator.step, tokens)
+        times = [[] for _ in batches]
         for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        with profile(activities=[ProfilerActivity.CPU]) as trace:
-            step()
-    return 1000 * statistics.median(times), sum(event.count for event in trace.key_averages())
+            for spent, (generator, running) in zip(times, batches):
+                start = time.perf_counter()
+                running.feed(generator.step, tokens)
+                spent.append(time.perf_counter() - start)
+        operators = []
+        for generator, running in batches:
+            with profile(activities=[ProfilerActivity.CPU]) as trace:
+                running.feed(generator.step, tokens)
+            operators.append(sum(event.count for event in trace.key_averages()))
+    return [(1000 * statistics.median(spent), ops) for spent, ops in zip(times, operators)]
 
 
 def per_call_us(function, calls: int = 2000) -> float:
@@ -69,20 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from medssr.generation.transformers_backend import TransformersGenerator
     from medssr.models import build_smollm2
 
     torch.set_num_threads(args.threads)
-    float32 = AutoModelForCausalLM.from_pretrained(args.model or str(build_smollm2()), dtype=torch.float32).eval()
+    path = args.model or str(build_smollm2())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    float32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     bfloat16 = copy.deepcopy(float32).to(torch.bfloat16)
     settings = (("float32", float32, False), ("bf16 autocast", float32, True), ("bf16 weights", bfloat16, False))
     print(f"SmolLM2 decode step, {PROMPT_TOKENS}-token cached prompt, {args.threads} torch threads, median of {args.steps} steps")
-    print(f"{'rows':>4}  {'precision':14s} {'ms/step':>8} {'ms/row':>7} {'aten ops':>9}")
+    print(f"{'rows':>4}  {'precision':14s} {'forward ms':>10} {'fused ms':>9} {'forward/fused':>13} {'ops forward':>11} {'ops fused':>9}")
     for rows in (1, 8, 16):
         for name, model, autocast in settings:
-            ms, ops = step_costs(model, rows, autocast, args.steps)
-            print(f"{rows:>4}  {name:14s} {ms:8.1f} {ms / rows:7.2f} {ops:9d}", flush=True)
+            generators = [TransformersGenerator.on_model(model, tokenizer, rows, fused_decode=fused) for fused in (False, True)]
+            (forward, forward_ops), (fused, fused_ops) = step_costs(generators, rows, autocast, args.steps)
+            print(f"{rows:>4}  {name:14s} {forward:10.1f} {fused:9.1f} {forward / fused:12.2f}x {forward_ops:11d} {fused_ops:9d}", flush=True)
     x, w = torch.randn(8, 576), torch.randn(576, 576)
     print(f"one 8 x 576 x 576 matmul: {per_call_us(lambda: torch.mm(x, w)):.1f} us; one tiny add: {per_call_us(lambda: x.add(1.0)):.1f} us")
     return 0

@@ -85,26 +85,47 @@ def test_shared_prefill_samples_match_greedy(tiny_model, batch_size):
     assert sampler.generate(PROMPTS, n=3, sampling=argmax) == [samples * 3 for samples in greedy]
 
 
+def _record_passes(generator) -> list[tuple[int, int]]:
+    """(rows, tokens) of every pass over the model, in order: each forward call (prefills, the shared
+    prefix) and each decode step, whether the fused step or the model's forward computes it."""
+    passes, in_step = [], []
+    step = generator.step
+
+    def counted(tokens, *args):
+        passes.append((tokens.shape[0], 1))
+        in_step.append(True)
+        try:
+            return step(tokens, *args)
+        finally:
+            in_step.pop()
+
+    generator.step = counted
+    generator.model.register_forward_pre_hook(
+        lambda module, args, kwargs: None if in_step else passes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    return passes
+
+
 def test_finished_rows_leave_the_batch(tiny_model):
     """A row that emits an end token stops costing compute: later forward passes carry only the rows
     still running, and dropping it leaves the other rows' completions unchanged."""
     import torch
 
     generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=16, progress=False))
-    rows_per_forward = []
-    generator.model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    passes = _record_passes(generator)
+    rows_per_forward = lambda: [rows for rows, _ in passes]  # noqa: E731
     running = generator.generate(PROMPTS, sampling=GREEDY)
     prefill = [1] * len(PROMPTS)  # each prompt prefilled alone (no padding), then stacked
-    assert rows_per_forward == prefill + [len(PROMPTS)] * (GREEDY.max_tokens - 1)  # one pass per further token
+    assert rows_per_forward() == prefill + [len(PROMPTS)] * (GREEDY.max_tokens - 1)  # one pass per further token
     # Make the first token the first prompt emits an end token: that row must stop after it.
     with torch.inference_mode():
         first = generator.model(input_ids=torch.tensor([generator._encode(PROMPTS[0])])).logits[0, -1].argmax()
     generator.eos_token_ids = [int(first)]
-    rows_per_forward.clear()
+    passes.clear()
     stopped = generator.generate(PROMPTS, sampling=GREEDY)
     assert stopped[0] == [generator.tokenizer.decode([int(first)], skip_special_tokens=True)] != running[0]
     assert stopped[1:] == running[1:]
-    assert rows_per_forward == prefill + [len(PROMPTS) - 1] * (GREEDY.max_tokens - 1)
+    assert rows_per_forward() == prefill + [len(PROMPTS) - 1] * (GREEDY.max_tokens - 1)
 
 
 def test_empty_prompt_list_and_bad_n(generator):
@@ -326,8 +347,7 @@ def test_rows_admitted_into_a_running_batch_match_one_at_a_time(tiny_model):
     with torch.inference_mode():
         first = int(small.model(input_ids=torch.tensor([small._encode(PROMPTS[2])])).logits[0, -1].argmax())
     small.eos_token_ids = alone.eos_token_ids = small.eos_token_ids + [first]
-    rows_per_forward = []
-    small.model.register_forward_pre_hook(lambda module, args, kwargs: rows_per_forward.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    rows_per_forward = _record_passes(small)
     joined = small.generate(PROMPTS, sampling=GREEDY)
     assert joined == alone.generate(PROMPTS, sampling=GREEDY)
     assert joined[2] == [small.tokenizer.decode([first])]  # its first token ended it

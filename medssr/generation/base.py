@@ -44,6 +44,11 @@ class GeneratorConfig:
     )
     model: str = field(default="", metadata={"help": "Model folder, hub id, s3:// URI, or served model name (openai)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward batch (transformers)."})
+    fused_decode: bool = field(
+        default=True,
+        metadata={"help": "Decode Llama, Qwen2 and Qwen3 models on CPU with medssr's fused step (same logits, fewer "
+                          "operators per token); off: the model's own forward pass (transformers)."},
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Never on unless you trust the model repo."})

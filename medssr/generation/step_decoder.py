@@ -206,7 +206,7 @@ class StepDecoder:
                 if all(self._samples.get((key, s)) is None for s in range(self._jobs[key].samples)):
                     self._forget(key)
             if self.rows:
-                running.feed(self.generator.model, next_tokens)
+                running.feed(self.generator.step, next_tokens)
         return deltas
 
     @staticmethod

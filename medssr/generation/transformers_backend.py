@@ -14,6 +14,9 @@ of one prompt), not ``model.generate``:
   the batch stays full instead of running a long tail of a few rows per prompt group.
 - The cache is a :class:`~medssr.generation.kv_cache.GrowingLayer` per layer: a step writes its
   position in place.
+- On CPU a decode step of a Llama, Qwen2 or Qwen3 model is computed by
+  :class:`~medssr.generation.decode_step.FusedDecodeStep` (the same logits with a fraction of the
+  operators; ``GeneratorConfig.fused_decode``), other models by their forward pass.
 - The prefix all prompts of a call share (system prompt, chat template opening) is computed once.
 - Sampling applies temperature, top-k, then top-p, as ``model.generate`` does, but reads top-p on the
   top-k survivors only instead of sorting the whole vocabulary for every row and step.
@@ -149,13 +152,13 @@ class _Running:
         self.made = torch.cat([self.made, other.made])
         self.alive = torch.cat([self.alive, other.alive])
 
-    def feed(self, model, next_tokens) -> None:
-        """One decode step: every row takes its next token, and the logits for the one after come back."""
+    def feed(self, step, next_tokens) -> None:
+        """One decode step (``step``: :meth:`TransformersGenerator.step`): every row takes its next token,
+        and the logits for the one after come back."""
         import torch
 
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
-        out = model(input_ids=next_tokens[:, None], attention_mask=self.mask, position_ids=self.positions, cache=self.cache, use_cache=True)
-        self.cache, self.logits = out.cache, out.logits[:, -1].float()
+        self.logits = step(next_tokens, self.mask, self.positions, self.cache)
         self.positions = self.positions + 1
 
     def keep(self, rows) -> None:
@@ -198,28 +201,33 @@ class TransformersGenerator:
             path, dtype=resolve_dtype(config.dtype, self.device), trust_remote_code=config.trust_remote_code
         ).to(self.device)
         model.eval()
-        self._attach(model, self.tokenizer)
+        self._attach(model, self.tokenizer, config.fused_decode and self.device == "cpu")
 
     @classmethod
-    def on_model(cls, model, tokenizer, batch_size: int) -> "TransformersGenerator":
+    def on_model(cls, model, tokenizer, batch_size: int, fused_decode: bool = True) -> "TransformersGenerator":
         """A generator on a model already in memory (a trainer's policy): its weights are used as they
-        are at each call, never copied. Neither the model's mode nor the tokenizer is changed."""
+        are at each call (the fused decode step's concatenated copies are re-made when they change).
+        Neither the model's mode nor the tokenizer is changed."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         generator = cls.__new__(cls)
-        generator.config = GeneratorConfig(model=getattr(model, "name_or_path", ""), batch_size=batch_size, progress=False)
+        generator.config = GeneratorConfig(
+            model=getattr(model, "name_or_path", ""), batch_size=batch_size, progress=False, fused_decode=fused_decode
+        )
         generator.device = str(model.device)
-        generator._attach(model, tokenizer)
+        generator._attach(model, tokenizer, fused_decode and model.device.type == "cpu")
         # A trainer's policy may decode under its bf16 autocast; autocast keeps the bf16 copies of the
         # weights from one step to the next only outside inference mode (inside, it casts them anew at
         # every step, 1.9x slower on SmolLM2), and these weights only change between calls.
         generator._grad_off = generator._torch.no_grad
         return generator
 
-    def _attach(self, model, tokenizer) -> None:
+    def _attach(self, model, tokenizer, fused_decode: bool) -> None:
         import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
+
+        from medssr.generation.decode_step import FusedDecodeStep
 
         self.model, self.tokenizer = model, tokenizer
         eos = model.generation_config.eos_token_id
@@ -233,6 +241,16 @@ class TransformersGenerator:
         self._stackable_cache = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         self._torch = torch
         self._grad_off = torch.inference_mode
+        self._fused_step = FusedDecodeStep.for_model(model) if fused_decode else None
+
+    def step(self, tokens, mask, positions, cache):
+        """Float32 next-token logits ``[rows, vocab]`` after feeding ``tokens`` ``[rows]`` at ``positions``
+        ``[rows, 1]`` onto ``cache``, whose attention ``mask`` includes the new token: the fused decode
+        step where it computes this model and cache, else the model's forward pass."""
+        if self._fused_step is not None and self._fused_step.computes(cache):
+            return self._fused_step(tokens, mask, positions, cache)
+        out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        return out.logits[:, -1].float()
 
     def _encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -494,7 +512,7 @@ class TransformersGenerator:
                     waiting = []
                 if not running.alive.any():
                     continue
-                running.feed(self.model, next_tokens)
+                running.feed(self.step, next_tokens)
         progress.close()
         return tokens, logprobs, answers
 

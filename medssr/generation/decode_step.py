@@ -1,0 +1,162 @@
+"""One decode step of a Llama-family model (Llama, Qwen2, Qwen3) on CPU, computed from the model's own weights.
+
+On a 2-core CPU a SmolLM2 decode step with a few rows is not bound by arithmetic but by the ~6,200
+operators transformers' forward dispatches for it (module calls, mask building, separate q/k/v and
+gate/up projections, a cache update and a dtype cast per layer). Every GRPO rollout and every served
+token pays that floor once per generated token. :class:`FusedDecodeStep` computes the same step with
+fewer operators:
+
+- q, k and v are one matmul, and so are gate and up (weights concatenated once, re-made only when a
+  parameter changed: an optimizer step writes them in place, which bumps their version counter);
+- the rotary embedding is applied to q and k together;
+- the new position is written into the :class:`~medssr.generation.kv_cache.GrowingLayer` in place, and
+  attention is one SDPA call per layer, on the key/value heads (grouped queries packed as transformers
+  packs them for one query token);
+- under a bf16 autocast (a trainer's mixed precision on CPU) the matmuls run on bf16 copies of the
+  weights made once, instead of autocast casting them again at every step.
+
+The arithmetic is transformers' own, operation for operation, so the logits are those of the model's
+forward pass (``tests/test_decode_step.py`` compares them). Models with anything this step does not
+compute (another architecture, an adapter or quantized layer in place of a plain ``Linear``, another
+attention implementation, sliding-window layers) are decoded by the model's forward pass instead.
+"""
+
+from __future__ import annotations
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+def _rms_norm(norm, hidden):
+    """transformers' ``LlamaRMSNorm`` (and Qwen's), as it computes it: in float32, back to the input dtype,
+    then times the weight."""
+    import torch
+
+    dtype = hidden.dtype
+    hidden = hidden.to(torch.float32)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * hidden.to(dtype)
+
+
+class _Weights:
+    """One layer's projection weights in the matmul dtype, q/k/v and gate/up each concatenated."""
+
+    def __init__(self, layer, dtype):
+        import torch
+
+        attention, mlp = layer.self_attn, layer.mlp
+        cast = lambda tensor: None if tensor is None else tensor.detach().to(dtype)  # noqa: E731
+        qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
+        self.qkv = torch.cat([cast(p.weight) for p in qkv])
+        self.qkv_bias = torch.cat([cast(p.bias) for p in qkv]) if qkv[0].bias is not None else None
+        self.o, self.o_bias = cast(attention.o_proj.weight), cast(attention.o_proj.bias)
+        gate_up = (mlp.gate_proj, mlp.up_proj)
+        self.gate_up = torch.cat([cast(p.weight) for p in gate_up])
+        self.gate_up_bias = torch.cat([cast(p.bias) for p in gate_up]) if gate_up[0].bias is not None else None
+        self.down, self.down_bias = cast(mlp.down_proj.weight), cast(mlp.down_proj.bias)
+
+
+class FusedDecodeStep:
+    """Next-token logits for one new token per row, over a cache of :class:`GrowingLayer` layers."""
+
+    def __init__(self, model):
+        self.model = model
+        self.body = model.model
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = self.body.layers[0].self_attn.head_dim
+        self.intermediate = config.intermediate_size
+        self._layers: list[_Weights] | None = None
+        self._lm_head = None
+        self._signature = None
+
+    @classmethod
+    def for_model(cls, model) -> "FusedDecodeStep | None":
+        """The step for ``model``, or None where it would not compute what the model's forward pass does."""
+        import torch
+
+        config = getattr(model, "config", None)
+        body = getattr(model, "model", None)
+        if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES or body is None:
+            return None
+        if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "pretraining_tp", 1) != 1:
+            return None
+        if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or ["full_attention"])):
+            return None
+        if type(getattr(model, "lm_head", None)) is not torch.nn.Linear or getattr(model, "logits_scaling", None):
+            return None
+        for layer in getattr(body, "layers", []):
+            attention, mlp = layer.self_attn, layer.mlp
+            projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            if any(type(p) is not torch.nn.Linear for p in projections):
+                return None  # an adapter (LoRA) or a quantized layer: its forward is not a plain matmul
+        return cls(model)
+
+    def computes(self, cache) -> bool:
+        """Whether this step can continue ``cache`` (every layer writes in place), with the model in a
+        mode it computes (attention dropout in training mode is the forward pass's)."""
+        from medssr.generation.kv_cache import GrowingLayer
+
+        if self.model.training and getattr(self.model.config, "attention_dropout", 0.0):
+            return False
+        return cache is not None and all(type(layer) is GrowingLayer for layer in cache.layers)
+
+    def _prepared(self, dtype) -> None:
+        """Make the concatenated weights in ``dtype`` when there are none yet, the dtype changed, or a
+        parameter was replaced or written (data pointer and version counter)."""
+        signature = (dtype, tuple((p.data_ptr(), p._version) for p in self.model.parameters()))
+        if signature == self._signature:
+            return
+        self._layers = [_Weights(layer, dtype) for layer in self.body.layers]
+        weight = self.model.lm_head.weight
+        self._lm_head = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
+        self._signature = signature
+
+    def __call__(self, tokens, mask, positions, cache):
+        """Logits ``[rows, vocab]`` (float32) after feeding ``tokens`` ``[rows]`` at ``positions``
+        ``[rows, 1]``; ``mask`` ``[rows, cached + 1]`` is the attention mask including the new token."""
+        import torch
+        from torch.nn.functional import linear, scaled_dot_product_attention
+
+        device = tokens.device.type
+        autocast = torch.is_autocast_enabled(device)
+        hidden = self.body.embed_tokens(tokens)  # [rows, hidden], the activations' dtype
+        matmul = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+        self._prepared(matmul)
+        rows = tokens.shape[0]
+        # transformers drops the mask when no row has padding (and then uses SDPA's grouped-query mode).
+        attend = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+        groups = self.heads // self.kv_heads
+        with torch.autocast(device, enabled=False):
+            cos, sin = self.body.rotary_emb(hidden, position_ids=positions)  # [rows, 1, head_dim]
+            half = self.head_dim // 2
+            q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+            for index, (layer, weights) in enumerate(zip(self.body.layers, self._layers)):
+                attention = layer.self_attn
+                x = _rms_norm(layer.input_layernorm, hidden).to(matmul)
+                qkv = linear(x, weights.qkv, weights.qkv_bias)
+                qk = qkv[:, : q_width + kv_width].view(rows, self.heads + self.kv_heads, self.head_dim)
+                value = qkv[:, q_width + kv_width :].view(rows, self.kv_heads, self.head_dim)
+                if hasattr(attention, "q_norm"):  # Qwen3: per-head norms before the rotary embedding
+                    qk = torch.cat([attention.q_norm(qk[:, : self.heads]), attention.k_norm(qk[:, self.heads :])], dim=1)
+                rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+                qk = qk * cos + rotated * sin
+                query, key = qk[:, : self.heads], qk[:, self.heads :]
+                keys, values = cache.layers[index].update(key[:, :, None], value[:, :, None])
+                if autocast:  # autocast runs SDPA in its lower precision
+                    query, keys, values = query.to(matmul), keys.to(matmul), values.to(matmul)
+                if attend is None:
+                    out = scaled_dot_product_attention(
+                        query[:, :, None], keys, values, scale=attention.scaling, enable_gqa=groups > 1
+                    )
+                else:
+                    packed = query.reshape(rows, self.kv_heads, groups, self.head_dim)
+                    out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
+                out = out.reshape(rows, q_width)
+                hidden = hidden + linear(out.to(matmul), weights.o, weights.o_bias)
+                x = _rms_norm(layer.post_attention_layernorm, hidden).to(matmul)
+                gate_up = linear(x, weights.gate_up, weights.gate_up_bias)
+                x = layer.mlp.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
+                hidden = hidden + linear(x, weights.down, weights.down_bias)
+            hidden = _rms_norm(self.body.norm, hidden).to(matmul)
+            return linear(hidden, self._lm_head, self.model.lm_head.bias).float()

@@ -1,0 +1,139 @@
+"""The fused decode step computes the model's own next-token logits, follows weight updates and falls back
+where it does not apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from medssr.generation import GeneratorConfig, SamplingParams, build_generator
+
+PROMPTS = ["Which gene is mutated in cystic fibrosis?", "Answer:", "A child presents with ataxia and telangiectasia. The"]
+
+
+def _random_model(kind: str):
+    """A tiny random Llama, Qwen2 or Qwen3 (grouped-query attention; Qwen2 with q/k/v biases)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512)
+    config = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](**shape)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    if kind == "qwen2":  # random biases: zeros would not show a bias left out
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(projection.bias, std=0.5)
+    return model
+
+
+def _prefilled(generator, prompts):
+    """A left-padded running batch of ``prompts`` (token ids), as the generator builds it."""
+    from medssr.generation.transformers_backend import _Running
+
+    cache, mask, positions, logits = generator._prefill(prompts)
+    made = generator._torch.zeros(len(prompts), dtype=generator._torch.long)
+    return _Running(cache, mask, positions, logits, [(p, 0) for p in range(len(prompts))], made)
+
+
+def _both_steps(model, precision: str, steps: int = 4, prompts=((5, 6, 7, 8, 9, 10), (11, 12), (13, 14, 15, 16))):
+    """The logits of the fused step and of the forward pass over the same growing batch, step by step."""
+    import torch
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                        eos_token="<unk>")
+    if precision == "bf16 weights":
+        model = model.to(torch.bfloat16)
+    fused = TransformersGenerator.on_model(model, tokenizer, batch_size=4)
+    plain = TransformersGenerator.on_model(model, tokenizer, batch_size=4, fused_decode=False)
+    assert fused._fused_step is not None and plain._fused_step is None
+    pairs = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+        ours = _prefilled(fused, [list(p) for p in prompts])
+        theirs = _prefilled(plain, [list(p) for p in prompts])  # the same forward passes: the same cache
+        assert fused._fused_step.computes(ours.cache)
+        tokens = torch.tensor([20, 21, 22])
+        for _ in range(steps):
+            ours.feed(fused.step, tokens)
+            theirs.feed(plain.step, tokens)
+            pairs.append((ours.logits, theirs.logits))
+            tokens = theirs.logits.argmax(-1)
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("precision", ["float32", "bf16 autocast", "bf16 weights"])
+@pytest.mark.parametrize("padded", [True, False], ids=["left-padded rows", "rows without padding"])
+def test_fused_step_gives_the_forward_pass_logits(kind, precision, padded):
+    import torch
+
+    prompts = ((5, 6, 7, 8, 9, 10), (11, 12), (13, 14, 15, 16)) if padded else ((5, 6, 7), (8, 9, 10), (11, 12, 13))
+    for ours, theirs in _both_steps(_random_model(kind), precision, prompts=prompts):
+        assert ours.dtype == theirs.dtype == torch.float32
+        if precision == "float32":  # the same operations; a concatenated matmul may sum in another order
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_fused_step_follows_weights_changed_in_place():
+    """An optimizer step writes the parameters in place: the next step computes with the new weights."""
+    import torch
+
+    model = _random_model("qwen2")
+    before = _both_steps(model, "float32", steps=1)[0]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.5)
+    after = _both_steps(model, "float32", steps=1)[0]
+    torch.testing.assert_close(after[0], after[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before[0], after[0])
+
+
+def test_generation_with_the_fused_step_equals_the_forward_pass(tiny_model):
+    """Greedy completions, sampled ids and their log-probabilities, with and without the fused step."""
+    import torch
+
+    fused = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
+    plain = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False, fused_decode=False))
+    assert fused._fused_step is not None and plain._fused_step is None
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    assert fused.generate(PROMPTS, sampling=greedy) == plain.generate(PROMPTS, sampling=greedy)
+    sampling = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_tokens=12, seed=7)
+    prompt_ids = [fused._encode(prompt) for prompt in PROMPTS]
+    ours, theirs = fused.sample_ids(prompt_ids, [3, 2, 3], sampling), plain.sample_ids(prompt_ids, [3, 2, 3], sampling)
+    assert [[s.ids for s in group] for group in ours] == [[s.ids for s in group] for group in theirs]
+    for mine, reference in zip(ours, theirs):
+        for a, b in zip(mine, reference):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=1e-5, atol=1e-5)
+
+
+def test_models_the_step_does_not_compute_use_the_forward_pass(tiny_model):
+    """Another architecture, a projection that is not a plain Linear (an adapter) or eager attention:
+    no fused step, and generation still works through the forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from medssr.generation.decode_step import FusedDecodeStep
+
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300))
+    assert FusedDecodeStep.for_model(gpt2) is None
+    adapted = _random_model("llama")
+
+    class Adapted(torch.nn.Linear):
+        """Stands for a LoRA layer: a Linear subclass whose forward adds more than its weight."""
+
+    projection = adapted.model.layers[1].self_attn.v_proj
+    adapted.model.layers[1].self_attn.v_proj = Adapted(projection.in_features, projection.out_features, bias=False)
+    assert FusedDecodeStep.for_model(adapted) is None
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+    assert FusedDecodeStep.for_model(eager) is None
+    generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=2, progress=False))
+    generator.model.config._attn_implementation = "eager"
+    generator._attach(generator.model, generator.tokenizer, True)
+    assert generator._fused_step is None
+    assert len(generator.generate(PROMPTS[:1], sampling=SamplingParams(temperature=0, max_tokens=3))[0]) == 1
