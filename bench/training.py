@@ -35,6 +35,7 @@ import shutil
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,14 +186,16 @@ def medqa_task(path: Path, count: int) -> Path:
     return path
 
 
-ARMS = {  # name: (label, generation_backend, shared_prompt_forward, bf16)
-    "trl": ("TRL rollout, TRL forward", "trl", False, False),
-    "medssr": ("medssr rollout, TRL forward", "medssr", False, False),
-    "medssr+shared": ("medssr rollout, shared-prompt forward", "medssr", True, False),
+ARMS = {  # name: (label, generation_backend, shared_prompt_forward, bf16, fused decode step)
+    "trl": ("TRL rollout, TRL forward", "trl", False, False, True),
+    "medssr": ("medssr rollout, TRL forward", "medssr", False, False, True),
+    "medssr+shared": ("medssr rollout, shared-prompt forward", "medssr", True, False, True),
     # bf16=True is TRL's own default; on a CPU it is autocast over float32 weights (AMX runs bf16 matmuls).
-    "trl-bf16": ("bf16: TRL rollout, TRL forward", "trl", False, True),
-    "medssr-bf16": ("bf16: medssr rollout, TRL forward", "medssr", False, True),
-    "medssr+shared-bf16": ("bf16: medssr rollout, shared-prompt fwd", "medssr", True, True),
+    "trl-bf16": ("bf16: TRL rollout, TRL forward", "trl", False, True, True),
+    "medssr-bf16": ("bf16: medssr rollout, TRL forward", "medssr", False, True, True),
+    "medssr+shared-bf16": ("bf16: medssr rollout, shared-prompt fwd", "medssr", True, True, True),
+    # Our rollout with each decode step through the model's forward pass instead of the fused step.
+    "medssr-bf16-forward": ("bf16: medssr rollout (forward steps)", "medssr", False, True, False),
 }
 DEFAULT_ARMS = ("trl", "medssr", "medssr+shared")
 
@@ -212,14 +215,14 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
         for arm in order:
             out = work / f"rollout-{arm}"
             shutil.rmtree(out, ignore_errors=True)
-            generation_backend, shared_prompt_forward, bf16 = ARMS[arm][1:]
+            generation_backend, shared_prompt_forward, bf16, fused = ARMS[arm][1:]
             config = TrainingConfig(
                 stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
                 shared_prompt_forward=shared_prompt_forward, bf16=bf16, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
                 gradient_accumulation_steps=accumulation, temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
             )
             timer = PhaseTimer()
-            with timer:
+            with timer, decode_steps(fused):
                 result = run_training(config, callbacks=[timer.callback()])
             kept = timer.steps[warmup:]
             measured[arm] += kept
@@ -241,6 +244,19 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
         "completions_per_rollout": 8 * accumulation,
         "steps_measured_each": len(measured["trl"]),
     }
+
+
+@contextmanager
+def decode_steps(fused: bool):
+    """Our rollout's generator with the fused decode step (its default) or the model's forward pass."""
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    on_model = TransformersGenerator.on_model.__func__
+    TransformersGenerator.on_model = classmethod(lambda cls, *args, **kwargs: on_model(cls, *args, **{**kwargs, "fused_decode": fused}))
+    try:
+        yield
+    finally:
+        TransformersGenerator.on_model = classmethod(on_model)
 
 
 def rollout_speedups(median: dict, arm: str, arms) -> dict:
