@@ -47,7 +47,8 @@ class GeneratorConfig:
     fused_decode: bool = field(
         default=True,
         metadata={"help": "Decode Llama, Qwen2 and Qwen3 models on CPU with medssr's fused step (same logits, fewer "
-                          "operators per token); off: the model's own forward pass (transformers)."},
+                          "operators per token; holds a copy of the q/k/v and gate/up weights); off: the model's own "
+                          "forward pass (transformers)."},
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})

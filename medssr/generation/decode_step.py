@@ -21,7 +21,9 @@ fewer operators:
 Otherwise the arithmetic is transformers' own, operation for operation, so the logits are those of the
 model's forward pass (``tests/test_decode_step.py`` compares them: bitwise for padded rows in bf16). Models with anything this step does not
 compute (another architecture, an adapter or quantized layer in place of a plain ``Linear``, another
-attention implementation, sliding-window layers) are decoded by the model's forward pass instead.
+attention implementation, sliding-window layers, offloaded weights) are decoded by the model's forward
+pass instead. The concatenated q/k/v and gate/up weights are a copy: in float32 about half the model's
+weights again (under autocast, bf16 copies, as autocast makes for the prefill's forward pass).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class FusedDecodeStep:
             return None
         if type(getattr(model, "lm_head", None)) is not torch.nn.Linear or getattr(model, "logits_scaling", None):
             return None
+        if any(hasattr(module, "_hf_hook") for module in model.modules()) or any(p.is_meta for p in model.parameters()):
+            return None  # offloaded weights arrive through accelerate's hooks, which this step does not call
         for layer in getattr(body, "layers", []):
             attention, mlp = layer.self_attn, layer.mlp
             projections = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
