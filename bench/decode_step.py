@@ -6,9 +6,10 @@ generated token, so the cost of one step with few rows bounds how much faster an
 be. For 1, 8 and 16 rows (each with a 200-token cached prompt in the generator's in-place cache), in one
 process: float32, bf16 autocast over float32 weights (the trainer's bf16 on a CPU), and bf16 weights;
 for each, the generator's step through transformers' forward pass and through
-:class:`~medssr.generation.decode_step.FusedDecodeStep`, measured alternately: the median of ``--steps``
-steps after 5 warm-up steps, the aten operators one step dispatches (torch.profiler), and, for scale,
-one 8 x 576 x 576 matmul and one tiny add.
+:class:`~medssr.generation.decode_step.FusedDecodeStep` (in float32 the generator with the fused step
+on decodes through the forward pass as well: the step runs in half precision only), measured
+alternately: the median of ``--steps`` steps after 5 warm-up steps, the aten operators one step
+dispatches (torch.profiler), and, for scale, one 8 x 576 x 576 matmul and one tiny add.
 
     .venv/bin/python bench/decode_step.py [--threads 2] [--steps 30] [--model DIR]
 """

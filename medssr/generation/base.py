@@ -46,9 +46,9 @@ class GeneratorConfig:
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward batch (transformers)."})
     fused_decode: bool = field(
         default=True,
-        metadata={"help": "Decode Llama, Qwen2 and Qwen3 models on CPU with medssr's fused step (same logits, fewer "
-                          "operators per token; holds a copy of the q/k/v and gate/up weights); off: the model's own "
-                          "forward pass (transformers)."},
+        metadata={"help": "Decode Llama, Qwen2 and Qwen3 models on CPU in bf16/fp16 (weights or autocast) with medssr's "
+                          "fused step (same logits, fewer operators per token; holds a copy of the q/k/v and gate/up "
+                          "weights); off, or in float32: the model's own forward pass (transformers)."},
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})

@@ -13,17 +13,21 @@ fewer operators:
   attention is one SDPA call per layer on the key/value heads, each with its group's queries packed as
   transformers packs them for one query token when rows are padded. Unpadded, transformers calls SDPA's
   grouped-query mode instead, which in bf16 on CPU took 8x as long (2.9 vs 0.36 ms for 16 rows of
-  SmolLM2's 260 positions; in float32 it is as fast and kept): the same attention, one key/value head
-  at a time;
+  SmolLM2's 260 positions): the same attention, one key/value head at a time;
 - under a bf16 autocast (a trainer's mixed precision on CPU) the matmuls run on bf16 copies of the
   weights made once, instead of autocast casting them again at every step.
 
-Otherwise the arithmetic is transformers' own, operation for operation, so the logits are those of the
-model's forward pass (``tests/test_decode_step.py`` compares them: bitwise for padded rows in bf16). Models with anything this step does not
-compute (another architecture, an adapter or quantized layer in place of a plain ``Linear``, another
-attention implementation, sliding-window layers, offloaded weights) are decoded by the model's forward
-pass instead. The concatenated q/k/v and gate/up weights are a copy: in float32 about half the model's
-weights again (under autocast, bf16 copies, as autocast makes for the prefill's forward pass).
+The arithmetic is otherwise transformers' own, operation for operation, so the logits are those of the
+model's forward pass (``tests/test_decode_step.py`` compares them: bitwise in bf16 and under autocast).
+
+It runs only in half precision (bf16 or fp16 weights, or under autocast): in float32 it measured no
+faster than the forward pass (``bench/decode_step.py``: 1.01x to 1.05x; a generate call of 8 MedQA
+prompts x 4 samples, its second run: 0.94x), so float32 decoding stays the forward pass and holds no
+weight copy. Models with anything this step does not compute (another architecture, an adapter or
+quantized layer in place of a plain ``Linear``, another attention implementation, sliding-window layers,
+offloaded weights) are decoded by the model's forward pass too. The concatenated q/k/v and gate/up
+weights are a copy (about half the model's weights again; under autocast, bf16 copies, as autocast
+makes for the prefill's forward pass).
 """
 
 from __future__ import annotations
@@ -100,11 +104,16 @@ class FusedDecodeStep:
         return cls(model)
 
     def computes(self, cache) -> bool:
-        """Whether this step can continue ``cache`` (every layer writes in place), with the model in a
-        mode it computes (attention dropout in training mode is the forward pass's)."""
+        """Whether this step runs for ``cache`` now: its matmuls would be in half precision (bf16 or fp16
+        weights, or an autocast to one), every layer writes in place, and the model is in a mode the step
+        computes (attention dropout in training mode is the forward pass's)."""
+        import torch
+
         from medssr.generation.kv_cache import GrowingLayer
 
-        if self.model.training and getattr(self.model.config, "attention_dropout", 0.0):
+        device = self.body.embed_tokens.weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.body.embed_tokens.weight.dtype
+        if dtype == torch.float32 or (self.model.training and getattr(self.model.config, "attention_dropout", 0.0)):
             return False
         return cache is not None and all(type(layer) is GrowingLayer for layer in cache.layers)
 
@@ -151,11 +160,8 @@ class FusedDecodeStep:
                 keys, values = cache.layers[index].update(key[:, :, None], value[:, :, None])
                 if autocast:  # autocast runs SDPA in its lower precision
                     query, keys, values = query.to(matmul), keys.to(matmul), values.to(matmul)
-                if attend is None and query.dtype == torch.float32:  # transformers' call, as fast here
-                    out = scaled_dot_product_attention(query[:, :, None], keys, values, scale=attention.scaling, enable_gqa=groups > 1)
-                else:
-                    packed = query.reshape(rows, self.kv_heads, groups, self.head_dim)  # a key/value head's queries
-                    out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
+                packed = query.reshape(rows, self.kv_heads, groups, self.head_dim)  # a key/value head's queries
+                out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
                 out = out.reshape(rows, q_width)
                 hidden = hidden + linear(out.to(matmul), weights.o, weights.o_bias)
                 x = _rms_norm(layer.post_attention_layernorm, hidden).to(matmul)
