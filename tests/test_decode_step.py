@@ -47,6 +47,7 @@ def _tokenizer():
 def _both_steps(model, precision: str, steps: int = 4, prompts=((5, 6, 7, 8, 9, 10), (11, 12), (13, 14, 15, 16))):
     """The logits of the fused step and of the forward pass over the same growing batch, step by step."""
     import torch
+
     from medssr.generation.transformers_backend import TransformersGenerator
 
     tokenizer = _tokenizer()

@@ -35,17 +35,6 @@ from __future__ import annotations
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
-def _rms_norm(norm, hidden):
-    """transformers' ``LlamaRMSNorm`` (and Qwen's), as it computes it: in float32, back to the input dtype,
-    then times the weight."""
-    import torch
-
-    dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
-    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * hidden.to(dtype)
-
-
 class _Weights:
     """One layer's projection weights in the matmul dtype, q/k/v and gate/up each concatenated."""
 
@@ -81,12 +70,14 @@ class FusedDecodeStep:
 
     @classmethod
     def for_model(cls, model) -> "FusedDecodeStep | None":
-        """The step for ``model``, or None where it would not compute what the model's forward pass does."""
+        """The step for ``model`` (on CPU), or None where it would not compute what the model's forward pass does."""
         import torch
 
         config = getattr(model, "config", None)
         body = getattr(model, "model", None)
         if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES or body is None:
+            return None
+        if model.device.type != "cpu":  # built and measured for CPU, where dispatching operators is a cost
             return None
         if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "pretraining_tp", 1) != 1:
             return None
@@ -111,11 +102,18 @@ class FusedDecodeStep:
 
         from medssr.generation.kv_cache import GrowingLayer
 
-        device = self.body.embed_tokens.weight.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.body.embed_tokens.weight.dtype
-        if dtype == torch.float32 or (self.model.training and getattr(self.model.config, "attention_dropout", 0.0)):
+        if self._matmul_dtype() == torch.float32 or (self.model.training and getattr(self.model.config, "attention_dropout", 0.0)):
             return False
         return cache is not None and all(type(layer) is GrowingLayer for layer in cache.layers)
+
+    def _matmul_dtype(self):
+        """The dtype the forward pass's matmuls run in: autocast's where it is on, else the activations'
+        (the embedding's)."""
+        import torch
+
+        weight = self.body.embed_tokens.weight
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        return torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
 
     def _prepared(self, dtype) -> None:
         """Make the concatenated weights in ``dtype`` when there are none yet, the dtype changed, or a
@@ -137,7 +135,7 @@ class FusedDecodeStep:
         device = tokens.device.type
         autocast = torch.is_autocast_enabled(device)
         hidden = self.body.embed_tokens(tokens)  # [rows, hidden], the activations' dtype
-        matmul = torch.get_autocast_dtype(device) if autocast else hidden.dtype
+        matmul = self._matmul_dtype()
         self._prepared(matmul)
         rows = tokens.shape[0]
         attend = None if bool(mask.all()) else mask.bool()[:, None, None, :]
@@ -148,7 +146,7 @@ class FusedDecodeStep:
             q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
             for index, (layer, weights) in enumerate(zip(self.body.layers, self._layers)):
                 attention = layer.self_attn
-                x = _rms_norm(layer.input_layernorm, hidden).to(matmul)
+                x = layer.input_layernorm(hidden).to(matmul)
                 qkv = linear(x, weights.qkv, weights.qkv_bias)
                 qk = qkv[:, : q_width + kv_width].view(rows, self.heads + self.kv_heads, self.head_dim)
                 value = qkv[:, q_width + kv_width :].view(rows, self.kv_heads, self.head_dim)
@@ -164,9 +162,9 @@ class FusedDecodeStep:
                 out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
                 out = out.reshape(rows, q_width)
                 hidden = hidden + linear(out.to(matmul), weights.o, weights.o_bias)
-                x = _rms_norm(layer.post_attention_layernorm, hidden).to(matmul)
+                x = layer.post_attention_layernorm(hidden).to(matmul)
                 gate_up = linear(x, weights.gate_up, weights.gate_up_bias)
                 x = layer.mlp.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
                 hidden = hidden + linear(x, weights.down, weights.down_bias)
-            hidden = _rms_norm(self.body.norm, hidden).to(matmul)
+            hidden = self.body.norm(hidden).to(matmul)
             return linear(hidden, self._lm_head, self.model.lm_head.bias).float()

@@ -201,7 +201,7 @@ class TransformersGenerator:
             path, dtype=resolve_dtype(config.dtype, self.device), trust_remote_code=config.trust_remote_code
         ).to(self.device)
         model.eval()
-        self._attach(model, self.tokenizer, config.fused_decode and self.device == "cpu")
+        self._attach(model, self.tokenizer, config.fused_decode)
 
     @classmethod
     def on_model(cls, model, tokenizer, batch_size: int, fused_decode: bool = True) -> "TransformersGenerator":
@@ -215,7 +215,7 @@ class TransformersGenerator:
             model=getattr(model, "name_or_path", ""), batch_size=batch_size, progress=False, fused_decode=fused_decode
         )
         generator.device = str(model.device)
-        generator._attach(model, tokenizer, fused_decode and model.device.type == "cpu")
+        generator._attach(model, tokenizer, fused_decode)
         # A trainer's policy may decode under its bf16 autocast; autocast keeps the bf16 copies of the
         # weights from one step to the next only outside inference mode (inside, it casts them anew at
         # every step, 1.9x slower on SmolLM2), and these weights only change between calls.
