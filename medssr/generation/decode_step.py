@@ -35,22 +35,49 @@ from __future__ import annotations
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
+def _packs(dtype) -> bool:
+    """Whether weights in ``dtype`` are prepacked for oneDNN: bf16 where oneDNN computes bf16 on this CPU.
+    ``linear`` on a plain bf16 weight reorders it into oneDNN's blocked layout at every call; for a
+    decode step's few rows that reorder is about half the matmul's time (SmolLM2's 49152 x 576 head,
+    16 rows: 8.5 ms against 4.0 ms prepacked), and the results are the same bits."""
+    import torch
+
+    return dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _matmul_weight(weight, dtype, pack: bool):
+    """``weight`` in the matmul dtype, prepacked when ``pack`` (a copy then, in oneDNN's own layout)."""
+    import torch
+
+    weight = weight.detach().to(dtype)
+    return torch.ops.mkldnn._reorder_linear_weight(weight) if pack else weight
+
+
+def _linear(x, weight, bias):
+    """``x @ weight.T + bias`` for a plain or a prepacked weight."""
+    import torch
+
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 class _Weights:
     """One layer's projection weights in the matmul dtype, q/k/v and gate/up each concatenated."""
 
-    def __init__(self, layer, dtype):
+    def __init__(self, layer, dtype, pack: bool):
         import torch
 
         attention, mlp = layer.self_attn, layer.mlp
         cast = lambda tensor: None if tensor is None else tensor.detach().to(dtype)  # noqa: E731
+        weight = lambda *projections: _matmul_weight(torch.cat([p.weight for p in projections]), dtype, pack)  # noqa: E731
+        bias = lambda *projections: torch.cat([cast(p.bias) for p in projections]) if projections[0].bias is not None else None  # noqa: E731
         qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
-        self.qkv = torch.cat([cast(p.weight) for p in qkv])
-        self.qkv_bias = torch.cat([cast(p.bias) for p in qkv]) if qkv[0].bias is not None else None
-        self.o, self.o_bias = cast(attention.o_proj.weight), cast(attention.o_proj.bias)
+        self.qkv, self.qkv_bias = weight(*qkv), bias(*qkv)
+        self.o, self.o_bias = weight(attention.o_proj), cast(attention.o_proj.bias)
         gate_up = (mlp.gate_proj, mlp.up_proj)
-        self.gate_up = torch.cat([cast(p.weight) for p in gate_up])
-        self.gate_up_bias = torch.cat([cast(p.bias) for p in gate_up]) if gate_up[0].bias is not None else None
-        self.down, self.down_bias = cast(mlp.down_proj.weight), cast(mlp.down_proj.bias)
+        self.gate_up, self.gate_up_bias = weight(*gate_up), bias(*gate_up)
+        self.down, self.down_bias = weight(mlp.down_proj), cast(mlp.down_proj.bias)
 
 
 class FusedDecodeStep:
@@ -121,16 +148,17 @@ class FusedDecodeStep:
         signature = (dtype, tuple((p.data_ptr(), p._version) for p in self.model.parameters()))
         if signature == self._signature:
             return
-        self._layers = [_Weights(layer, dtype) for layer in self.body.layers]
+        pack = _packs(dtype)
+        self._layers = [_Weights(layer, dtype, pack) for layer in self.body.layers]
         weight = self.model.lm_head.weight
-        self._lm_head = weight.detach() if weight.dtype == dtype else weight.detach().to(dtype)
+        self._lm_head = _matmul_weight(weight, dtype, pack) if pack or weight.dtype != dtype else weight.detach()
         self._signature = signature
 
     def __call__(self, tokens, mask, positions, cache):
         """Logits ``[rows, vocab]`` (float32) after feeding ``tokens`` ``[rows]`` at ``positions``
         ``[rows, 1]``; ``mask`` ``[rows, cached + 1]`` is the attention mask including the new token."""
         import torch
-        from torch.nn.functional import linear, scaled_dot_product_attention
+        from torch.nn.functional import scaled_dot_product_attention
 
         device = tokens.device.type
         autocast = torch.is_autocast_enabled(device)
@@ -147,7 +175,7 @@ class FusedDecodeStep:
             for index, (layer, weights) in enumerate(zip(self.body.layers, self._layers)):
                 attention = layer.self_attn
                 x = layer.input_layernorm(hidden).to(matmul)
-                qkv = linear(x, weights.qkv, weights.qkv_bias)
+                qkv = _linear(x, weights.qkv, weights.qkv_bias)
                 qk = qkv[:, : q_width + kv_width].view(rows, self.heads + self.kv_heads, self.head_dim)
                 value = qkv[:, q_width + kv_width :].view(rows, self.kv_heads, self.head_dim)
                 if hasattr(attention, "q_norm"):  # Qwen3: per-head norms before the rotary embedding
@@ -161,10 +189,10 @@ class FusedDecodeStep:
                 packed = query.reshape(rows, self.kv_heads, groups, self.head_dim)  # a key/value head's queries
                 out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
                 out = out.reshape(rows, q_width)
-                hidden = hidden + linear(out.to(matmul), weights.o, weights.o_bias)
+                hidden = hidden + _linear(out.to(matmul), weights.o, weights.o_bias)
                 x = layer.post_attention_layernorm(hidden).to(matmul)
-                gate_up = linear(x, weights.gate_up, weights.gate_up_bias)
+                gate_up = _linear(x, weights.gate_up, weights.gate_up_bias)
                 x = layer.mlp.act_fn(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-                hidden = hidden + linear(x, weights.down, weights.down_bias)
+                hidden = hidden + _linear(x, weights.down, weights.down_bias)
             hidden = self.body.norm(hidden).to(matmul)
-            return linear(hidden, self._lm_head, self.model.lm_head.bias).float()
+            return _linear(hidden, self._lm_head, self.model.lm_head.bias).float()
