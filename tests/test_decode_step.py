@@ -113,22 +113,47 @@ def test_fused_step_follows_weights_changed_in_place():
     assert not torch.allclose(before[0], after[0])
 
 
-def test_generation_with_the_fused_step_equals_the_forward_pass(tiny_model):
-    """Greedy completions, sampled ids and their log-probabilities (bf16 weights), with and without the fused step."""
+@pytest.mark.parametrize("precision", ["bf16 weights", "bf16 autocast"])
+@pytest.mark.parametrize("batch_size", [4, 2], ids=["one batch", "rows joining mid-decode"])
+def test_generation_with_the_fused_step_equals_the_forward_pass(tiny_model, precision, batch_size):
+    """Greedy completions, sampled ids and their log-probabilities, with and without the fused step;
+    with a batch smaller than the samples, rows join a batch whose cache the fused step holds in bf16."""
     import torch
 
-    fused = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False, dtype="bfloat16"))
-    plain = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False, dtype="bfloat16", fused_decode=False))
+    dtype = "bfloat16" if precision == "bf16 weights" else "float32"
+    fused = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=batch_size, progress=False, dtype=dtype))
+    plain = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=batch_size, progress=False, dtype=dtype, fused_decode=False))
     assert fused._fused_step is not None and plain._fused_step is None
     greedy = SamplingParams(temperature=0, max_tokens=12)
-    assert fused.generate(PROMPTS, sampling=greedy) == plain.generate(PROMPTS, sampling=greedy)
     sampling = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_tokens=12, seed=7)
     prompt_ids = [fused._encode(prompt) for prompt in PROMPTS]
-    ours, theirs = fused.sample_ids(prompt_ids, [3, 2, 3], sampling), plain.sample_ids(prompt_ids, [3, 2, 3], sampling)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+        assert fused.generate(PROMPTS, sampling=greedy) == plain.generate(PROMPTS, sampling=greedy)
+        ours, theirs = fused.sample_ids(prompt_ids, [3, 2, 3], sampling), plain.sample_ids(prompt_ids, [3, 2, 3], sampling)
     assert [[s.ids for s in group] for group in ours] == [[s.ids for s in group] for group in theirs]
     for mine, reference in zip(ours, theirs):
         for a, b in zip(mine, reference):
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=0)
+
+
+def test_fused_step_holds_the_cache_in_bf16_under_autocast():
+    """Under autocast SDPA reads the cache in bf16: the step converts it once, not at every step, and a
+    prefilled float32 batch joined to it is converted on the way in."""
+    import torch
+
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    model = _random_model("llama")
+    generator = TransformersGenerator.on_model(model, _tokenizer(), batch_size=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        running = _prefilled(generator, [[5, 6, 7], [8, 9]])
+        assert running.cache.layers[0].keys.dtype == torch.float32
+        running.feed(generator.step, torch.tensor([20, 21]))
+        assert {layer.keys.dtype for layer in running.cache.layers} == {torch.bfloat16}
+        running.extend(_prefilled(generator, [[10, 11, 12, 13]]))
+        assert {layer.values.dtype for layer in running.cache.layers} == {torch.bfloat16}
+        running.feed(generator.step, torch.tensor([20, 21, 22]))
+        assert running.logits.shape[0] == 3 and torch.isfinite(running.logits).all()
 
 
 def test_models_the_step_does_not_compute_use_the_forward_pass(tiny_model):

@@ -15,7 +15,10 @@ fewer operators:
   grouped-query mode instead, which in bf16 on CPU took 8x as long (2.9 vs 0.36 ms for 16 rows of
   SmolLM2's 260 positions): the same attention, one key/value head at a time;
 - under a bf16 autocast (a trainer's mixed precision on CPU) the matmuls run on bf16 copies of the
-  weights made once, instead of autocast casting them again at every step.
+  weights made once, instead of autocast casting them again at every step, and the cache is held in
+  bf16 (SDPA under autocast would cast every cached position again at every step);
+- bf16 weights are prepacked in oneDNN's layout once (``linear`` on a plain bf16 weight reorders it at
+  every call, about half of a few-row matmul's time).
 
 The arithmetic is otherwise transformers' own, operation for operation, so the logits are those of the
 model's forward pass (``tests/test_decode_step.py`` compares them: bitwise in bf16 and under autocast).
@@ -26,8 +29,8 @@ prompts x 4 samples, its second run: 0.94x), so float32 decoding stays the forwa
 weight copy. Models with anything this step does not compute (another architecture, an adapter or
 quantized layer in place of a plain ``Linear``, another attention implementation, sliding-window layers,
 offloaded weights) are decoded by the model's forward pass too. The concatenated q/k/v and gate/up
-weights are a copy (about half the model's weights again; under autocast, bf16 copies, as autocast
-makes for the prefill's forward pass).
+weights are a copy (in bf16 with oneDNN, every projection and the head are: the model's weights again
+in bf16; under autocast, bf16 copies, as autocast makes for the prefill's forward pass).
 """
 
 from __future__ import annotations
@@ -183,9 +186,14 @@ class FusedDecodeStep:
                 rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
                 qk = qk * cos + rotated * sin
                 query, key = qk[:, : self.heads], qk[:, self.heads :]
-                keys, values = cache.layers[index].update(key[:, :, None], value[:, :, None])
+                layer_cache = cache.layers[index]
                 if autocast:  # autocast runs SDPA in its lower precision
-                    query, keys, values = query.to(matmul), keys.to(matmul), values.to(matmul)
+                    query = query.to(matmul)
+                    if layer_cache.keys.dtype != matmul:
+                        # Held in that precision from here on: SDPA would cast every cached position again
+                        # at every step (8 % of a GRPO rollout), and a position rounds the same either way.
+                        layer_cache.cast(matmul)
+                keys, values = layer_cache.update(key[:, :, None], value[:, :, None])
                 packed = query.reshape(rows, self.kv_heads, groups, self.head_dim)  # a key/value head's queries
                 out = scaled_dot_product_attention(packed, keys, values, attn_mask=attend, scale=attention.scaling)
                 out = out.reshape(rows, q_width)

@@ -65,6 +65,12 @@ class GrowingLayer(DynamicLayer):
         self._length -= min(-tokens_to_remove, self._length)
         self._expose()
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Hold keys and values in ``dtype`` from now on; positions written later are converted on write."""
+        self._key_buffer = self._key_buffer.to(dtype)
+        self._value_buffer = self._value_buffer.to(dtype)
+        self._expose()
+
     def drop_front(self, positions: int) -> None:
         """Forget the first ``positions`` positions of every row (padding no row attends to any more)."""
         self._key_buffer = self._key_buffer[:, :, positions:]
