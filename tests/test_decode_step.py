@@ -181,3 +181,21 @@ def test_models_the_step_does_not_compute_use_the_forward_pass(tiny_model):
     generator._attach(generator.model, generator.tokenizer, True)
     assert generator._fused_step is None
     assert len(generator.generate(PROMPTS[:1], sampling=SamplingParams(temperature=0, max_tokens=3))[0]) == 1
+
+
+def test_follow_up_under_autocast_equals_the_forward_pass(tiny_model):
+    """Evaluation in bf16 on CPU decodes under autocast and reads a follow-up letter on each finished row's
+    cache (which the fused step holds in bf16): the same completions and letters as the forward pass."""
+    import torch
+
+    from medssr.generation.follow_up import FollowUp
+
+    fused = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=3, progress=False))
+    plain = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=3, progress=False, fused_decode=False))
+    follow_up = FollowUp("The answer is", [("A", "B", "C", "D")] * len(PROMPTS), needed=lambda p, s, text: True)
+    sampling = SamplingParams(temperature=0, max_tokens=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = fused.generate_with_follow_up(PROMPTS, n=2, sampling=sampling, follow_up=follow_up)
+        theirs = plain.generate_with_follow_up(PROMPTS, n=2, sampling=sampling, follow_up=follow_up)
+    assert ours == theirs
+    assert all(letter is not None for replies in ours[1] for letter in replies)
