@@ -73,8 +73,15 @@ class _Weights:
 
         attention, mlp = layer.self_attn, layer.mlp
         cast = lambda tensor: None if tensor is None else tensor.detach().to(dtype)  # noqa: E731
-        weight = lambda *projections: _matmul_weight(torch.cat([p.weight for p in projections]), dtype, pack)  # noqa: E731
-        bias = lambda *projections: torch.cat([cast(p.bias) for p in projections]) if projections[0].bias is not None else None  # noqa: E731
+
+        def weight(*projections):
+            # One projection's weight is used as it is (no copy unless cast or packed); several are concatenated.
+            joined = torch.cat([p.weight for p in projections]) if len(projections) > 1 else projections[0].weight
+            return _matmul_weight(joined, dtype, pack)
+
+        def bias(*projections):
+            return torch.cat([cast(p.bias) for p in projections]) if projections[0].bias is not None else None
+
         qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
         self.qkv, self.qkv_bias = weight(*qkv), bias(*qkv)
         self.o, self.o_bias = weight(attention.o_proj), cast(attention.o_proj.bias)
@@ -153,8 +160,7 @@ class FusedDecodeStep:
             return
         pack = _packs(dtype)
         self._layers = [_Weights(layer, dtype, pack) for layer in self.body.layers]
-        weight = self.model.lm_head.weight
-        self._lm_head = _matmul_weight(weight, dtype, pack) if pack or weight.dtype != dtype else weight.detach()
+        self._lm_head = _matmul_weight(self.model.lm_head.weight, dtype, pack)
         self._signature = signature
 
     def __call__(self, tokens, mask, positions, cache):
