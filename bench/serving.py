@@ -4,8 +4,16 @@
    completions of real MedMCQA questions, in the same run against a server with ``admission=step``
    (a request joins the running batch at the next decode step) and one with ``admission=batch``
    (the earlier policy: only an empty batch takes requests, and it runs until its last row ends).
-   Completion lengths vary as replies do: request k gets ``max_tokens = min_tokens`` drawn uniformly
-   from [--min-length, --max-length] by a seeded generator, the same sequence for both servers.
+   Requests cycle through the first ``--questions`` questions, and each completion is as long as the
+   served model's own reply to its question (``--lengths model``, the default): before the servers start,
+   the bench decodes every question greedily with the model (the transformers backend, the servers'
+   dtype and threads) up to ``--max-length`` tokens (512: the server's default ``max_tokens``) and
+   counts the reply's tokens before its end token; request k then asks for exactly that many
+   (``max_tokens = min_tokens``), so both servers do the same work. Replies' lengths spread widely
+   (SmolLM2-135M-Instruct on these questions: 3 to 512 tokens, median 44), and how widely decides what
+   per-step admission saves: a whole batch runs as long as its longest reply. ``--lengths uniform``
+   draws lengths uniformly from [--min-length, --max-length] by a seeded generator instead (the
+   workload of the figures before session 13: ``--lengths uniform --max-length 128``).
    Reported per server: p50 and p99 latency (request to ``[DONE]``) and time to first token, and the
    throughput (completions and tokens per second inside the window).
    A closed loop measures throughput more than waiting: by Little's law its mean latency is the clients
@@ -17,7 +25,8 @@
 3. 64 concurrent clients against the per-step server with a bounded queue: 5xx (must be 0), 429/503
    refusals (clients wait Retry-After, then go on) and the server's RSS (must stay bounded).
 
-    .venv/bin/python bench/serving.py [--model DIR] [--duration 60] [--load 0.7] [--overload-duration 30] [--json out.json]
+    .venv/bin/python bench/serving.py [--model DIR] [--lengths model|uniform] [--duration 60] [--load 0.7]
+        [--overload-duration 30] [--json out.json]
 
 Without --model it serves the tiny random test model (built in a second into a temporary folder), so
 the figures compare the two policies on this machine, not a real model's speed. Requests still
@@ -102,8 +111,8 @@ class PhaseResult:
         }
 
 
-def load_questions(limit_tokens: int, tokenizer_dir: Path) -> list[list[dict]]:
-    """Real MedMCQA questions whose chat prompt is at most ``limit_tokens`` tokens."""
+def load_questions(limit_tokens: int, tokenizer_dir: Path, count: int | None = None) -> list[list[dict]]:
+    """The first ``count`` (default: all) real MedMCQA questions whose chat prompt is at most ``limit_tokens`` tokens."""
     from transformers import AutoTokenizer
 
     from medssr.data import read_reference_benchmark
@@ -117,7 +126,31 @@ def load_questions(limit_tokens: int, tokenizer_dir: Path) -> list[list[dict]]:
             chats.append(messages)
     if not chats:
         raise SystemExit(f"no MedMCQA question has a prompt of at most {limit_tokens} tokens; raise --prompt-tokens")
-    return chats
+    return chats[:count]
+
+
+def reply_lengths(model: Path, questions: list[list[dict]], max_length: int, dtype: str, threads: int) -> list[int]:
+    """Tokens of the model's greedy reply to each question (before its end token; at most ``max_length``, at least 1)."""
+    import torch
+
+    from medssr.generation.base import GeneratorConfig, SamplingParams
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    torch.set_num_threads(threads)
+    generator = TransformersGenerator(GeneratorConfig(model=str(model), dtype=dtype, batch_size=16, progress=False))
+    tokenizer = generator.tokenizer
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+                                add_special_tokens=False) for chat in questions]
+    replies = generator.sample_ids(prompts, [1] * len(prompts), SamplingParams(temperature=0, max_tokens=max_length))
+    eos = set(generator.eos_token_ids)
+    return [max(1, len(ids) - (1 if ids and ids[-1] in eos else 0)) for ids in (reply[0].ids for reply in replies)]
+
+
+def request_body(questions: list, lengths: list[int], k: int) -> dict:
+    """Request k: question k (cycling), streamed, greedy, exactly its length in tokens."""
+    length = lengths[k % len(lengths)]
+    return {"model": SERVED_NAME, "messages": questions[k % len(questions)], "max_tokens": length,
+            "min_tokens": length, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 
 async def streamed_request(client, body: dict) -> Outcome:
@@ -159,12 +192,7 @@ async def run_phase(server, label: str, clients: int, window_s: float, questions
 
         async def one_client():
             while time.monotonic() < deadline:
-                k = next(requests)
-                length = lengths[k % len(lengths)]
-                body = {"model": SERVED_NAME, "messages": questions[k % len(questions)], "max_tokens": length,
-                        "min_tokens": length, "temperature": 0, "stream": True,
-                        "stream_options": {"include_usage": True}}
-                outcome = await streamed_request(client, body)
+                outcome = await streamed_request(client, request_body(questions, lengths, next(requests)))
                 if time.monotonic() > deadline:
                     return  # finished after the window: not counted
                 result.outcomes.append(outcome)
@@ -204,10 +232,7 @@ async def run_open_loop(server, label: str, rate_per_s: float, window_s: float, 
 
         async def one_request(k: int, at: float):
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
-            body = {"model": SERVED_NAME, "messages": questions[k % len(questions)], "max_tokens": lengths[k % len(lengths)],
-                    "min_tokens": lengths[k % len(lengths)], "temperature": 0, "stream": True,
-                    "stream_options": {"include_usage": True}}
-            result.outcomes.append(await streamed_request(client, body))
+            result.outcomes.append(await streamed_request(client, request_body(questions, lengths, k)))
 
         await asyncio.gather(*(one_request(k, at) for k, at in enumerate(arrivals)))
         result.window_s = time.monotonic() - started  # throughput over the time to the last reply
@@ -240,9 +265,13 @@ def main() -> int:
     parser.add_argument("--overload-clients", type=int, default=64)
     parser.add_argument("--load", type=float, default=0.7,
                         help="Open-loop arrival rate as a share of the whole-batch server's closed-loop completions/s; 0 skips it.")
-    parser.add_argument("--min-length", type=int, default=8, help="Shortest completion (tokens).")
-    parser.add_argument("--max-length", type=int, default=128, help="Longest completion (tokens).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the completion lengths.")
+    parser.add_argument("--lengths", choices=("model", "uniform"), default="model",
+                        help="Completion lengths: the model's own greedy replies to the questions, or uniform draws.")
+    parser.add_argument("--questions", type=int, default=64, help="Distinct questions the requests cycle through.")
+    parser.add_argument("--min-length", type=int, default=8, help="--lengths uniform: shortest completion (tokens).")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="Longest completion (tokens): the cap of the model's replies, or of the uniform draws.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the uniform lengths and of the open loop's arrivals.")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=50.0,
                         help="admission=batch: how long an empty batch waits for more requests.")
@@ -263,11 +292,21 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="medssr-bench-serving-"))
     model = args.model or build_tiny_model(work / "tiny-model")
-    questions = load_questions(args.prompt_tokens, model)
-    lengths = [random.Random(args.seed + k).randint(args.min_length, args.max_length) for k in range(4096)]
+    questions = load_questions(args.prompt_tokens, model, args.questions)
+    if args.lengths == "model":
+        started = time.monotonic()
+        lengths = reply_lengths(model, questions, args.max_length, args.dtype, args.torch_threads)
+        ordered = sorted(lengths)
+        described = (f"the model's greedy replies to them ({time.monotonic() - started:.0f} s to decode): "
+                     f"{ordered[0]} to {ordered[-1]} tokens, median {ordered[len(ordered) // 2]}, mean "
+                     f"{sum(ordered) / len(ordered):.1f}, {sum(n >= args.max_length for n in ordered)} at the cap of "
+                     f"{args.max_length}")
+    else:
+        lengths = [random.Random(args.seed + k).randint(args.min_length, args.max_length) for k in range(4096)]
+        described = f"uniform draws of {args.min_length}-{args.max_length} tokens"
     print(f"model {model}{' (tiny random test model)' if args.model is None else ''}; {len(questions)} MedMCQA "
-          f"questions with prompts <= {args.prompt_tokens} tokens; completions of {args.min_length}-{args.max_length} "
-          f"tokens; {os.cpu_count()} CPUs, {args.torch_threads} torch thread(s), dtype {args.dtype}, load average "
+          f"questions with prompts <= {args.prompt_tokens} tokens; completions as long as {described}; "
+          f"{os.cpu_count()} CPUs, {args.torch_threads} torch thread(s), dtype {args.dtype}, load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
     def server_for(admission: str) -> ServerProcess:
