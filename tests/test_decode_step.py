@@ -59,7 +59,7 @@ def _both_steps(model, precision: str, steps: int = 4, prompts=((5, 6, 7, 8, 9, 
     pairs = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
         ours = _prefilled(fused, [list(p) for p in prompts])
-        theirs = _prefilled(plain, [list(p) for p in prompts])  # the same forward passes: the same cache
+        theirs = _prefilled(plain, [list(p) for p in prompts])  # in bf16 weights ours is the fused prefill
         assert fused._fused_step.computes(ours.cache)
         tokens = torch.tensor([20, 21, 22])
         for _ in range(steps):
@@ -80,6 +80,50 @@ def test_fused_step_gives_the_forward_pass_logits(kind, precision, padded):
     for ours, theirs in _both_steps(_random_model(kind), precision, prompts=prompts):
         assert ours.dtype == theirs.dtype == torch.float32
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("prompts", [((5, 6, 7, 8, 9, 10), (11, 12), (13, 14, 15, 16)), ((7,),)],
+                         ids=["three prompts in one pass", "a one-token prompt"])
+def test_fused_prefill_gives_the_forward_pass_cache_and_logits(kind, prompts):
+    """bf16 weights: every prompt of a call prefilled in one fused pass has the keys, values and last
+    logits of the forward pass over that prompt alone, bit for bit."""
+    import torch
+
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    model = _random_model(kind).to(torch.bfloat16)
+    fused = TransformersGenerator.on_model(model, _tokenizer(), batch_size=4)
+    plain = TransformersGenerator.on_model(model, _tokenizer(), batch_size=4, fused_decode=False)
+    with torch.no_grad():
+        assert fused._fused_step.prefills()
+        ours, theirs = fused._prefill([list(p) for p in prompts]), plain._prefill([list(p) for p in prompts])
+    for mine, reference in zip(ours[1:], theirs[1:]):  # mask, positions, logits
+        torch.testing.assert_close(mine, reference, rtol=0, atol=0)
+    for mine, reference in zip(ours[0].layers, theirs[0].layers):
+        assert mine.keys.dtype == reference.keys.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.keys, reference.keys, rtol=0, atol=0)
+        torch.testing.assert_close(mine.values, reference.values, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16 autocast"])
+def test_prefill_under_autocast_and_in_float32_is_the_forward_pass(precision):
+    """Under autocast the forward pass keeps some prefill activations in float32, and float32 is not the
+    step's precision: there the fused step does not prefill, and the prefill is the forward pass's."""
+    import torch
+
+    from medssr.generation.transformers_backend import TransformersGenerator
+
+    model = _random_model("llama")
+    fused = TransformersGenerator.on_model(model, _tokenizer(), batch_size=2)
+    plain = TransformersGenerator.on_model(model, _tokenizer(), batch_size=2, fused_decode=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
+        assert not fused._fused_step.prefills()
+        ours, theirs = fused._prefill([[5, 6, 7], [8, 9]]), plain._prefill([[5, 6, 7], [8, 9]])
+    torch.testing.assert_close(ours[3], theirs[3], rtol=0, atol=0)
+    for mine, reference in zip(ours[0].layers, theirs[0].layers):
+        assert mine.keys.dtype == reference.keys.dtype
+        torch.testing.assert_close(mine.keys, reference.keys, rtol=0, atol=0)
 
 
 def test_float32_decodes_through_the_forward_pass():
