@@ -9,9 +9,12 @@ for each, the generator's step through transformers' forward pass and through
 :class:`~medssr.generation.decode_step.FusedDecodeStep` (in float32 the generator with the fused step
 on decodes through the forward pass as well: the step runs in half precision only), measured
 alternately: the median of ``--steps`` steps after 5 warm-up steps, the aten operators one step
-dispatches (torch.profiler), and, for scale, one 8 x 576 x 576 matmul and one tiny add.
+dispatches (torch.profiler), and, for scale, one 8 x 576 x 576 matmul and one tiny add. Then the
+prefill that joins rows to a batch (bf16 weights): 1, 4 and 16 prompts of real MedMCQA questions through
+the forward pass (one per prompt) and through the fused step (all in one pass), alternately, the median
+of ``--prefills`` calls each.
 
-    .venv/bin/python bench/decode_step.py [--threads 2] [--steps 30] [--model DIR]
+    .venv/bin/python bench/decode_step.py [--threads 2] [--steps 30] [--prefills 7] [--model DIR]
 """
 
 from __future__ import annotations
@@ -61,6 +64,36 @@ def step_costs(generators, rows: int, autocast: bool, steps: int) -> list[tuple[
     return [(1000 * statistics.median(spent), ops) for spent, ops in zip(times, operators)]
 
 
+def prefill_costs(generators, prompts: list[list[int]], calls: int) -> list[float]:
+    """Median ms of ``generator._prefill(prompts)`` for each generator, calls alternating, after one warm-up each."""
+    import torch
+
+    times = [[] for _ in generators]
+    with torch.inference_mode():
+        for generator in generators:
+            generator._prefill(prompts)
+        for _ in range(calls):
+            for spent, generator in zip(times, generators):
+                start = time.perf_counter()
+                generator._prefill(prompts)
+                spent.append(time.perf_counter() - start)
+    return [1000 * statistics.median(spent) for spent in times]
+
+
+def question_prompts(tokenizer, count: int) -> list[list[int]]:
+    """The chat prompts of the first ``count`` MedMCQA questions of the benchmark file, as token ids."""
+    from pathlib import Path
+
+    from medssr.data import read_reference_benchmark
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval" / "test_short_medmcqa.json"
+    prompts = []
+    for item in read_reference_benchmark(path).records[:count]:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": item.render()}], tokenize=False, add_generation_prompt=True)
+        prompts.append(tokenizer.encode(text, add_special_tokens=False))
+    return prompts
+
+
 def per_call_us(function, calls: int = 2000) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -72,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument("--steps", type=int, default=30, help="measured decode steps per setting.")
+    parser.add_argument("--prefills", type=int, default=7, help="measured prefill calls per setting.")
     parser.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M-Instruct, built into the cache).")
     args = parser.parse_args(argv)
 
@@ -96,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rows:>4}  {name:14s} {forward:10.1f} {fused:9.1f} {forward / fused:12.2f}x {forward_ops:11d} {fused_ops:9d}", flush=True)
     x, w = torch.randn(8, 576), torch.randn(576, 576)
     print(f"one 8 x 576 x 576 matmul: {per_call_us(lambda: torch.mm(x, w)):.1f} us; one tiny add: {per_call_us(lambda: x.add(1.0)):.1f} us")
+    prompts = question_prompts(tokenizer, 16)
+    generators = [TransformersGenerator.on_model(bfloat16, tokenizer, 16, fused_decode=fused) for fused in (False, True)]
+    print(f"prefill, bf16 weights, median of {args.prefills} calls")
+    print(f"{'prompts':>7} {'tokens':>6} {'forward ms':>10} {'fused ms':>9} {'forward/fused':>13}")
+    for count in (1, 4, 16):
+        forward, fused = prefill_costs(generators, prompts[:count], args.prefills)
+        print(f"{count:>7} {sum(map(len, prompts[:count])):>6} {forward:10.1f} {fused:9.1f} {forward / fused:12.2f}x", flush=True)
     return 0
 
 
