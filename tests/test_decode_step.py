@@ -243,3 +243,23 @@ def test_follow_up_under_autocast_equals_the_forward_pass(tiny_model):
         theirs = plain.generate_with_follow_up(PROMPTS, n=2, sampling=sampling, follow_up=follow_up)
     assert ours == theirs
     assert all(letter is not None for replies in ours[1] for letter in replies)
+
+
+def test_fused_prefill_in_groups_of_tokens_equals_one_pass(monkeypatch):
+    """Prompts beyond the tokens of one pass are prefilled in several passes, with the same result."""
+    import torch
+
+    from medssr.generation import transformers_backend
+    from medssr.generation.transformers_backend import TransformersGenerator, _groups_of_tokens
+
+    assert _groups_of_tokens([[1] * 3, [2] * 2, [3] * 6, [4]], 5) == [[[1] * 3, [2] * 2], [[3] * 6], [[4]]]
+    generator = TransformersGenerator.on_model(_random_model("llama").to(torch.bfloat16), _tokenizer(), batch_size=4)
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+    with torch.no_grad():
+        whole = generator._prefill(prompts)
+        monkeypatch.setattr(transformers_backend, "PREFILL_TOKENS_PER_PASS", 4)
+        grouped = generator._prefill(prompts)
+    torch.testing.assert_close(grouped[3], whole[3], rtol=0, atol=0)
+    for mine, reference in zip(grouped[0].layers, whole[0].layers):
+        torch.testing.assert_close(mine.keys, reference.keys, rtol=0, atol=0)
+        torch.testing.assert_close(mine.values, reference.values, rtol=0, atol=0)

@@ -45,6 +45,9 @@ MIN_SHARED_PREFIX = 8
 """Tokens all prompts of a call must share before their common prefix is computed once for all."""
 FOLLOW_UP_BATCH = 16
 """Finished rows waiting for their follow-up turn are run together once this many wait (or at the end)."""
+PREFILL_TOKENS_PER_PASS = 4096
+"""Most prompt tokens one fused prefill pass takes (its activations grow with them; a matmul of a few
+hundred rows already runs at full speed)."""
 _SENTINEL = "\u2063medssr-completion\u2063"
 
 
@@ -117,6 +120,19 @@ def _draw(probs, generator=None):
 
 
 @dataclass
+def _groups_of_tokens(prompts: list[list[int]], limit: int) -> list[list[list[int]]]:
+    """Consecutive groups of ``prompts`` of at most ``limit`` tokens each (a longer prompt alone)."""
+    groups: list[list[list[int]]] = []
+    tokens = 0
+    for ids in prompts:
+        if not groups or tokens + len(ids) > limit:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(ids)
+        tokens += len(ids)
+    return groups
+
+
 class SampledIds:
     """One completion as token ids, with each token's log-probability under the model."""
 
@@ -343,7 +359,10 @@ class TransformersGenerator:
         torch = self._torch
         if prefix is None and self._stackable_cache and self._fused_step is not None and self._fused_step.prefills():
             empty = torch.zeros(0, dtype=torch.long, device=self.device)
-            return self._stacked(prompts, self._fused_step.forward(empty, None, None, None, prompts)[1])
+            states = []
+            for group in _groups_of_tokens(prompts, PREFILL_TOKENS_PER_PASS):
+                states += self._fused_step.forward(empty, None, None, None, group)[1]
+            return self._stacked(prompts, states)
         width = max(map(len, prompts))
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
         if not self._stackable_cache:
