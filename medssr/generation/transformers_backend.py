@@ -119,7 +119,6 @@ def _draw(probs, generator=None):
     return torch.minimum(torch.searchsorted(cumulative, point, right=True).squeeze(-1), cumulative.argmax(-1))
 
 
-@dataclass
 def _groups_of_tokens(prompts: list[list[int]], limit: int) -> list[list[list[int]]]:
     """Consecutive groups of ``prompts`` of at most ``limit`` tokens each (a longer prompt alone)."""
     groups: list[list[list[int]]] = []
@@ -133,6 +132,7 @@ def _groups_of_tokens(prompts: list[list[int]], limit: int) -> list[list[list[in
     return groups
 
 
+@dataclass
 class SampledIds:
     """One completion as token ids, with each token's log-probability under the model."""
 
