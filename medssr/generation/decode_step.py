@@ -255,7 +255,7 @@ class FusedDecodeStep:
                     rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
                     qk = qk * prompt_cos[:, :, :length] + rotated * prompt_sin[:, :, :length]
                     query, key = qk[:, : self.heads], qk[:, self.heads :]
-                    states[prompt].append((key, value))
+                    states[prompt].append((key.contiguous(), value.contiguous()))  # not views holding q/k/v of every token
                     out = scaled_dot_product_attention(
                         query, key, value, scale=attention.scaling, is_causal=length > 1, enable_gqa=groups > 1
                     )
