@@ -77,6 +77,32 @@ def test_rows_joining_a_running_batch_decode_what_each_prompt_decodes_alone(gene
 
 
 @pytest.mark.slow
+def test_bf16_rows_joining_through_the_fused_prefill_and_step_decode_what_the_forward_pass_decodes(tiny_model):
+    """bf16 weights (as served with --dtype bfloat16): joins prefilled by the fused step's one pass and
+    decoded by its steps give the forward pass's texts and logits, bit for bit."""
+    import torch
+
+    from medssr.generation import GeneratorConfig, build_generator
+    from medssr.generation.step_decoder import DecodeJob
+
+    fused, plain = (build_generator(GeneratorConfig(model=str(tiny_model), batch_size=8, progress=False, dtype="bfloat16",
+                                                    fused_decode=on)) for on in (True, False))
+    assert fused._fused_step is not None and fused._fused_step.prefills() and plain._fused_step is None
+    prompts = _prompts(fused, 8, seed=1)
+
+    def job(k):
+        return DecodeJob(key=k, prompt_ids=prompts[k], samples=1 + k % 2, sampling=SamplingParams(temperature=0, max_tokens=4 + 3 * k),
+                         min_tokens=4 + 3 * k)
+
+    arrivals = {0: [job(0), job(1)], 2: [job(2)], 4: [job(3), job(4)], 7: [job(5)], 11: [job(6), job(7)]}
+    ours, theirs = _decode(fused, arrivals, max_rows=6), _decode(plain, arrivals, max_rows=6)
+    assert ours["texts"] == theirs["texts"] and ours["tokens"] == theirs["tokens"]
+    assert ours["logits"].keys() == theirs["logits"].keys()
+    for key, expected in theirs["logits"].items():
+        torch.testing.assert_close(ours["logits"][key], expected, rtol=0, atol=0)
+
+
+@pytest.mark.slow
 def test_released_text_is_the_text_of_the_ids_including_characters_split_over_tokens(generator):
     from medssr.generation.step_decoder import DecodeJob, StepDecoder, _Sample
 
