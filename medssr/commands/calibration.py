@@ -30,10 +30,25 @@ def run_calibration_command(args: argparse.Namespace) -> int:
 
     config = from_args(CalibrationConfig, args)
     try:  # what the folder holds is the user's
-        result = calibration_of_folder(args.folder, config)
+        resamples, seed = _bootstrap_settings(args.folder)
+        result = calibration_of_folder(args.folder, config, bootstrap_samples=resamples, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     print(calibration_markdown(result))
     paths = write_calibration(result, args.out or args.folder)
     print(f"wrote {paths['json']} and {paths['markdown']}")
     return 0
+
+
+def _bootstrap_settings(folder: str) -> tuple[int, int]:
+    """The evaluation's own bootstrap resamples and seed (its ``results.json``), so the intervals are the
+    report's; the evaluation's defaults for a folder without them."""
+    import json
+    from pathlib import Path
+
+    from medssr.evaluation.harness import EvaluationConfig
+
+    defaults = EvaluationConfig()
+    report = Path(folder) / "results.json"
+    settings = json.loads(report.read_text()).get("settings", {}) if report.is_file() else {}
+    return int(settings.get("bootstrap_samples", defaults.bootstrap_samples)), int(settings.get("seed", defaults.seed))

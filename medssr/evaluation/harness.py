@@ -218,7 +218,8 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
             summary[label][name] = scores
             write_jsonl(out / "samples" / label / f"{name}.jsonl", records)
             per_question[label] += rows_from(records)
-        calibration.update(calibration_of_records([r for _, records in results.values() for r in records], config.calibration))
+        calibration.update(calibration_of_records([r for _, records in results.values() for r in records], config.calibration,
+                                                  bootstrap_samples=config.bootstrap_samples, seed=config.seed))
         write_rows(out / "per_question" / f"{label}.jsonl", per_question[label])
         del generator
         gc.collect()
@@ -242,6 +243,7 @@ def run_evaluation(config: EvaluationConfig, generators: Mapping[str, Generator]
             "limit": config.limit,
             "recovery": config.recovery,
             "bootstrap_samples": config.bootstrap_samples,
+            "seed": config.seed,
             "benchmarks_dir": config.benchmarks_dir,
             "rare_benchmarks": [name for name in loaded if BENCHMARKS[name].rare],
         },
