@@ -22,8 +22,9 @@ fewer operators:
 
 :meth:`FusedDecodeStep.forward` also prefills prompts (outside autocast), every prompt of a call in one
 pass: the forward pass's own per-prompt arithmetic (causal SDPA over one prompt's positions), with the
-fused and prepacked matmuls over all prompts' tokens at once. SmolLM2 in bf16 on 2 cores: one 84-token
-prompt 78 ms against 101 ms by the forward pass, 16 prompts (1330 tokens) 1.03 s against 1.63 s.
+fused and prepacked matmuls over all prompts' tokens at once. ``bench/decode_step.py``, SmolLM2 in bf16
+on 2 cores: one 113-token prompt 104 ms against 121 ms by the forward pass, 16 prompts (1354 tokens)
+1.11 s against 2.05 s.
 
 The arithmetic is otherwise transformers' own, operation for operation, so the logits (and a prefill's
 keys and values) are those of the model's forward pass (``tests/test_decode_step.py`` compares them:
@@ -178,7 +179,10 @@ class FusedDecodeStep:
 
         device = self.body.embed_tokens.weight.device.type
         dropout = self.model.training and getattr(self.model.config, "attention_dropout", 0.0)
-        return self._matmul_dtype() != torch.float32 and not torch.is_autocast_enabled(device) and not dropout
+        # Beyond 256 per head transformers repeats the key/value heads instead of SDPA's grouped-query mode.
+        gqa_as_transformers = self.heads == self.kv_heads or self.head_dim <= 256
+        half = self._matmul_dtype() != torch.float32
+        return half and not torch.is_autocast_enabled(device) and not dropout and gqa_as_transformers
 
     def __call__(self, tokens, mask, positions, cache):
         """Logits ``[rows, vocab]`` (float32) after feeding ``tokens`` ``[rows]`` at ``positions``
