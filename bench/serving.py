@@ -138,9 +138,7 @@ def reply_lengths(model: Path, questions: list[list[dict]], max_length: int, dty
 
     torch.set_num_threads(threads)
     generator = TransformersGenerator(GeneratorConfig(model=str(model), dtype=dtype, batch_size=16, progress=False))
-    tokenizer = generator.tokenizer
-    prompts = [tokenizer.encode(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
-                                add_special_tokens=False) for chat in questions]
+    prompts = [generator._encode(chat) for chat in questions]  # the generator's own chat-template encoding
     replies = generator.sample_ids(prompts, [1] * len(prompts), SamplingParams(temperature=0, max_tokens=max_length))
     eos = set(generator.eos_token_ids)
     return [max(1, len(ids) - (1 if ids and ids[-1] in eos else 0)) for ids in (reply[0].ids for reply in replies)]
