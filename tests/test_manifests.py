@@ -449,23 +449,43 @@ def test_cluster_objects_built_from_the_gpu_settings(kube_cluster, kube_namespac
     assert sorted(o.kind for o in status.objects) == ["InferenceService", "PyTorchJob", "TrainJob"]
 
 
-# ------------------------------------------------------------------------ the README's cluster section
+# ------------------------------------------------------------------------ the cluster guide's commands
+CLUSTER_GUIDE = ROOT / "docs" / "cluster.md"
+
+
+def shell_commands(markdown: str) -> list[str]:
+    """The shell commands of the ```bash blocks of a Markdown text, in order, without comments."""
+    blocks = re.findall(r"```bash\n(.*?)\n\s*```", markdown, flags=re.S)
+    # a command continued over lines with a trailing backslash is one command, as the shell reads it
+    lines = [line.strip() for block in blocks for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+    lines = [re.sub(r"\s+#\s.*$", "", line) for line in lines]  # a trailing comment is not part of it
+    return [" ".join(line.split()) for line in lines if line and not line.startswith("#")]
+
+
 def readme_cluster_commands() -> list[str]:
-    """The shell commands of README.md's "Running on a cluster" section, in order."""
+    """The shell commands of docs/cluster.md, the cluster guide, in order."""
+    return shell_commands(CLUSTER_GUIDE.read_text())
+
+
+def test_readme_cluster_section_is_part_of_the_guide():
+    """The README's "Running on a cluster" section is a short form of the guide: each of its commands is one
+    of the guide's (which test_readme_cluster_commands runs), in the guide's order."""
     text = (ROOT / "README.md").read_text()
     _, found, section = text.partition("\n## Running on a cluster\n")
     assert found, "README.md has a 'Running on a cluster' section"
     section = re.split(r"\n## ", section, maxsplit=1)[0]
-    blocks = re.findall(r"```bash\n(.*?)\n\s*```", section, flags=re.S)
-    # a command continued over lines with a trailing backslash is one command, as the shell reads it
-    lines = [line.strip() for block in blocks for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    short, guide = shell_commands(section), readme_cluster_commands()
+    assert short, "the README's cluster section shows the commands"
+    missing = [command for command in short if command not in guide]
+    assert not missing, f"README cluster commands that docs/cluster.md does not have (and so are not run): {missing}"
+    positions = [guide.index(command) for command in short]
+    assert positions == sorted(positions), "the README's cluster commands are in the guide's order"
 
 
 @pytest.mark.k8s
 @pytest.mark.slow
 def test_readme_cluster_commands(tmp_path):
-    """Every command of the README's cluster section runs here as written (RUN_ID filled in), in order, against
+    """Every command of the cluster guide (docs/cluster.md) runs here as written (RUN_ID filled in), in order, against
     a private API server (installing and deleting the namespace `medssr` must not disturb other tests). What
     needs a component that does not run here is checked as closely as it can be: `delete` does not wait for
     finalizers (no controllers clear them), `rollout status` checks the Deployment exists, `port-forward` (no pods) the Service and port, `logs` that it
