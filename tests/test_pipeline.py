@@ -48,7 +48,7 @@ def test_committed_yaml_is_current(tmp_path):
 
     assert main(["pipeline", "compile", "--out", str(tmp_path / "medssr.yaml")]) == 0
     fresh = (tmp_path / "medssr.yaml").read_text()
-    assert fresh == COMPILED.read_text(), "pipelines/compiled/medssr.yaml is stale: run `medssr pipeline compile`"
+    assert fresh == COMPILED.read_text(), "pipelines/compiled/medssr.yaml is stale: run `make compile`"
 
 
 def test_cluster_settings_file_changes_the_kubernetes_wiring(tmp_path):
