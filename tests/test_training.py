@@ -217,6 +217,48 @@ def test_stage_trains_and_changes_the_weights(stage, balanced, answer_format_mod
     assert [h["step"] for h in rewards if "reward" in h] == [1, 2, 3]
     assert any(h["reward_std"] > 0 for h in rewards if "reward" in h), "no reward variance: nothing to learn from"
     assert all(f"rewards/{f}/mean" in rewards[0] for f in ("correctness_reward", "format_reward"))
+    signal = metrics["learning_signal"]
+    assert signal["learned"] and signal["weights_changed"] and signal["steps"] == 3 and signal["steps_with_variance"] >= 1
+
+
+@pytest.mark.slow
+def test_a_stage_whose_reward_is_constant_is_flagged_as_having_learned_nothing(tiny_model, one_thread, tmp_path):
+    """The random tiny model never states an answer, so every completion earns 0 (correctness and format):
+    no group has reward variance, GRPO has no gradient, and the stage must say it learned nothing."""
+    out = tmp_path / "out"
+    result = run_training(tiny_config(tiny_model, out, max_steps=2))
+    signal = result.metrics["learning_signal"]
+    assert (signal["steps"], signal["steps_with_variance"], signal["groups_with_variance"]) == (2, 0, 0.0)
+    assert signal["max_weight_change"] == 0.0 and signal["weights_changed"] is False
+    assert signal["learned"] is False and "no reward variance in any of its 2 steps" in signal["reason"]
+    assert json.loads((out / "metrics.json").read_text())["learning_signal"] == signal
+
+
+def test_learning_signal_counts_steps_with_reward_variance_and_compares_the_weights(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from medssr.training.signal import LearningSignal, learning_signal, max_weight_change, reward_variance
+
+    history = [{"step": 1, "frac_reward_zero_std": 1.0}, {"step": 2, "frac_reward_zero_std": 0.5}, {"step": 3, "frac_reward_zero_std": 0.0},
+               {"train_runtime": 3.0}]
+    assert reward_variance(history) == (3, 2, 0.5)
+    assert reward_variance([{"train_runtime": 1.0}]) == (0, 0, None)
+    start, same, moved = tmp_path / "start", tmp_path / "same", tmp_path / "moved"
+    weights = {"a": torch.zeros(2, 3, dtype=torch.bfloat16), "b": torch.ones(4)}
+    for folder, changes in ((start, {}), (same, {"a": torch.zeros(2, 3)}), (moved, {"b": torch.tensor([1.0, 1.0, 1.25, 1.0])})):
+        folder.mkdir()
+        save_file({**weights, **changes}, str(folder / "model.safetensors"))
+    assert max_weight_change(start, same) == 0.0, "a weight saved in another dtype with the same value is unchanged"
+    assert max_weight_change(start, moved) == 0.25
+    assert max_weight_change(start, tmp_path / "empty") is None
+    assert learning_signal(history, start, moved).learned
+    unchanged = learning_signal(history, start, same)
+    assert not unchanged.learned and unchanged.reason() == "its weights are the ones it started from"
+    assert "2 of 3 steps with reward variance (67%), weights unchanged: LEARNED NOTHING" in unchanged.describe()
+    flat = LearningSignal(6, 0, 0.0, None)
+    assert not flat.learned and flat.reason() == "no reward variance in any of its 6 steps" and flat.weights_changed is None
+    assert LearningSignal.from_dict(unchanged.to_dict()) == unchanged
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medssr.training: error: {exc}", file=sys.stderr)
         return 2
     if rank == 0:
-        summary = {k: result.metrics.get(k) for k in ("global_step", "world_size", "resumed_from_step", "reward_first", "reward_last", "train_runtime")}
+        keys = ("global_step", "world_size", "resumed_from_step", "reward_first", "reward_last", "train_runtime", "learning_signal")
+        summary = {k: result.metrics.get(k) for k in keys}
         print(json.dumps({"model_dir": str(result.model_dir), **summary}))
     return 0
 

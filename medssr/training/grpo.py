@@ -143,6 +143,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     from medssr.training import checkpoints
     from medssr.prompts import PromptLimit
     from medssr.training.dataset import load_training_rows
+    from medssr.training.signal import learning_signal
 
     config.validate_paths()
     output_dir = Path(config.output_dir)
@@ -204,6 +205,9 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         (output_dir / "training_args.bin").unlink(missing_ok=True)
 
     history_path = output_dir / "log_history.jsonl"
+    signal = learning_signal(trainer.state.log_history, model_path, output_dir) if state.is_main_process else None
+    if signal is not None:
+        (log.info if signal.learned else log.warning)("stage %s: %s", config.stage, signal.describe())
     metrics = {
         **train_metrics,
         "stage": config.stage,
@@ -219,6 +223,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         "target_letters": dict(sorted(Counter(row["target"] for row in data.rows).items())),
         "rollout_backend": backend,
         **_reward_summary(trainer.state.log_history),
+        "learning_signal": signal.to_dict() if signal is not None else None,
         "config": asdict(config),
     }
     if state.is_main_process:
