@@ -37,7 +37,10 @@ class TrainingJobConfig:
     nproc_per_node: int = field(default=0, metadata={"help": "Training processes per node (torchrun); 0: the GPUs per node, at least 1."})
     num_workers: int | None = field(default=None, metadata={"help": "Nodes besides the first (PyTorchJob workers; TrainJob numNodes - 1); "
                                                                      "unset: the cluster settings' MEDSSR_TRAIN_WORKERS, else 0."})
-    gpus_per_node: int | None = field(default=None, metadata={"help": "nvidia.com/gpu of each node's pod; unset: the cluster settings' MEDSSR_TRAIN_GPUS, else 0."})
+    gpus_per_node: int | None = field(
+        default=None,
+        metadata={"help": "nvidia.com/gpu of each node's pod; unset: the cluster settings' MEDSSR_TRAIN_GPUS, else 0."},
+    )
     cpu: str = field(default="", metadata={"help": "CPU request of each node's pod; empty: the cluster settings' MEDSSR_TRAIN_CPU."})
     memory: str = field(default="", metadata={"help": "Memory request and limit of each node's pod; empty: the cluster settings' MEDSSR_TRAIN_MEMORY."})
     shm_size: str = field(default="", metadata={"help": "Size limit of the memory-backed /dev/shm (GPU pods always get one); empty: no limit."})
@@ -218,6 +221,7 @@ def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:
     def train(values: dict, ctx: StageContext) -> StageRecord:
         """One GRPO stage through the launcher the ``training_job`` settings pick."""
         from medssr.launch import run_training_job
+        from medssr.training.signal import tracking_fields
 
         data = ctx.folder / "data.jsonl"
         shutil.copyfile(ctx.inputs["data"], data)
@@ -232,12 +236,14 @@ def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:
         pointer.write_text(json.dumps({"path": str(out_dir), "stage": stage}) + "\n", encoding="utf-8")
         history = out_dir / "log_history.jsonl"
         ctx.stage_run.log_history([json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()], step_key="step")
+        # A stage that learned nothing is flagged on its own run and the parent's, where the summary reads it.
+        signal, signal_tags, flags = tracking_fields(trained.get("learning_signal"), f"train-{stage}")
         return StageRecord(
-            config, metrics={"final": {k: v for k, v in trained.items() if k != "config"}},
+            config, metrics={"final": {k: v for k, v in trained.items() if k != "config"}}, headline=signal,
             artifacts=[(str(history), "training"), (str(out_dir / "metrics.json"), "training")],
             datasets=[(str(data), f"train-{stage}-data", "training")],
-            tags={"medssr.launcher": job.launcher, "medssr.job_state": status.state, "medssr.model_dir": str(out_dir)},
-            files={"model": str(pointer)}, value=str(out_dir),
+            tags={"medssr.launcher": job.launcher, "medssr.job_state": status.state, "medssr.model_dir": str(out_dir), **signal_tags},
+            parent_tags=flags, files={"model": str(pointer)}, value=str(out_dir),
         )
 
     return train

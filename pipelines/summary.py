@@ -12,8 +12,12 @@ from pathlib import Path
 
 from medssr.evaluation.registry import BENCHMARKS
 from medssr.models import RegistryReference
+from medssr.training.signal import FLAG_TAG_PREFIX, METRIC_PREFIX, LearningSignal
 
 MODELS = ("base", "stage1", "stage2")
+TRAINED_BY = {"stage1": "train-self", "stage2": "train-supervised"}
+"""The training step whose result each evaluated model is."""
+NO_RESULT = "learned nothing"
 METRIC_NAMES = {
     "strict": "strict accuracy (a final 'The answer is X')",
     "lenient": "lenient accuracy",
@@ -43,8 +47,9 @@ def mlflow_ui_command(tracking_uri: str, experiment_id: str, run_id: str) -> str
 
 
 def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: str = "medssr", wall_seconds: float | None = None) -> str:
-    """The run's result: accuracies with 95% intervals per benchmark and model, the paired gain of stage 2
-    over the base model, pseudo-label yield and precision, the gate's decision, the registered version."""
+    """The run's result: each stage's learning signal, accuracies with 95% intervals per benchmark and model,
+    the paired gain of stage 2 over the base model, pseudo-label yield and precision, the gate's decision,
+    the registered version."""
     from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, Tracker, TrackingConfig
 
     tracker = Tracker(TrackingConfig(tracking_uri=tracking_uri, experiment=experiment))
@@ -53,11 +58,29 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
     if not found:
         return f"no MLflow parent run for pipeline run {pipeline_run_id}"
     parent = found[0]
-    metrics, tags, params = parent.data.metrics, parent.data.tags, parent.data.params
-    metric = params.get("promotion.metric", "lenient")
+    tags = parent.data.tags
     took = f" in {wall_seconds / 60:.1f} min" if wall_seconds else ""
-    lines = [f"=== medssr: pipeline run {pipeline_run_id} finished{took} ==="]
+    lines = [f"=== medssr: pipeline run {pipeline_run_id} finished{took} ===", *result_lines(parent.data.metrics, tags, parent.data.params)]
+    name, version = tags.get("medssr.registered_model"), tags.get("medssr.registered_version")
+    if name:
+        champion = _champion(tracker, name)
+        lines.append(
+            f"registered: {RegistryReference(name, version=version)} (alias candidate); champion: "
+            + (f"v{champion}" + (" (this run)" if champion == version else "") if champion else "none yet")
+        )
+    lines.append("MLflow: " + mlflow_ui_command(tracker.tracking_uri, tracker.experiment_id, parent.info.run_id))
+    return "\n".join(lines)
 
+
+def result_lines(metrics: dict, tags: dict, params: dict) -> list[str]:
+    """The parent run's numbers as the summary prints them: each stage's learning signal, the accuracies (a
+    stage that learned nothing shows no numbers), the pseudo-labels, the gate."""
+    metric = params.get("promotion.metric", "lenient")
+    lines = []
+    flagged = {model for model, step in TRAINED_BY.items() if f"{FLAG_TAG_PREFIX}{step}" in tags}
+    signals = [f"{step} {signal.describe()}" for step in TRAINED_BY.values() if (signal := _signal(metrics, step)) is not None]
+    if signals:
+        lines.append("learning signal: " + "; ".join(signals))
     benchmarks = sorted({key.split(".")[1] for key in metrics if key.startswith("eval.") and key.endswith(".questions")})
     if benchmarks:
         samples = params.get("evaluation.n", "?")
@@ -66,8 +89,9 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
         lines.append(f"  {'benchmark':<{width}} {'n':>4}  " + "".join(f"{m:<20}" for m in MODELS) + "stage2 - base (paired)")
         for bench in benchmarks:
             rare = " (rare)" if bench in BENCHMARKS and BENCHMARKS[bench].rare else ""
-            cells = "".join(f"{_interval(metrics, f'eval.{m}.{bench}.{metric}'):<20}" for m in MODELS)
-            delta = _interval(metrics, f"delta.stage2_vs_base.{bench}.{metric}", signed=True)
+            # A stage that learned nothing has no result of its own (its model is the one it started from).
+            cells = "".join(f"{NO_RESULT if m in flagged else _interval(metrics, f'eval.{m}.{bench}.{metric}'):<20}" for m in MODELS)
+            delta = NO_RESULT if flagged == set(TRAINED_BY) else _interval(metrics, f"delta.stage2_vs_base.{bench}.{metric}", signed=True)
             lines.append(f"  {bench + rare:<{width}} {int(metrics[f'eval.{bench}.questions']):>4}  {cells}{delta}")
 
     if "label.items" in metrics:
@@ -88,15 +112,14 @@ def pipeline_summary(pipeline_run_id: str, tracking_uri: str = "", experiment: s
     if "medssr.gate" in tags:
         verdict = "PROMOTED" if metrics.get("gate.promoted") else ("passed" if tags["medssr.gate"] == "pass" else "REFUSED")
         lines.append(f"gate ({metric}, paired bootstrap) against {tags.get('medssr.gate_reference', '?')}: {verdict}: {tags.get('medssr.gate_reason', '')}")
-    name, version = tags.get("medssr.registered_model"), tags.get("medssr.registered_version")
-    if name:
-        champion = _champion(tracker, name)
-        lines.append(
-            f"registered: {RegistryReference(name, version=version)} (alias candidate); champion: "
-            + (f"v{champion}" + (" (this run)" if champion == version else "") if champion else "none yet")
-        )
-    lines.append("MLflow: " + mlflow_ui_command(tracker.tracking_uri, tracker.experiment_id, parent.info.run_id))
-    return "\n".join(lines)
+    return lines
+
+
+def _signal(metrics: dict, step: str) -> LearningSignal | None:
+    """A training step's learning signal from the parent run's ``signal.<step>.*`` metrics."""
+    prefix = f"{METRIC_PREFIX}{step}."
+    values = {key[len(prefix):]: value for key, value in metrics.items() if key.startswith(prefix)}
+    return LearningSignal.from_dict(values) if "steps" in values else None
 
 
 def _champion(tracker, name: str) -> str | None:

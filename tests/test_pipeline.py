@@ -91,7 +91,8 @@ def test_compiled_pipeline_tasks_params_caching_and_kubernetes(tmp_path, monkeyp
     # conditions: promote only past the gate, deploy only when asked
     conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in spec["root"]["dag"]["tasks"].values()]
     inner = spec["components"]
-    all_conditions = " ".join(conditions + [t.get("triggerPolicy", {}).get("condition", "") for c in inner.values() if "dag" in c for t in c["dag"]["tasks"].values()])
+    nested = [t.get("triggerPolicy", {}).get("condition", "") for c in inner.values() if "dag" in c for t in c["dag"]["tasks"].values()]
+    all_conditions = " ".join(conditions + nested)
     assert "register-Output'] == true" in all_conditions and "deploy_model'] == true" in all_conditions
 
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -199,6 +200,33 @@ def test_submit_sends_the_compiled_pipeline_to_the_kfp_api(capsys):
     assert parameters["synthesis"]["n"] == 50 and parameters["deploy_model"] is True and parameters["experiment"] == "rare-v2"
     assert parameters["training_job"]["launcher"] == "pytorchjob" and parameters["base_model"] == "Qwen/Qwen3-8B-Base"  # preset paper
     assert json.loads(parameters["pipeline_params"])["synthesis"]["n"] == 50
+
+
+def test_the_summary_shows_no_result_for_a_stage_that_learned_nothing():
+    from medssr.pipelines.summary import NO_RESULT, result_lines
+    from medssr.training.signal import LearningSignal, tracking_fields
+
+    metrics, tags = {"eval.raredis_heldout.questions": 40.0}, {}
+    for model, value in (("base", 0.2), ("stage1", 0.25), ("stage2", 0.25)):
+        metrics.update({f"eval.{model}.raredis_heldout.lenient": value, f"eval.{model}.raredis_heldout.lenient.ci_low": value - 0.1,
+                        f"eval.{model}.raredis_heldout.lenient.ci_high": value + 0.1})
+    metrics.update({"delta.stage2_vs_base.raredis_heldout.lenient": 0.05, "delta.stage2_vs_base.raredis_heldout.lenient.ci_low": -0.05,
+                    "delta.stage2_vs_base.raredis_heldout.lenient.ci_high": 0.15})
+    for step, signal in (("train-self", LearningSignal(6, 4, 0.5, 1e-4)), ("train-supervised", LearningSignal(6, 0, 0.0, 0.0))):
+        parent_metrics, _, flags = tracking_fields(signal.to_dict(), step)
+        metrics.update(parent_metrics)
+        tags.update(flags)
+    assert tags == {"medssr.learned_nothing.train-supervised": "no reward variance in any of its 6 steps; its weights are the ones it started from"}
+    lines = result_lines(metrics, tags, {"evaluation.n": "4"})
+    assert lines[0] == ("learning signal: train-self 4 of 6 steps with reward variance (67%), weights changed (max |change| 0.0001); "
+                        "train-supervised 0 of 6 steps with reward variance (0%), weights unchanged: LEARNED NOTHING "
+                        "(no reward variance in any of its 6 steps; its weights are the ones it started from)")
+    row = next(line for line in lines if line.lstrip().startswith("raredis_heldout"))
+    assert "25.0 [15.0, 35.0]" in row and row.count("25.0") == 1 and NO_RESULT in row, "stage 2's column is no result"
+    assert row.rstrip().endswith("+5.0 [-5.0, +15.0]"), "stage 2's model still differs from the base: its delta stays"
+    tags["medssr.learned_nothing.train-self"] = "no reward variance in any of its 6 steps"
+    row = next(line for line in result_lines(metrics, tags, {}) if line.lstrip().startswith("raredis_heldout"))
+    assert "25.0" not in row and "+5.0" not in row and row.count(NO_RESULT) == 3
 
 
 def medssr_cli(args: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:

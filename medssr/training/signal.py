@@ -111,3 +111,21 @@ def max_weight_change(start: str | Path, trained: str | Path) -> float | None:
 def learning_signal(history: Iterable[Mapping], start: str | Path, trained: str | Path) -> LearningSignal:
     steps, with_variance, groups = reward_variance(history)
     return LearningSignal(steps, with_variance, groups, max_weight_change(start, trained))
+
+
+LEARNED_TAG = "medssr.learned"
+"""Tag of a training run: "true", or "false" when it learned nothing."""
+FLAG_TAG_PREFIX = "medssr.learned_nothing."
+"""Tag of the parent run per flagged stage (``medssr.learned_nothing.train-self``), its value the reason."""
+METRIC_PREFIX = "signal."
+
+
+def tracking_fields(signal: Mapping | None, stage: str) -> tuple[dict, dict, dict]:
+    """What MLflow gets of a stage's ``learning_signal`` (metrics.json's dict): (the parent run's metrics
+    ``signal.<stage>.*``, the stage run's tags, the parent run's tags)."""
+    if not signal:
+        return {}, {}, {}
+    keys = ("steps", "steps_with_variance", "share_steps_with_variance", "groups_with_variance", "max_weight_change", "learned")
+    metrics = {f"{METRIC_PREFIX}{stage}.{key}": signal[key] for key in keys if signal.get(key) is not None}
+    parent_tags = {} if signal["learned"] else {f"{FLAG_TAG_PREFIX}{stage}": signal["reason"]}
+    return metrics, {LEARNED_TAG: str(bool(signal["learned"])).lower()}, parent_tags
