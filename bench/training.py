@@ -43,7 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LETTERS = "ABCD"
 REPO = Path(__file__).resolve().parents[1]
-MEDQA_FILES = [REPO.parent / "shared" / "benchmarks" / "medssr-eval" / "test_short_medqa.json", REPO / "tests" / "data" / "eval_benchmarks" / "test_short_medqa.json"]
+MEDQA_FILES = [REPO.parent / "shared" / "benchmarks" / "medssr-eval" / "test_short_medqa.json",
+               REPO / "tests" / "data" / "eval_benchmarks" / "test_short_medqa.json"]
 STEMS = [
     "A child presents with seizures, ataxia and hypotonia. Which diagnosis is most likely?",
     "An adult presents with intellectual disability and onset in childhood. Which gene is causal?",
@@ -218,7 +219,8 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
             generation_backend, shared_prompt_forward, bf16, fused = ARMS[arm][1:]
             config = TrainingConfig(
                 stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
-                shared_prompt_forward=shared_prompt_forward, bf16=bf16, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8, max_completion_length=completion_tokens,
+                shared_prompt_forward=shared_prompt_forward, bf16=bf16, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8,
+                max_completion_length=completion_tokens,
                 gradient_accumulation_steps=accumulation, temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
             )
             timer = PhaseTimer()

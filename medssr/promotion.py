@@ -59,9 +59,19 @@ class RegisterConfig:
         default_factory=dict, metadata={"help": "benchmark -> score of this model (higher is better)"}
     )
     tags: dict[str, str] = field(default_factory=dict, metadata={"help": "extra version tags (run id, hashes)"})
-    per_question: str = field(default="", metadata={"help": "this model's per-question results (evaluation's per_question/<model>.jsonl); the gate pairs on them"})
-    baseline_per_question: str = field(default="", metadata={"help": "per-question results of the model it was trained from, in the same evaluation: the gate's reference while there is no champion"})
-    protocol: str = field(default="", metadata={"help": "evaluation protocol digest (results.json 'protocol'); only results under the same protocol are compared"})
+    per_question: str = field(
+        default="",
+        metadata={"help": "this model's per-question results (evaluation's per_question/<model>.jsonl); the gate pairs on them"},
+    )
+    baseline_per_question: str = field(
+        default="",
+        metadata={"help": "per-question results of the model it was trained from, in the same evaluation: the gate's reference while "
+                           "there is no champion"},
+    )
+    protocol: str = field(
+        default="",
+        metadata={"help": "evaluation protocol digest (results.json 'protocol'); only results under the same protocol are compared"},
+    )
     alias: str = field(default="candidate", metadata={"help": "alias given to the new version"})
     parent_run_id: str = field(default="", metadata={"help": "MLflow parent (pipeline) run; empty: a top-level run"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "MLflow settings"})

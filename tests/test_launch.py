@@ -389,7 +389,8 @@ def test_pytorchjob_wait_follows_conditions_to_succeeded(kube_cluster, kube_name
         [
             (0.3, pytorchjob_conditions(("Created", "True", "PyTorchJobCreated", "created"))),
             (0.3, pytorchjob_conditions(("Created", "True", "PyTorchJobCreated", "created"), ("Running", "True", "PyTorchJobRunning", "running"))),
-            (0.5, pytorchjob_conditions(("Running", "False", "PyTorchJobSucceeded", ""), ("Succeeded", "True", "PyTorchJobSucceeded", "PyTorchJob run1-train-self successfully completed."))),
+            (0.5, pytorchjob_conditions(("Running", "False", "PyTorchJobSucceeded", ""),
+                                        ("Succeeded", "True", "PyTorchJobSucceeded", "PyTorchJob run1-train-self successfully completed."))),
         ],
     )
     assert launcher.status(handle).state == "Pending"
@@ -436,7 +437,8 @@ def test_pytorchjob_failure_reports_reason_and_master_pod_logs(kube_cluster, kub
                 kube_namespace,
                 "pytorchjobs",
                 spec.job_name,
-                {"status": pytorchjob_conditions(("Failed", "True", "PyTorchJobFailed", "PyTorchJob run2-train-self is failed because 1 Master replica(s) failed."))},
+                {"status": pytorchjob_conditions(
+                    ("Failed", "True", "PyTorchJobFailed", "PyTorchJob run2-train-self is failed because 1 Master replica(s) failed."))},
             )
 
         thread = threading.Thread(target=fail_when_created, daemon=True)
@@ -609,7 +611,8 @@ def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
         handle,
         [
             (0.3, {"conditions": [condition("Suspended", "Resumed", "TrainJob is resumed", "False")], **jobs_status(1, 1)}),
-            (0.5, {"conditions": [condition("Suspended", "Resumed", "TrainJob is resumed", "False"), condition("Complete", "JobsCompleted", "TrainJob completed")],
+            (0.5, {"conditions": [condition("Suspended", "Resumed", "TrainJob is resumed", "False"),
+                                  condition("Complete", "JobsCompleted", "TrainJob completed")],
                    **jobs_status(0, 0, 1)}),
         ],
     )
@@ -624,7 +627,8 @@ def test_trainjob_object_and_conditions(kube_cluster, kube_namespace):
     assert (status.state, status.reason, status.message) == ("Succeeded", "JobsCompleted", "TrainJob completed")
 
     failing = launcher.submit(cluster_spec("run11"))
-    play_operator(kube_cluster, launcher, failing, [(0.2, {"conditions": [condition("Failed", "DeadlineExceeded", "TrainJob exceeded its activeDeadlineSeconds")]})])
+    deadline = condition("Failed", "DeadlineExceeded", "TrainJob exceeded its activeDeadlineSeconds")
+    play_operator(kube_cluster, launcher, failing, [(0.2, {"conditions": [deadline]})])
     status = launcher.wait(failing, timeout=30)
     assert (status.state, status.reason) == ("Failed", "DeadlineExceeded")
     assert "activeDeadlineSeconds" in status.message and "no master pod found" in status.message
@@ -732,7 +736,8 @@ def test_pipeline_train_step_takes_placement_and_resources_from_medssr_config(la
     from medssr.stages import TrainingJobConfig, training_job
     from medssr.training import TrainingConfig
 
-    (settings,) = [doc for doc in yaml.safe_load_all(gpu_cluster_config.read_text()) if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "medssr-config"]
+    (settings,) = [doc for doc in yaml.safe_load_all(gpu_cluster_config.read_text())
+                   if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "medssr-config"]
     for key, value in settings["data"].items():
         monkeypatch.setenv(key, value)
     job_config = TrainingJobConfig(launcher=launcher, image="medssr:test", nproc_per_node=8, gpus_per_node=8)

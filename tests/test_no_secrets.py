@@ -28,7 +28,8 @@ TOKEN_PATTERNS = {
     "JSON web token": re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
     "credentials in a URL": re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:([^/\s:@'\"${}<>]{6,})@[\w.-]+"),
 }
-SECRET_NAME = r"(?:password|passwd|pwd|secret|secret[_-]?access[_-]?key|access[_-]?token|auth[_-]?token|api[_-]?key|apikey|token|private[_-]?key|client[_-]?secret)"
+SECRET_NAME = (r"(?:password|passwd|pwd|secret|secret[_-]?access[_-]?key|access[_-]?token|auth[_-]?token|api[_-]?key|apikey|token"
+               r"|private[_-]?key|client[_-]?secret)")
 # A name that refers to a secret rather than holding one: secret_name, token_file, api_key_env, ...
 _REFERENCE = r"(?<!_name)(?<!_ref)(?<!_file)(?<!_path)(?<!_env)(?<!_var)(?<!_id)(?<!_url)(?<!_header)(?<!_type)"
 # `name = "literal"` / `name: 'literal'` / `"name": "literal"` in any file.

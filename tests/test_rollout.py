@@ -223,11 +223,16 @@ def test_shared_prompt_forward_gives_trls_logprobs_entropies_and_gradients(tiny_
     assert isinstance(trainer, SharedPromptGRPOTrainer)
     rows = load_training_rows(SELF_DATA, "self").rows
     tokenizer, pad = trainer.processing_class, trainer.processing_class.pad_token_id
-    short = tokenizer.apply_chat_template([{"role": "user", "content": "Which gene?"}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    short = tokenizer.apply_chat_template([{"role": "user", "content": "Which gene?"}], add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)["input_ids"]
     long = tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     assert len(long) > len(short) + 5
     generator = torch.Generator().manual_seed(0)
-    batch = [(long if row % 3 else short, torch.randint(5, 500, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()) for row in range(7)]
+
+    def completion() -> list[int]:
+        return torch.randint(5, 500, (int(torch.randint(2, 9, (1,), generator=generator)),), generator=generator).tolist()
+
+    batch = [(long if row % 3 else short, completion()) for row in range(7)]
     width, length = max(len(p) for p, _ in batch), max(len(c) for _, c in batch)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p + c + [pad] * (length - len(c)) for p, c in batch])
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + len(c)) + [0] * (length - len(c)) for p, c in batch])

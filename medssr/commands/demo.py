@@ -40,7 +40,11 @@ EXAMPLES = [
 
 @dataclass
 class DemoConfig:
-    model: str = field(default="", metadata={"help": "Model folder/URI (also models:/NAME@ALIAS); empty: SmolLM2-135M-Instruct. `medssr demo` without --model runs the pipeline first and uses its champion."})
+    model: str = field(
+        default="",
+        metadata={"help": "Model folder/URI (also models:/NAME@ALIAS); empty: SmolLM2-135M-Instruct. `medssr demo` without --model runs "
+                           "the pipeline first and uses its champion."},
+    )
     max_tokens: int = field(default=96, metadata={"help": "New tokens per answer (small keeps the demo near a minute)."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy: the same answers every run."})
     seed: int = field(default=0, metadata={"help": "Sampling seed when temperature > 0."})

@@ -132,5 +132,6 @@ def register(subparsers) -> None:
                      help="Continue the last local run under this pipeline root (its run id): the stages that finished are "
                           "reused, the rest run. The same as --param run_id=THAT_ID.")
     run.add_argument("--pipeline-root", help="Where kfp.local keeps step outputs; default .medssr/kfp.")
-    run.add_argument("--verbose", action="store_true", help="Stream every step's output to the console (default: one line per step, logs under the pipeline root).")
+    run.add_argument("--verbose", action="store_true",
+                     help="Stream every step's output to the console (default: one line per step, logs under the pipeline root).")
     run.set_defaults(func=_run)

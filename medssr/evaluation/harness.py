@@ -41,7 +41,10 @@ class EvaluationConfig:
     limit: int | None = field(default=None, metadata={"help": "First K questions of each benchmark (None: all)."})
     n: int = field(default=4, metadata={"help": "Samples per question; accuracy is mean +- std over them."})
     sampling: SamplingParams = field(default_factory=SamplingParams, metadata={"help": "Paper protocol: T 0.6, top_p 0.95, top_k 20, 2048 tokens."})
-    prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages (instruct/chat-template models) or plain text (base models)."})
+    prompt_style: Literal["chat", "text"] = field(
+        default="chat",
+        metadata={"help": "chat messages (instruct/chat-template models) or plain text (base models)."},
+    )
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "Backend settings (its model is set per model)."})
     chunk_size: int = field(default=256, metadata={"help": "Questions per generation call, all benchmarks together (continuously batched; cache checkpoint)."})
     recovery: bool = field(default=True, metadata={"help": "Second, letter-constrained pass for unreadable samples."})

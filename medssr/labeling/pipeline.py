@@ -49,7 +49,11 @@ class LabelingConfig:
     max_agreement: float = field(default=0.9, metadata={"help": "... and at most this share (0.9 drops unanimous votes for n <= 9)."})
     min_parsed: int | None = field(default=None, metadata={"help": "Drop questions with fewer parsed answers than this; None: half of n_samples (rounded up)."})
     extraction: Mode = field(default="lenient", metadata={"help": "lenient = strict statement first, lenient fallback; or strict only."})
-    recovery: bool = field(default=True, metadata={"help": "Ask samples that state no answer once more, constrained to the question's letters (the evaluation harness's second pass); their letters vote beside the free-form answers."})
+    recovery: bool = field(
+        default=True,
+        metadata={"help": "Ask samples that state no answer once more, constrained to the question's letters (the evaluation harness's "
+                           "second pass); their letters vote beside the free-form answers."},
+    )
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad input records: stop, or skip and count."})
     chunk_size: int = field(default=128, metadata={"help": "Questions per generation call (continuously batched; progress and resume granularity)."})

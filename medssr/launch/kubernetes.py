@@ -31,7 +31,11 @@ class KubernetesLauncherConfig:
     image_pull_policy: str = field(default="IfNotPresent", metadata={"help": "imagePullPolicy of the training container."})
     node_selector: dict[str, str] = field(default_factory=dict, metadata={"help": "nodeSelector of the training pods (e.g. a GPU node pool)."})
     tolerations: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Tolerations of the training pods (Kubernetes Toleration objects)."})
-    ttl_seconds_after_finished: int | None = field(default=86400, metadata={"help": "The operator deletes a finished job after this long; None = keep (PyTorchJob; a v2.3 TrainJob has no such field)."})
+    ttl_seconds_after_finished: int | None = field(
+        default=86400,
+        metadata={"help": "The operator deletes a finished job after this long; None = keep (PyTorchJob; a v2.3 TrainJob has no such "
+                           "field)."},
+    )
     active_deadline_seconds: int | None = field(default=None, metadata={"help": "The operator fails a job running longer than this; None = no limit."})
     backoff_limit: int = field(default=3, metadata={"help": "Pod restarts before the job is Failed (PyTorchJob)."})
     on_conflict: Literal["fail", "reuse"] = field(

@@ -309,7 +309,8 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
               f"![labels]({rel['labels']})", "",
               "| agreement | questions | share of all | kept | keyed | correct | precision |", "|---|---:|---:|---:|---:|---:|---:|"]
     for b in audit["buckets"]:
-        lines.append(f"| {b['bucket']} | {b['items']} | {pct(b['items'] / max(audit['items'], 1))}% | {b['kept']} | {b['n']} | {b['correct']} | {pct(b['precision'])} |")
+        share = pct(b["items"] / max(audit["items"], 1))
+        lines.append(f"| {b['bucket']} | {b['items']} | {share}% | {b['kept']} | {b['n']} | {b['correct']} | {pct(b['precision'])} |")
     lines += ["", "## Training runs", "", f"![training]({rel['training']})", "",
               "| run | stage | starts from | steps | reward first / last | training accuracy first / last | wall (s) |", "|---|---|---|---:|---|---|---:|"]
     for run, done in report.training.items():

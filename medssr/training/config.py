@@ -23,10 +23,15 @@ class TrainingConfig:
     )
     model: str = field(default="", metadata={"help": "Policy to start from: a local folder, s3:// URI or hub id (resolved by medssr.models.resolve_model)."})
     data: str = field(default="", metadata={"help": "Training JSONL, local or s3:// (LabeledItem for stage 'self', MCQItem with answers for 'supervised')."})
-    output_dir: str = field(default="", metadata={"help": "Where the trained Hugging Face folder, metrics.json and log_history.jsonl go; local checkpoints under output_dir/checkpoints."})
+    output_dir: str = field(
+        default="",
+        metadata={"help": "Where the trained Hugging Face folder, metrics.json and log_history.jsonl go; local checkpoints under "
+                           "output_dir/checkpoints."},
+    )
     checkpoint_dir: str | None = field(
         default=None,
-        metadata={"help": "Optional mirror of every complete checkpoint (local folder or s3://); a restart resumes from the newest complete one here or locally."},
+        metadata={"help": "Optional mirror of every complete checkpoint (local folder or s3://); a restart resumes from the newest "
+                           "complete one here or locally."},
     )
     learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (the paper's GRPO runs use 1e-6)."})
     num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt (the GRPO group size)."})
@@ -74,14 +79,24 @@ class TrainingConfig:
             "gradient checkpointing; elsewhere TRL's own forward."
         },
     )
-    use_vllm: bool = field(default=False, metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."})
-    vllm_mode: Literal["colocate"] = field(default="colocate", metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."})
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."},
+    )
+    vllm_mode: Literal["colocate"] = field(
+        default="colocate",
+        metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."},
+    )
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})
     vllm_tensor_parallel_size: int = field(
         default=1,
         metadata={"help": "GPUs (consecutive ranks of one node) each colocated vLLM engine is split over; must divide the processes per node."},
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training (on a GPU bf16 weights; on a CPU bf16 autocast over float32 weights, fast where the CPU has AMX); None = on when a CUDA GPU with bf16 support is present."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bfloat16 training (on a GPU bf16 weights; on a CPU bf16 autocast over float32 weights, fast where the CPU has "
+                           "AMX); None = on when a CUDA GPU with bf16 support is present."},
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
     overwrite: bool = field(
@@ -103,7 +118,8 @@ class TrainingConfig:
             raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_tokens", "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_tokens",
+                     "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
