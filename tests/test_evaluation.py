@@ -100,6 +100,18 @@ def test_bootstrap_interval_narrows_with_more_questions():
     assert width(bootstrap_ci(large, 400, 0)) < width(bootstrap_ci(small, 400, 0))
 
 
+def test_a_true_effect_of_the_minimal_detectable_size_is_detected_at_the_stated_power():
+    from medssr.evaluation.scoring import POWER, minimal_detectable_effect, paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    n, sigma = 200, 0.4
+    effect = minimal_detectable_effect(rng.normal(0.0, sigma, n))
+    assert effect == pytest.approx((1.959964 + 0.841621) * sigma / np.sqrt(n), rel=0.15)
+    detected = [paired_bootstrap(rng.normal(effect, sigma, n), np.zeros(n), 400, seed)[1] > 0 for seed in range(300)]
+    assert abs(np.mean(detected) - POWER) < 0.1
+    assert np.isnan(minimal_detectable_effect(np.array([0.5])))
+
+
 def test_an_over_long_benchmark_question_is_rejected_and_counted_the_rest_load(tiny_model, tmp_path):
     from medssr.data import RecordError
     from medssr.prompts import PromptLimit

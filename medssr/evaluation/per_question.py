@@ -64,17 +64,19 @@ def paired_difference(
     model: dict[str, float], reference: dict[str, float], resamples: int, seed: int, level: float = 0.95
 ) -> dict | None:
     """A model minus its reference on the questions both answered (``question -> accuracy`` each):
-    ``{n, model, reference, delta, ci}`` with a paired-bootstrap interval, or None when none is shared."""
+    ``{n, model, reference, delta, ci, mde}`` with a paired-bootstrap interval and the minimal detectable
+    effect of the comparison (at 80% power), or None when no question is shared."""
     import numpy as np
 
-    from medssr.evaluation.scoring import paired_bootstrap
+    from medssr.evaluation.scoring import minimal_detectable_effect, paired_bootstrap
 
     shared = sorted(set(model) & set(reference))
     if not shared:
         return None
     ours, theirs = np.array([model[q] for q in shared]), np.array([reference[q] for q in shared])
     delta, low, high = paired_bootstrap(ours, theirs, resamples, seed, level)
-    return {"n": len(shared), "model": float(ours.mean()), "reference": float(theirs.mean()), "delta": delta, "ci": [low, high]}
+    return {"n": len(shared), "model": float(ours.mean()), "reference": float(theirs.mean()), "delta": delta, "ci": [low, high],
+            "mde": minimal_detectable_effect(ours - theirs, level)}
 
 
 def paired_deltas(

@@ -91,7 +91,7 @@ def comparison_table(summary: dict[str, dict[str, dict]], metric: str) -> str:
 def headline_metrics(result: dict) -> dict[str, float]:
     """The numbers two pipeline runs are compared by, flat for MLflow: per model and benchmark each
     accuracy with its 95% interval (``eval.<model>.<benchmark>.<metric>[.ci_low|.ci_high]``), and the
-    paired differences (``delta.<model>_vs_<first>.<benchmark>.<metric>[...]``)."""
+    paired differences (``delta.<model>_vs_<first>.<benchmark>.<metric>[.ci_low|.ci_high|.mde]``)."""
     flat: dict[str, float] = {}
     for label, scores in result["summary"].items():
         for bench, s in scores.items():
@@ -110,6 +110,7 @@ def headline_metrics(result: dict) -> dict[str, float]:
                 key = f"delta.{comparison}.{bench}.{metric}"
                 flat[key] = d["delta"]
                 flat[f"{key}.ci_low"], flat[f"{key}.ci_high"] = d["ci"]
+                flat[f"{key}.mde"] = d.get("mde")
     return {k: float(v) for k, v in flat.items() if v is not None and not math.isnan(float(v))}
 
 

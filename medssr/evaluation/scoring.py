@@ -82,3 +82,20 @@ def paired_bootstrap(
     tail = (1 - level) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return float(diff.mean()), float(low), float(high)
+
+
+POWER = 0.8
+"""The power a minimal detectable effect is stated at."""
+
+
+def minimal_detectable_effect(difference: np.ndarray, level: float = 0.95, power: float = POWER) -> float:
+    """The smallest true mean difference that a paired comparison of these questions, its interval at ``level``,
+    excludes 0 for with probability ``power``: (z of (1 + level) / 2 + z of power) x the standard error of the
+    mean per-question difference (normal approximation; NaN for fewer than two questions)."""
+    from statistics import NormalDist
+
+    difference = np.asarray(difference, dtype=float)
+    if difference.size < 2:
+        return float("nan")
+    standard_error = float(difference.std(ddof=1)) / np.sqrt(difference.size)
+    return (NormalDist().inv_cdf((1 + level) / 2) + NormalDist().inv_cdf(power)) * standard_error
