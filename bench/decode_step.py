@@ -25,6 +25,8 @@ import os
 import statistics
 import time
 
+import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPT_TOKENS = 200
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="measured decode steps per setting.")
     parser.add_argument("--prefills", type=int, default=7, help="measured prefill calls per setting.")
     parser.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M-Instruct, built into the cache).")
+    record.add_arguments(parser)
     args = parser.parse_args(argv)
 
     import torch
@@ -123,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = (("float32", float32, False), ("bf16 autocast", float32, True), ("bf16 weights", bfloat16, False))
     print(f"SmolLM2 decode step, {PROMPT_TOKENS}-token cached prompt, {args.threads} torch threads, median of {args.steps} steps")
     print(f"{'rows':>4}  {'precision':14s} {'forward ms':>10} {'fused ms':>9} {'forward/fused':>13} {'ops forward':>11} {'ops fused':>9}")
+    steps, prefills = [], []
     for rows in (1, 8, 16):
         for name, model, autocast in settings:
             generators = [TransformersGenerator.on_model(model, tokenizer, rows, fused_decode=fused) for fused in (False, True)]
             (forward, forward_ops), (fused, fused_ops) = step_costs(generators, rows, autocast, args.steps)
             print(f"{rows:>4}  {name:14s} {forward:10.1f} {fused:9.1f} {forward / fused:12.2f}x {forward_ops:11d} {fused_ops:9d}", flush=True)
+            steps.append([rows, name, forward, fused, forward / fused, f"{forward_ops:,} / {fused_ops:,}"])
     x, w = torch.randn(8, 576), torch.randn(576, 576)
     print(f"one 8 x 576 x 576 matmul: {per_call_us(lambda: torch.mm(x, w)):.1f} us; one tiny add: {per_call_us(lambda: x.add(1.0)):.1f} us")
     prompts = question_prompts(tokenizer, 16)
@@ -137,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     for count in (1, 4, 16):
         forward, fused = prefill_costs(generators, prompts[:count], args.prefills)
         print(f"{count:>7} {sum(map(len, prompts[:count])):>6} {forward:10.1f} {fused:9.1f} {forward / fused:12.2f}x", flush=True)
+        prefills.append([count, sum(map(len, prompts[:count])), forward, fused, forward / fused])
+    step_columns = ["rows", "precision", "forward pass (ms)", "fused step (ms)", "forward / fused", "aten operators, forward / fused"]
+    prefill_columns = ["prompts", "tokens", "forward (ms)", "fused (ms)", "forward / fused"]
+    record.write_record(
+        args, "decode_step", {"threads": args.threads, "model": path, "steps": [dict(zip(step_columns, row)) for row in steps],
+                              "prefill": [dict(zip(prefill_columns, row)) for row in prefills]},
+        tables=[{"title": f"Decode step, {PROMPT_TOKENS}-token cached prompt, {args.threads} threads, median of {args.steps} steps:",
+                 "columns": step_columns, "rows": steps},
+                {"title": f"Prefill, bf16 weights, median of {args.prefills} calls:", "columns": prefill_columns, "rows": prefills}],
+        headline={"name": "forward / fused, 16 rows, bf16 weights", "value": next(r[4] for r in steps if r[0] == 16 and r[1] == "bf16 weights")},
+    )
     return 0
 
 

@@ -19,6 +19,8 @@ import argparse
 import os
 import time
 
+import record
+
 
 def memcpy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     """Best read+write traffic of a large tensor copy, bytes/s."""
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="Rows per forward batch on the batched side.")
     parser.add_argument("--loop-samples", type=int, default=1, help="Serial runs per prompt on the loop side.")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    record.add_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -114,6 +117,14 @@ def main() -> None:
     batched_rate = report(f"batched ({args.prompts} prompts x n={args.samples}, batch {args.batch_size})", batched_tokens, batched_s, batched_steps)
     loop_rate = report(f"loop ({runs} runs of 1 prompt x 1 sample)", loop_tokens, loop_s, loop_steps)
     print(f"speed-up batched / loop: {batched_rate / loop_rate:.1f}x (target >= 4x)")
+    figures = {"model": model, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+               "tokens_per_s": {"batched": batched_rate, "loop": loop_rate}, "seconds": {"batched": batched_s, "loop": loop_s},
+               "memcpy_gb_per_s": bandwidth / 1e9}
+    record.write_record(args, "generation", figures,
+                        tables=[{"title": f"{args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens:",
+                                 "columns": ["side", "tokens/s", "seconds"],
+                                 "rows": [["batched", batched_rate, batched_s], ["loop, 1 prompt x 1 sample", loop_rate, loop_s]]}],
+                        headline={"name": "tokens/s, batched / loop", "value": batched_rate / loop_rate, "target": ">= 4"})
 
 
 if __name__ == "__main__":

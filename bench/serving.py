@@ -46,6 +46,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -282,6 +284,7 @@ def main() -> int:
     )
     parser.add_argument("--dtype", default="auto", help="Weights' dtype in both servers (auto = float32 on CPU).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    record.add_arguments(parser)
     args = parser.parse_args()
 
     from medssr.models import build_tiny_model
@@ -363,10 +366,25 @@ def main() -> int:
     print(f"5xx over all phases: {five_xx}; overload refusals (429/503): "
           f"{results['overload'].count(429, 503) if 'overload' in results else 'n/a'}; load average now "
           f"{os.getloadavg()[0]:.1f}")
+    summary = {k: v.summary() for k, v in results.items()}
+    summary |= {"ratios": ratios, "model": str(args.model or "tiny random test model"), "workload": described}
     if args.json:
-        summary = {k: v.summary() for k, v in results.items()}
-        summary |= {"ratios": ratios}
         args.json.write_text(json.dumps(summary, indent=2))
+    columns = ["loop", "per-step p50 (s)", "whole-batch p50 (s)", "p50 ratio", "p99 ratio", "time to first token ratio", "tokens/s ratio"]
+    rows = [[phase, results[step].quantile("latency_s", 0.5), results[batch].quantile("latency_s", 0.5), r["p50_latency"], r["p99_latency"],
+             r["p50_ttft"], r["tokens_per_s"]]
+            for (phase, r), (step, batch) in zip(ratios.items(), [("step", "batch"), ("step-open", "batch-open")])]
+    tables = [{"title": f"{summary['model']}; completions as long as {described} (target: p50 <= 0.5x at equal or better throughput):",
+               "columns": columns, "rows": rows}]
+    if "overload" in results:
+        rss = results["overload"].rss_mib
+        tables.append({"title": f"Overload, {args.overload_clients} clients against the per-step server:",
+                       "columns": ["5xx", "429/503 refusals", "server RSS (MiB)"],
+                       "rows": [[five_xx, results["overload"].count(429, 503), f"{min(rss):.0f} to {max(rss):.0f}"]]})
+    lengths_name = "the model's reply lengths" if args.lengths == "model" else f"uniform {args.min_length}-{args.max_length} tokens"
+    record.write_record(args, "serving", summary, tables=tables,
+                        headline={"name": f"p50 latency, per-step / whole-batch, closed loop, {lengths_name}", "value": ratios["closed"]["p50_latency"],
+                                  "target": "<= 0.5"})
     return 1 if five_xx else 0
 
 

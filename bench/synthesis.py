@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import record
+
 TARGET_ITEMS_PER_SECOND = 500
 
 KB_PROBE = """
@@ -53,6 +55,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000, help="Items per synthesis run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per measurement (median reported).")
     parser.add_argument("--out", default="", help="Folder for the JSONL and a JSON summary (default: a temp folder).")
+    record.add_arguments(parser)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="medssr-bench-synth-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,15 @@ def main() -> int:
     summary = {"kb_cold": cold, "kb_cached": warm, "synthesis": runs, "template_items_per_second_median": rate}
     (out / "bench_synthesis.json").write_text(json.dumps(summary, indent=2))
     print(f"summary: {out / 'bench_synthesis.json'}")
+    median = statistics.median
+    record.write_record(
+        args, "synthesis", summary,
+        tables=[{"title": f"N = {args.n}, median of {args.repeats} runs, 2 cores:", "columns": ["figure", "value"], "rows": [
+            ["knowledge base load, cold parse (s)", median(r["seconds"] for r in cold)],
+            ["knowledge base load, cached (s)", median(r["seconds"] for r in warm)],
+            ["template items/s", rate], ["template items per CPU-second", median(cpu_rates)], ["end-to-end items/s", median(end_to_end)]]}],
+        headline={"name": "template items/s", "value": rate, "target": f">= {TARGET_ITEMS_PER_SECOND}"},
+    )
     return 0
 
 

@@ -38,6 +38,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import record
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -415,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal-steps", type=int, default=60, help="(b) GRPO steps of the learning-signal run.")
     parser.add_argument("--window", type=int, default=10, help="(b) steps averaged at the start and at the end.")
     parser.add_argument("--threads", type=int, default=1, help="(a), (b) torch threads (1 is fastest for the tiny model on a shared machine).")
+    record.add_arguments(parser)
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if parts - {"rollouts", "overhead", "signal"}:
@@ -454,6 +457,16 @@ def main(argv: list[str] | None = None) -> int:
         print("mean completion length: " + ", ".join(f"{arm} {value:.1f}" for arm, value in tokens.items())
               + f" tokens; {rollouts['steps_measured_each']} steps measured per arm")
         results["rollouts" if args.rollout_accumulation == 1 else f"rollouts_x{args.rollout_accumulation}"] = rollouts
+        wall = rollouts["median_s"]["wall"]
+        rows = [[ARMS[arm][0], wall[arm]["step"], wall[arm]["rollout"], wall[arm]["forward_backward"], tokens.get(arm, "")] for arm in arms]
+        fastest = max(speedup["fastest_trl"] for speedup in rollouts["rollout_speedup"]["wall"].values())
+        record.write_record(
+            args, "training", {"rollouts": rollouts},
+            tables=[{"title": f"{args.rollout_accumulation} prompts x 8 completions of up to {args.rollout_tokens} tokens per step, median wall time:",
+                     "columns": ["arm", "whole step (s)", "rollout (s)", "forward/backward (s)", "mean completion (tokens)"], "rows": rows}],
+            headline={"name": f"rollout, TRL's fastest / ours, {args.rollout_accumulation} x 8 x {args.rollout_tokens} tokens", "value": fastest,
+                      "target": ">= 3"},
+        )
 
     if parts & {"overhead", "signal"}:
         torch.set_num_threads(args.threads)
@@ -482,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curve: {signal['png']}")
         results["learning_signal"] = signal
     results_path.write_text(json.dumps(results, indent=2))
+    if parts & {"overhead", "signal"}:  # this run's parts, not what results.json kept from earlier runs
+        figures = {key: results[key] for key, part in (("overhead", "overhead"), ("learning_signal", "signal")) if part in parts}
+        headline = None
+        if "overhead" in figures:
+            headline = {"name": "step CPU-time overhead vs plain TRL (%)", "value": figures["overhead"]["overhead_cpu_pct"], "target": "<= 5"}
+        record.write_record(args, "training", figures, headline=headline)
     return 0
 
 
