@@ -107,7 +107,8 @@ def png_html(title: str, png: str | os.PathLike | None, markdown: str = "") -> s
 
 def _fill_outputs(record, outputs: dict) -> None:
     """KFP outputs: files copied (datasets with their item count and hash), metrics, HTML pages."""
-    from medssr.tracking import file_sha256, numeric_items
+    from medssr.hashing import file_sha256
+    from medssr.tracking import numeric_items
 
     for name, artifact in outputs.items():
         if name in record.files:

@@ -4,11 +4,10 @@ the demo), and the one resolver of a model reference (preset, folder, ``s3://``,
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from medssr.errors import UserError
+from medssr.references import registry_reference_in
 
 # ChatML, the format of Qwen2 and SmolLM2 chat models; `add_generation_prompt` opens the assistant turn.
 CHATML_TEMPLATE = (
@@ -248,56 +247,6 @@ def _save_smollm2(out: Path) -> None:
     steps.close()
 
 
-# ---------------------------------------------------------------------------------------------- references
-
-REGISTRY_SCHEME = "models:/"
-# NAME, NAME@ALIAS or NAME/VERSION after the optional scheme (a name has no '/', '@' or space).
-_REGISTRY_REFERENCE = re.compile(r"^(?P<name>[^/@\s]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))?/?$")
-REGISTRY_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION or NAME@ALIAS"
-
-
-@dataclass(frozen=True)
-class RegistryReference:
-    """A version of a model in the MLflow registry, by alias or by number."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @classmethod
-    def parse(cls, ref: str, default_alias: str | None = None) -> RegistryReference:
-        """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, the scheme optional; a bare NAME only with a
-        ``default_alias``. Anything else is a UserError."""
-        text = str(ref).strip()
-        match = _REGISTRY_REFERENCE.match(text.removeprefix(REGISTRY_SCHEME))
-        if not match or not (match["alias"] or match["version"] or default_alias):
-            forms = f"NAME, {REGISTRY_FORMS}, NAME/VERSION" if default_alias else REGISTRY_FORMS
-            raise UserError(f"not a registered model reference ({forms}): {ref!r}")
-        return cls(match["name"], match["alias"] or (None if match["version"] else default_alias), match["version"])
-
-    def __str__(self) -> str:
-        return f"{REGISTRY_SCHEME}{self.name}/{self.version}" if self.version else f"{REGISTRY_SCHEME}{self.name}@{self.alias}"
-
-
-def registry_reference(name: str, alias_or_version: str) -> RegistryReference:
-    """NAME's version by number when ``alias_or_version`` is all digits, else by alias."""
-    if alias_or_version.isdigit():
-        return RegistryReference(name, version=alias_or_version)
-    return RegistryReference(name, alias=alias_or_version)
-
-
-def _registry_reference_in(ref: str) -> RegistryReference | None:
-    """The registry reference ``ref`` names: ``models:/...``, or ``NAME@ALIAS`` that is not an existing path."""
-    if ref.startswith(REGISTRY_SCHEME):
-        return RegistryReference.parse(ref)
-    if "@" in ref and not Path(ref).expanduser().exists():
-        try:
-            return RegistryReference.parse(ref)
-        except UserError:
-            return None
-    return None
-
-
 def _build_tiny(build_dir: Path | None, seed: int) -> Path:
     if build_dir is not None:
         return build_tiny_model(build_dir / "tiny-base", seed=seed)
@@ -327,9 +276,9 @@ def model_location(ref: str | os.PathLike, build_dir: str | os.PathLike | None =
         raise UserError("model: no model given")
     if ref in PRESETS:
         return str(PRESETS[ref](Path(build_dir) if build_dir is not None else None, seed))
-    registered = _registry_reference_in(ref)
+    registered = registry_reference_in(ref)
     if registered is not None:
-        from medssr.tracking import resolve_model_reference
+        from medssr.registry import resolve_model_reference
 
         return resolve_model_reference(str(registered))
     if storage.is_s3(ref):

@@ -25,21 +25,11 @@ from typing import Any
 
 from medssr.errors import UserError
 from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_difference, read_rows
-from medssr.models import RegistryReference, registry_reference
 from medssr.storage import write_text
-from medssr.tracking import (
-    COMPLETE_TAG,
-    StageRun,
-    Tracker,
-    TrackingConfig,
-    config_dict,
-    config_hash,
-    file_sha256,
-    folder_fingerprint,
-    get_model_version,
-    is_complete,
-    register_model_folder,
-)
+from medssr.hashing import config_dict, config_hash, file_sha256, folder_fingerprint
+from medssr.references import RegistryReference, registry_reference
+from medssr.registry import COMPLETE_TAG, get_model_version, is_complete, register_model_folder
+from medssr.tracking import StageRun, Tracker, TrackingConfig
 
 EVAL_TAG_PREFIX = "eval."
 DEFAULT_RARE_BENCHMARKS = ("raredis_heldout", "raredis_sub")
@@ -97,7 +87,7 @@ def registration_key(config: RegisterConfig) -> str:
 
 def run_register(config: RegisterConfig, stage_run: StageRun | None = None) -> RegisterResult:
     """Log the gate files, then the folder, create the version with score and provenance tags, mark it complete,
-    set the alias (:func:`medssr.tracking.register_model_folder`); a rerun of a registration cut short finishes it."""
+    set the alias (:func:`medssr.registry.register_model_folder`); a rerun of a registration cut short finishes it."""
     if stage_run is None:
         with Tracker(config.tracking).stage("register", config.parent_run_id) as own_run:
             return run_register(config, own_run)

@@ -343,7 +343,7 @@ def _register(values: dict, ctx: StageContext) -> StageRecord:
     """Register the stage-2 folder (alias candidate) with its scores, provenance and per-question results,
     then run the gate as a dry run; the step returns whether the candidate passed."""
     from medssr.promotion import run_register
-    from medssr.tracking import config_hash, file_sha256
+    from medssr.hashing import config_hash, file_sha256
 
     evaluation = json.loads(Path(ctx.inputs["results"]).read_text(encoding="utf-8"))
     gate = STAGES["promotion"].build(ctx.inputs["promotion"], name=STAGES["registration"].build(values).name)

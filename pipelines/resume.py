@@ -25,7 +25,8 @@ from typing import Any
 
 from medssr.lifetime import RUN_FOLDER_ENV, lock_is_held, runner_lock_path
 from medssr.storage import atomic_writer
-from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, Tracker, file_sha256
+from medssr.hashing import file_sha256
+from medssr.tracking import KIND_TAG, PIPELINE_RUN_TAG, Tracker
 
 MARKER = ".medssr-step.json"
 OUTPUTS = "outputs"

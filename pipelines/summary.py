@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from medssr.evaluation.registry import BENCHMARKS
-from medssr.models import RegistryReference
+from medssr.references import RegistryReference
 from medssr.training.signal import FLAG_TAG_PREFIX, METRIC_PREFIX, LearningSignal
 
 MODELS = ("base", "stage1", "stage2")

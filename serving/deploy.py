@@ -16,7 +16,7 @@ from medssr.errors import UserError
 from medssr.kube import client as kube_client
 from medssr.kube import inferenceservice
 from medssr.kube.inferenceservice import GROUP, PLURAL, VERSION, check_storage_uri, dns_name
-from medssr.models import RegistryReference
+from medssr.references import RegistryReference
 
 
 class DeployError(RuntimeError):
@@ -123,12 +123,12 @@ def resolve_storage_uri(config: DeployConfig) -> str:
     """The model version's folder as an S3 (or other fetchable) URI, from the MLflow registry."""
     if config.storage_uri:
         return check_storage_uri(config.storage_uri)
-    from medssr import tracking
+    from medssr import registry, tracking
 
     settings = tracking.TrackingConfig(tracking_uri=config.tracking_uri, artifacts_destination=config.artifacts_destination)
     tracker = tracking.Tracker(settings)
-    version = tracking.get_model_version(tracker, config.registry_reference)
-    location = tracking.registry_location(tracker, version)
+    version = registry.get_model_version(tracker, config.registry_reference)
+    location = registry.registry_location(tracker, version)
     try:
         return check_storage_uri(location)
     except UserError as exc:

@@ -110,7 +110,8 @@ def test_medxpertqa_reference_file_reads_whole_with_ten_options_each():
 
 def test_prompt_limit_rejects_over_long_benchmark_questions_by_position_and_field(tiny_model, tmp_path):
     from medssr.generation.base import GeneratorConfig
-    from medssr.prompts import PromptLimit, build_prompt
+    from medssr.prompt_limit import PromptLimit
+    from medssr.prompts import build_prompt
 
     rows = [{"id": f"q{i}", "question": f"Which gene, case {i}?\nA. MECP2\nB. FMR1", "gold": "A"} for i in range(3)]
     rows[1]["question"] = "ataxia " * 1_500_000 + "\nA. MECP2\nB. FMR1"  # ~10 MB

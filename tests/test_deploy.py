@@ -189,7 +189,8 @@ def test_deploy_reports_the_failing_condition(kube_cluster, kube_namespace, caps
 def test_deploy_resolves_the_champion_alias_to_its_s3_folder(kube_cluster, kube_namespace, mlflow_server, tiny_model,
                                                              capsys):
     from medssr.cli import main
-    from medssr.tracking import Tracker, TrackingConfig, register_model_folder
+    from medssr.registry import register_model_folder
+    from medssr.tracking import Tracker, TrackingConfig
 
     tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="deploy-test"))
     with tracker.stage("register", tracker.start_pipeline_run("run-deploy")) as stage:

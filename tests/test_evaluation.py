@@ -114,7 +114,7 @@ def test_a_true_effect_of_the_minimal_detectable_size_is_detected_at_the_stated_
 
 def test_an_over_long_benchmark_question_is_rejected_and_counted_the_rest_load(tiny_model, tmp_path):
     from medssr.data import RecordError
-    from medssr.prompts import PromptLimit
+    from medssr.prompt_limit import PromptLimit
 
     rows = [{"id": f"q{i}", "question": f"Which gene, case {i}?\nA. MECP2\nB. FMR1", "gold": "B"} for i in range(4)]
     rows[2]["question"] = "hypotonia " * 1_000_000 + "\nA. MECP2\nB. FMR1"  # ~10 MB

@@ -213,7 +213,8 @@ def test_registration_killed_before_it_is_complete_is_never_gated_and_its_rerun_
 
     from medssr.errors import UserError
     from medssr.promotion import PromotionConfig, RegisterConfig, run_promotion, run_register
-    from medssr.tracking import COMPLETE_TAG, TrackingConfig, resolve_model_reference
+    from medssr.registry import COMPLETE_TAG, resolve_model_reference
+    from medssr.tracking import TrackingConfig
 
     name = "faults-half-registered"
     tracking = TrackingConfig(tracking_uri=mlflow_server.url, experiment="faults-registry")

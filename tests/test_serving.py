@@ -462,7 +462,8 @@ def test_medssr_ask_prints_reasoning_and_letter(kserve_server, capsys):
 @pytest.mark.slow
 def test_registry_alias_resolves_to_a_loadable_model_folder(mlflow_server, tiny_model, tmp_path, monkeypatch):
     from medssr.models import resolve_model
-    from medssr.tracking import Tracker, TrackingConfig, register_model_folder
+    from medssr.registry import register_model_folder
+    from medssr.tracking import Tracker, TrackingConfig
 
     tracker = Tracker(TrackingConfig(tracking_uri=mlflow_server.url, experiment="serve-test"))
     with tracker.stage("register", tracker.start_pipeline_run("run-serve")) as stage:

@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 
 from medssr.errors import UserError
-from medssr.models import RegistryReference, registry_reference
-from medssr.tracking import (
-    PARENT_TAG,
-    Tracker,
-    TrackingConfig,
-    config_hash,
-    flatten,
-    local_tracking_uri,
-    register_model_folder,
-    resolve_model_reference,
-)
+from medssr.hashing import config_hash
+from medssr.references import RegistryReference, registry_reference
+from medssr.registry import register_model_folder, resolve_model_reference
+from medssr.tracking import PARENT_TAG, Tracker, TrackingConfig, flatten, local_tracking_uri
 from tests.plugins.s3_server import free_port
 
 

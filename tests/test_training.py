@@ -152,7 +152,7 @@ def test_training_rows_use_label_or_answer_and_report_rejects():
 def test_over_long_prompts_are_rejected_by_file_line_and_field_and_the_rest_kept(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from medssr.prompts import PromptLimit
+    from medssr.prompt_limit import PromptLimit
 
     lines = SUPERVISED_DATA.read_text().splitlines()
     long_option = {**json.loads(lines[0]), "id": "long-option"}

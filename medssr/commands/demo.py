@@ -87,7 +87,7 @@ def run_pipeline_demo(preset: str) -> tuple[str, str, str, str]:
     """Run the pipeline locally with ``preset``; return its summary, its timings, the model to ask
     (``models:/NAME/VERSION``, this run's candidate) and what it is: the champion or a refused candidate."""
     from medssr.errors import UserError
-    from medssr.models import RegistryReference
+    from medssr.references import RegistryReference
     from medssr.pipelines.presets import preset_params
     from medssr.pipelines.runner import resolved_params, run_local, stage_timings, step_logs_folder, timing_report
     from medssr.pipelines.summary import pipeline_summary

@@ -27,7 +27,8 @@ from medssr.evaluation.report import macro_average, write_report
 from medssr.evaluation.scoring import score
 from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, Prompt, SamplingParams
-from medssr.prompts import PromptLimit, build_prompt
+from medssr.prompt_limit import PromptLimit
+from medssr.prompts import build_prompt
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from medssr.data import LETTERS, MCQItem, ReadResult, RecordError, parse_question_text, read_reference_benchmark
 from medssr.generation.base import Prompt
-from medssr.prompts import PromptLimit, build_messages
+from medssr.prompt_limit import PromptLimit
+from medssr.prompts import build_messages
 
 
 class BenchmarkUnavailable(Exception):

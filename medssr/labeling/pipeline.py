@@ -27,7 +27,8 @@ from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
 from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
 from medssr.labeling.selection import DROP_REASONS, SelectionRule
-from medssr.prompts import PromptLimit, build_prompt
+from medssr.prompt_limit import PromptLimit
+from medssr.prompts import build_prompt
 
 # Labelling samples like GRPO rollouts do (TRL's defaults: temperature 1, no top-p/top-k cut): the
 # agreement then estimates how often the policy's own rollouts hit the label, which is what decides

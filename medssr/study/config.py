@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from medssr.tracking import config_hash
+from medssr.hashing import config_hash
 
 ARMS = ("base", "prior", "rl-real", "self", "medssr", "oracle")
 """base: the base model; rl-real: stage 2 only; self: stage 1 only; medssr: stage 1 then stage 2;

@@ -138,7 +138,8 @@ def evaluate_prior(study, folder: Path) -> dict:
     from medssr.evaluation.per_question import rows_from, write_rows
     from medssr.evaluation.registry import load_benchmark
     from medssr.evaluation.scoring import score
-    from medssr.prompts import PromptLimit, build_prompt
+    from medssr.prompt_limit import PromptLimit
+    from medssr.prompts import build_prompt
     from medssr.study.prior import AnswerPrior, prior_records
 
     prepared, labels = study.finished("prepare"), study.finished("label")

@@ -9,7 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from medssr.data import LabeledItem, MCQItem, RecordError, read_jsonl
-from medssr.prompts import PromptLimit, build_messages
+from medssr.prompt_limit import PromptLimit
+from medssr.prompts import build_messages
 
 log = logging.getLogger(__name__)
 

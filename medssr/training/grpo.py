@@ -141,7 +141,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
 
     from medssr.models import resolve_model
     from medssr.training import checkpoints
-    from medssr.prompts import PromptLimit
+    from medssr.prompt_limit import PromptLimit
     from medssr.training.dataset import load_training_rows
     from medssr.training.signal import learning_signal
 
