@@ -20,10 +20,13 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from medssr.serving.predictor import JobResult, MedssrPredictor, RequestRun, decode_error
+from medssr.generation.step_decoder import TokenLogprob
+from medssr.serving.predictor import Completion, JobResult, MedssrPredictor, RequestRun, decode_error
 from medssr.serving.scheduler import DecodeFailed
 from medssr.serving.protocol import (
     EXTENSION,
+    GenerationSettings,
+    PromptJob,
     RequestError,
     chat_job,
     completion_jobs,
@@ -77,11 +80,6 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def error_response(error: RequestError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
-    return JSONResponse(status_code=error.status, content=error.openai_body(), headers=headers)
-
-
 def _usage(results: list[JobResult]) -> dict:
     prompt = sum(r.prompt_tokens for r in results)
     completion = sum(r.completion_tokens for r in results)
@@ -121,20 +119,19 @@ class OpenAIRoutes:
             body = await self._read(request)
             stream, include_usage = parse_stream(body)
             jobs = [chat_job(body)] if chat else completion_jobs(body)
-            settings = parse_settings(body, self.predictor.config)
+            settings = parse_settings(body, self.predictor.config, chat=chat)
             if stream:
                 run = await self.predictor.submit(jobs, settings, param=param)
                 return EventStream(self._events(run, chat, include_usage), run)
             results = await unless_disconnected(request, self.predictor.complete(jobs, settings, param=param))
-        except RequestError as error:
-            return error_response(error)
         except ClientDisconnected:
             return JSONResponse(status_code=CLIENT_CLOSED_REQUEST, content={})
         response = self._head(chat)
         n = settings.n
         response["object"] = "chat.completion" if chat else "text_completion"
         response["choices"] = [
-            self._choice(chat, prompt * n + index, completion.text, completion.finish_reason, whole=True)
+            self._choice(chat, prompt * n + index, self._echo(jobs[prompt], settings) + completion.text,
+                         completion.finish_reason, whole=True, logprobs=self._logprobs(chat, settings, result, completion))
             for prompt, result in enumerate(results)
             for index, completion in enumerate(result.completions)
         ]
@@ -153,14 +150,28 @@ class OpenAIRoutes:
         }
 
     @staticmethod
-    def _choice(chat: bool, index: int, text: str, finish: str | None, whole: bool = False, role: bool = False) -> dict:
+    def _choice(chat: bool, index: int, text: str, finish: str | None, whole: bool = False, role: bool = False,
+                logprobs: dict | None = None) -> dict:
         if not chat:
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         if whole:
-            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                     "finish_reason": finish}
         delta = {"role": "assistant", "content": text} if role else ({"content": text} if text else {})
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def _echo(self, job: PromptJob, settings: GenerationSettings) -> str:
+        """The prompt a completion with ``echo`` starts with: its text, or the text of its token ids."""
+        if not settings.echo:
+            return ""
+        return self.predictor.tokenizer.decode(job.prompt) if job.is_tokens else job.prompt
+
+    def _logprobs(self, chat: bool, settings: GenerationSettings, result: JobResult, completion: Completion) -> dict | None:
+        if settings.logprobs is None:
+            return None
+        scores = ([*result.prompt_logprobs] if settings.echo else []) + completion.logprobs
+        ids = (result.prompt_ids if settings.echo else []) + completion.token_ids
+        return logprobs_body(self.predictor.tokenizer, chat, ids, scores)
 
     async def _events(self, run: RequestRun, chat: bool, include_usage: bool) -> AsyncIterator[str]:
         """OpenAI's chunks: (chat) a first one with the role, the text as decoded, one with each choice's
@@ -171,19 +182,30 @@ class OpenAIRoutes:
         def chunk(choices: list[dict], **extra) -> str:
             return _event({**head, "choices": choices, **usage, **extra})
 
+        settings, tokenizer = run.settings, self.predictor.tokenizer
         if chat:
             yield chunk([self._choice(chat, index, "", None, role=True) for index in range(n * len(run.jobs))])
+        echoed: set[int] = set()
         try:
-            async for prompt, choice, text, finish in run.stream():
-                index = prompt * n + choice
-                if text and (chat or finish is None):
-                    yield chunk([self._choice(chat, index, text, None)])
+            async for prompt, choice, delta in run.stream():
+                index, text, finish = prompt * n + choice, delta.text, delta.finish_reason
+                logprobs = None
+                if delta.logprob is not None:
+                    logprobs = logprobs_body(tokenizer, chat, [delta.token], [delta.logprob])
+                if settings.echo and index not in echoed:  # the prompt first, with its own log-probabilities
+                    echoed.add(index)
+                    scores = run.prompt_logprobs[prompt] if settings.logprobs is not None else None
+                    yield chunk([self._choice(chat, index, self._echo(run.jobs[prompt], settings), None,
+                                              logprobs=scores and logprobs_body(tokenizer, chat, run.prompt_ids[prompt], scores))])
+                if (text or logprobs) and (chat or finish is None):
+                    yield chunk([self._choice(chat, index, text, None, logprobs=logprobs)])
                 if finish is not None:
                     extra = {}
                     if run.finished and not include_usage:
                         extension = _extension(run.results(), run.settings.abstain_below)
                         extra = {EXTENSION: extension} if extension else {}
-                    yield chunk([self._choice(chat, index, "" if chat else text, finish)], **extra)
+                    last = logprobs if not chat and not text and logprobs else None
+                    yield chunk([self._choice(chat, index, "" if chat else text, finish, logprobs=last)], **extra)
         except DecodeFailed as exc:  # the headers are sent: the client learns it in the stream
             yield _event(decode_error(self.predictor.name, exc).openai_body())
             return
@@ -193,13 +215,37 @@ class OpenAIRoutes:
             yield _event({**head, "choices": [], "usage": _usage(results), **({EXTENSION: extension} if extension else {})})
         yield DONE
 
+    def _model(self) -> dict:
+        return {"id": self.predictor.name, "object": "model", "created": 0, "owned_by": "medssr"}
+
     async def models(self) -> JSONResponse:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": self.predictor.name, "object": "model", "created": 0, "owned_by": "medssr"}],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [self._model()]})
+
+    async def model(self, model: str) -> JSONResponse:
+        if model != self.predictor.name:
+            raise RequestError(404, f"model '{model}' does not exist; this server serves '{self.predictor.name}'",
+                               param="model", code="model_not_found")
+        return JSONResponse(self._model())
+
+
+def logprobs_body(tokenizer, chat: bool, ids: list[int], scores: list[TokenLogprob | None]) -> dict:
+    """OpenAI's ``logprobs`` of a choice: chat's ``{"content": [...]}`` or completions' parallel lists
+    (a prompt's first token has no log-probability: None), the sampled token among the alternatives."""
+    text = lambda token: tokenizer.decode([token])  # noqa: E731
+    if chat:
+        def entry(token: int, logprob: float) -> dict:
+            return {"token": text(token), "logprob": logprob, "bytes": list(text(token).encode("utf-8", "replace"))}
+
+        return {"content": [{**entry(s.token, s.logprob), "top_logprobs": [entry(t, v) for t, v in s.top]}
+                            for s in scores]}
+    tokens = [text(token) for token in ids]
+    offsets = [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [s.logprob if s else None for s in scores],
+        "top_logprobs": [{text(s.token): s.logprob, **{text(t): v for t, v in s.top}} if s else None for s in scores],
+        "text_offset": offsets,
+    }
 
 
 def register_openai_routes(app: FastAPI, predictor: MedssrPredictor) -> None:
@@ -208,4 +254,5 @@ def register_openai_routes(app: FastAPI, predictor: MedssrPredictor) -> None:
     router.add_api_route("/chat/completions", routes.chat_completions, methods=["POST"], response_model=None)
     router.add_api_route("/completions", routes.completions, methods=["POST"], response_model=None)
     router.add_api_route("/models", routes.models, methods=["GET"], response_model=None)
+    router.add_api_route("/models/{model:path}", routes.model, methods=["GET"], response_model=None)
     app.include_router(router)

@@ -24,7 +24,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse 
 
 from medssr.answers import extract_answer, majority_vote  # noqa: E402
 from medssr.generation.base import Prompt  # noqa: E402
-from medssr.generation.step_decoder import DecodeJob, StepDecoder  # noqa: E402
+from medssr.generation.step_decoder import DecodeJob, Delta, StepDecoder, TokenLogprob  # noqa: E402
 from medssr.serving.config import ServeConfig  # noqa: E402
 from medssr.serving.metrics import PROMPT_TOKENS, REJECTED  # noqa: E402
 from medssr.serving.protocol import (  # noqa: E402
@@ -45,6 +45,8 @@ class Completion:
     tokens: int
     finish_reason: str
     answer: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -54,6 +56,8 @@ class JobResult:
     completions: list[Completion]
     prompt_tokens: int
     options: dict[str, str] = field(default_factory=dict)
+    prompt_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def letters(self) -> str:
@@ -97,36 +101,49 @@ class RequestRun:
     times). The text a completion streams is exactly the text it ends with (stop sequences cut before
     they are sent)."""
 
-    def __init__(self, scheduler: DecodeScheduler, jobs: list[PromptJob], tickets: list[Ticket], prompt_tokens: list[int],
-                 settings: GenerationSettings, events: asyncio.Queue):
-        self.scheduler, self.jobs, self.tickets, self.prompt_tokens = scheduler, jobs, tickets, prompt_tokens
+    def __init__(self, scheduler: DecodeScheduler, jobs: list[PromptJob], tickets: list[Ticket], settings: GenerationSettings,
+                 events: asyncio.Queue):
+        self.scheduler, self.jobs, self.tickets = scheduler, jobs, tickets
         self.settings, self._events = settings, events
         self._prompt_of = {ticket.job.key: index for index, ticket in enumerate(tickets)}
         self._greedy = settings.sampling.temperature == 0
         n = settings.n
         self.texts = [[""] * n for _ in jobs]
         self.tokens = [[0] * n for _ in jobs]
+        self.token_ids: list[list[list[int]]] = [[[] for _ in range(n)] for _ in jobs]
+        self.logprobs: list[list[list[TokenLogprob]]] = [[[] for _ in range(n)] for _ in jobs]
+        self.prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(jobs)
         self.finish_reasons: list[list[str | None]] = [[None] * n for _ in jobs]
         self._unfinished = sum(ticket.job.samples for ticket in tickets)
+
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return [ticket.job.prompt_ids for ticket in self.tickets]
 
     @property
     def finished(self) -> bool:
         """Whether every choice of every prompt has ended."""
         return all(reason is not None for reasons in self.finish_reasons for reason in reasons)
 
-    async def stream(self) -> AsyncIterator[tuple[int, int, str, str | None]]:
-        """``(prompt, choice, text, finish_reason)`` as decoded; raises what failed the batch's step."""
+    async def stream(self) -> AsyncIterator[tuple[int, int, Delta]]:
+        """``(prompt, choice, delta)`` as decoded; raises what failed the batch's step."""
         while self._unfinished:
             event = await self._events.get()
             if isinstance(event, Exception):
                 self._unfinished = 0
                 raise event
             prompt = self._prompt_of[event.key]
+            if event.prompt_logprobs is not None:
+                self.prompt_logprobs[prompt] = event.prompt_logprobs
             for choice in range(self.settings.n) if self._greedy else (event.sample,):
                 self.texts[prompt][choice] += event.text
                 self.tokens[prompt][choice] = event.tokens
+                if event.token is not None:
+                    self.token_ids[prompt][choice].append(event.token)
+                if event.logprob is not None:
+                    self.logprobs[prompt][choice].append(event.logprob)
                 self.finish_reasons[prompt][choice] = event.finish_reason
-                yield prompt, choice, event.text, event.finish_reason
+                yield prompt, choice, event
             if event.finish_reason is not None:
                 self._unfinished -= 1
 
@@ -139,12 +156,17 @@ class RequestRun:
     def result(self, prompt: int) -> JobResult:
         options = self.jobs[prompt].options
         letters = "".join(options)
+        scored = self.settings.logprobs is not None
         completions = [
             Completion(text=text, tokens=tokens, finish_reason=finish,
-                       answer=extract_answer(text, letters, mode="lenient", options=options) if options else None)
-            for text, tokens, finish in zip(self.texts[prompt], self.tokens[prompt], self.finish_reasons[prompt])
+                       answer=extract_answer(text, letters, mode="lenient", options=options) if options else None,
+                       token_ids=ids, logprobs=logprobs if scored else None)
+            for text, tokens, finish, ids, logprobs in zip(self.texts[prompt], self.tokens[prompt], self.finish_reasons[prompt],
+                                                           self.token_ids[prompt], self.logprobs[prompt])
         ]
-        return JobResult(completions=completions, prompt_tokens=self.prompt_tokens[prompt], options=options)
+        ids = self.tickets[prompt].job.prompt_ids
+        return JobResult(completions=completions, prompt_tokens=len(ids), options=options, prompt_ids=ids,
+                         prompt_logprobs=self.prompt_logprobs[prompt])
 
     def results(self) -> list[JobResult]:
         return [self.result(prompt) for prompt in range(len(self.jobs))]
@@ -161,6 +183,7 @@ class MedssrPredictor(Model):
         self.generator = None
         self.scheduler: DecodeScheduler | None = None
         self.context_window: int | None = None
+        self.vocab_size: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -191,6 +214,7 @@ class MedssrPredictor(Model):
                             "save the tokenizer files beside the weights")
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         self.context_window = getattr(model_config, "max_position_embeddings", None)
+        self.vocab_size = model_config.get_text_config().vocab_size
         self.generator = build_generator(
             GeneratorConfig(
                 backend="transformers",
@@ -216,16 +240,27 @@ class MedssrPredictor(Model):
 
     # ------------------------------------------------------------------------------------ generation
 
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """The token ids the model reads: a chat prompt through the tokenizer's template, as the
-        transformers backend encodes it."""
+    def encode_prompt(self, prompt: Prompt | list[int]) -> list[int]:
+        """The token ids the model reads: token ids as sent, text as the tokenizer encodes it, a chat prompt
+        through the tokenizer's template (a ``developer`` message is the template's ``system`` one, as
+        OpenAI treats it for models without that role), as the transformers backend encodes it."""
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if isinstance(prompt[0], int):
+            return list(prompt)
         if not self.tokenizer.chat_template:
             raise RequestError(400, f"model '{self.name}' has no chat template; use /openai/v1/completions",
                                param="messages", code="unsupported")
-        text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in prompt]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _check_token_ids(self, ids: list[int], param: str) -> None:
+        """Token ids from the client (a token prompt, logit_bias keys) must name rows of the model's vocabulary."""
+        outside = next((token for token in ids if not 0 <= token < self.vocab_size), None)
+        if outside is not None:
+            raise RequestError(400, f"'{param}' has token id {outside}; this model's vocabulary has ids 0 to "
+                                    f"{self.vocab_size - 1}", param=param, code="invalid_value")
 
     def _check_length(self, tokens: int, settings: GenerationSettings, param: str) -> None:
         limit = self.config.max_prompt_tokens
@@ -251,15 +286,20 @@ class MedssrPredictor(Model):
             raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
                                     f"{self.config.max_queue}", param=param, code="limit_exceeded")
         require_unicode_text(jobs, param)
+        self._check_token_ids(list(settings.logit_bias), "logit_bias")
         # A prompt near the body limit takes a while to tokenize: never on the event loop, which must keep
         # answering health probes and other requests meanwhile.
         encoded = await asyncio.to_thread(lambda: [self.encode_prompt(job.prompt) for job in jobs])
-        for ids in encoded:
+        for job, ids in zip(jobs, encoded):
+            if job.is_tokens:
+                self._check_token_ids(ids, param)
             self._check_length(len(ids), settings, param)
         samples = 1 if settings.sampling.temperature == 0 else settings.n
         decode_jobs = [
             DecodeJob(key=self.scheduler.new_key(), prompt_ids=ids, samples=samples, sampling=settings.sampling,
-                      min_tokens=settings.min_tokens, stop=settings.stop)
+                      min_tokens=settings.min_tokens, stop=settings.stop, logit_bias=settings.logit_bias,
+                      presence_penalty=settings.presence_penalty, frequency_penalty=settings.frequency_penalty,
+                      logprobs=settings.logprobs, prompt_logprobs=settings.prompt_logprobs)
             for ids in encoded
         ]
         events: asyncio.Queue = asyncio.Queue()
@@ -271,7 +311,7 @@ class MedssrPredictor(Model):
         except DecoderStopped as exc:
             raise decode_error(self.name, exc) from None
         PROMPT_TOKENS.inc(sum(map(len, encoded)))
-        return RequestRun(self.scheduler, jobs, tickets, [len(ids) for ids in encoded], settings, events)
+        return RequestRun(self.scheduler, jobs, tickets, settings, events)
 
     async def complete(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> list[JobResult]:
         """Every job's completions, once all have ended (a cancelled caller stops them)."""
@@ -286,6 +326,15 @@ class MedssrPredictor(Model):
         return run.results()
 
     # -------------------------------------------------------------------------------- KServe protocols
+
+    def get_input_types(self) -> list[dict]:
+        """The v2 metadata of the tensors ``infer`` reads: the prompts (any of these names; one is enough)."""
+        return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in V2_TEXT_INPUTS]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "text_output", "datatype": "BYTES", "shape": [-1]},
+                {"name": "answer", "datatype": "BYTES", "shape": [-1]},
+                {"name": "completion_tokens", "datatype": "INT64", "shape": [-1]}]
 
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None, response_headers=None):
         if isinstance(payload, InferRequest):

@@ -19,8 +19,18 @@ from medssr.prompts import build_messages
 from medssr.serving.config import ServeConfig
 from medssr.serving.metrics import REJECTED
 
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs
+MAX_LOGIT_BIAS = 100.0
+MAX_PENALTY = 2.0
+# Request fields this server cannot honour: refused naming the field, unless they carry their neutral value.
+UNSUPPORTED = {
+    "tools": lambda v: not v, "functions": lambda v: not v, "tool_choice": lambda v: v in (None, "none"),
+    "function_call": lambda v: v in (None, "none"), "response_format": lambda v: v in (None, {"type": "text"}),
+    "suffix": lambda v: not v, "audio": lambda v: v is None, "modalities": lambda v: v in (None, ["text"]),
+    "prediction": lambda v: v is None,
+}
 MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 EXTENSION = "medssr"  # the request and reply field of what OpenAI's schema has no place for
 
@@ -54,14 +64,25 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
     abstain_below: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # alternatives per generated token (None: no log-probabilities)
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo with logprobs)
+    echo: bool = False
 
 
 @dataclass
 class PromptJob:
-    """One prompt to complete, and the answer letters of its question when it is multiple-choice."""
+    """One prompt to complete (text, chat messages or token ids), and the answer letters of its question
+    when it is multiple-choice."""
 
-    prompt: Prompt
+    prompt: Prompt | list[int]
     options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_tokens(self) -> bool:
+        return isinstance(self.prompt, list) and bool(self.prompt) and isinstance(self.prompt[0], int)
 
     @property
     def letters(self) -> str:
@@ -180,8 +201,13 @@ def _number(body: dict, name: str, default: float, low: float, high: float, low_
     return float(value)
 
 
-def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> GenerationSettings:
-    """Sampling fields common to all routes; unset fields take the server's defaults."""
+def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True, chat: bool = False) -> GenerationSettings:
+    """Sampling fields common to all routes; unset fields take the server's defaults. Log-probabilities are
+    asked as chat asks them (``logprobs: true`` with ``top_logprobs``) or as completions do (``logprobs: N``,
+    and ``echo`` for the prompt's own)."""
+    for name, neutral in UNSUPPORTED.items():
+        if not neutral(body.get(name)):
+            raise RequestError(400, f"'{name}' is not supported by this server", param=name, code="unsupported")
     max_tokens = _integer(body, "max_completion_tokens", None, 1, config.max_tokens_limit)
     max_tokens = _integer(body, "max_tokens", max_tokens or config.default_max_tokens, 1, config.max_tokens_limit)
     n = _integer(body, "n", 1, 1, config.max_n) if n_allowed else 1
@@ -199,8 +225,47 @@ def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True) -> G
     )
     # vLLM's extension: no end-of-sequence before this many tokens (fixed-length work for benchmarks).
     min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
-    return GenerationSettings(n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens,
-                              abstain_below=vote.get("abstain_below"))
+    logprobs, echo = _logprobs(body, chat)
+    return GenerationSettings(
+        n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens,
+        abstain_below=vote.get("abstain_below"), logit_bias=_logit_bias(body.get("logit_bias")),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        logprobs=logprobs, prompt_logprobs=logprobs if echo and logprobs is not None else None, echo=echo,
+    )
+
+
+def _logprobs(body: dict, chat: bool) -> tuple[int | None, bool]:
+    """(alternatives per token or None, echo)."""
+    if chat:
+        wanted = body.get("logprobs")
+        if wanted is not None and not isinstance(wanted, bool):
+            raise RequestError(400, f"'logprobs' must be a boolean, got {json.dumps(wanted)}", param="logprobs",
+                               code="invalid_type")
+        top = _integer(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+        if top is not None and not wanted:
+            raise RequestError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+        return (top or 0) if wanted else None, False
+    echo = body.get("echo") or False
+    if not isinstance(echo, bool):
+        raise RequestError(400, f"'echo' must be a boolean, got {json.dumps(echo)}", param="echo", code="invalid_type")
+    return _integer(body, "logprobs", None, 0, MAX_LOGPROBS), echo
+
+
+def _logit_bias(bias: Any) -> dict[int, float]:
+    """OpenAI's ``{"token id": bias}``, bias in [-100, 100]."""
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise RequestError(400, "'logit_bias' must be an object mapping token ids to biases", param="logit_bias",
+                           code="invalid_type")
+    parsed = {}
+    for token, value in bias.items():
+        if not str(token).isdigit():
+            raise RequestError(400, f"'logit_bias' key {token!r} is not a token id", param="logit_bias",
+                               code="invalid_value")
+        parsed[int(token)] = _number(bias, token, 0.0, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS, where=f"logit_bias.{token}")
+    return parsed
 
 
 VOTE_FIELDS = ("n", "abstain_below")
@@ -262,6 +327,8 @@ def _stop_sequences(stop: Any) -> tuple[str, ...]:
 def require_unicode_text(jobs: list[PromptJob], param: str) -> None:
     """Refuse prompt text that is not valid Unicode (JSON lets "\\ud800", a lone surrogate, through)."""
     for index, job in enumerate(jobs):
+        if job.is_tokens:
+            continue
         texts = [job.prompt] if isinstance(job.prompt, str) else [message["content"] for message in job.prompt]
         for text in texts:
             try:
@@ -322,14 +389,21 @@ def chat_job(body: dict) -> PromptJob:
     return PromptJob(prompt=messages, options=options_in_text(last_user))
 
 
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
 def completion_jobs(body: dict) -> list[PromptJob]:
+    """OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of those lists."""
     prompt = body.get("prompt")
     if prompt is None:
         raise RequestError(400, "missing required field 'prompt'", param="prompt", code="missing_field")
+    if _is_token_ids(prompt) or (isinstance(prompt, list) and prompt and all(map(_is_token_ids, prompt))):
+        return [PromptJob(prompt=ids) for ids in (prompt if isinstance(prompt[0], list) else [prompt])]
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise RequestError(400, "'prompt' must be a non-empty string or a list of them", param="prompt",
-                           code="invalid_type")
+        raise RequestError(400, "'prompt' must be a non-empty string, a list of them, a list of token ids or a list "
+                                "of such lists", param="prompt", code="invalid_type")
     return [PromptJob(prompt=text, options=options_in_text(text)) for text in prompts]
 
 

@@ -119,3 +119,53 @@ def test_released_text_is_the_text_of_the_ids_including_characters_split_over_to
         released += delta.text
         assert "\ufffd" not in released and tokenizer.decode(ids[:made]).startswith(released)
     assert released + decoder._advance("k", 0, tokenizer.eos_token_id, True, len(ids) + 1).text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_log_probabilities_are_the_forward_pass_s_for_rows_joining_a_batch_and_for_the_prompt(generator, monkeypatch):
+    """A job's sampled tokens are scored by the model's own distribution (bias and penalties change what is
+    picked, not the score), beside rows of other settings; its prompt's tokens in chunks of positions."""
+    import torch
+
+    from medssr.generation import step_decoder
+    from medssr.generation.step_decoder import DecodeJob, StepDecoder
+
+    monkeypatch.setattr(step_decoder, "PROMPT_LOGPROBS_CHUNK", 5)  # a 23-token prompt in five passes
+    prompts = _prompts(generator, 3, seed=4)
+    prompts[0] = (prompts[0] * 4)[:23]
+    decoder = StepDecoder(generator, max_rows=4)
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    decoder.admit([DecodeJob(key=0, prompt_ids=prompts[0], samples=1, sampling=greedy, min_tokens=6, logprobs=3, prompt_logprobs=2,
+                             logit_bias={7: 3.0}, frequency_penalty=1.0),
+                   DecodeJob(key=1, prompt_ids=prompts[1], samples=2, sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0,
+                                                                                             max_tokens=6, seed=1))])
+    generated: list[int] = []
+    scores = []
+    prompt_scores = None
+    while decoder.rows:
+        if len(generated) == 2:  # a row joins mid-decode
+            decoder.admit([DecodeJob(key=2, prompt_ids=prompts[2], samples=1, sampling=greedy)])
+        for delta in decoder.step():
+            assert (delta.logprob is None) == (delta.key != 0)
+            if delta.key == 0:
+                generated.append(delta.token)
+                scores.append(delta.logprob)
+                prompt_scores = delta.prompt_logprobs if prompt_scores is None else prompt_scores
+    with torch.inference_mode():
+        ids = prompts[0] + generated
+        expected = generator.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    counts = torch.zeros(expected.shape[-1])
+    for step, (token, score) in enumerate(zip(generated, scores)):
+        row = expected[len(prompts[0]) - 1 + step]
+        assert score.token == token and score.logprob == pytest.approx(float(row[token]), abs=1e-4)
+        assert [t for t, _ in score.top] == row.topk(3).indices.tolist()
+        adjusted = row.clone()
+        adjusted[7] += 3.0
+        adjusted -= counts
+        adjusted[generator.eos_token_ids] = float("-inf")
+        assert token == int(adjusted.argmax())
+        counts[token] += 1
+    assert prompt_scores[0] is None and len(prompt_scores) == len(prompts[0])
+    for position in range(1, len(prompts[0])):
+        assert prompt_scores[position].logprob == pytest.approx(float(expected[position - 1, prompts[0][position]]), abs=1e-4)
+        assert [t for t, _ in prompt_scores[position].top] == expected[position - 1].topk(2).indices.tolist()

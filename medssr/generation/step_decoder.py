@@ -4,9 +4,13 @@
 set: requests arrive while others decode. :class:`StepDecoder` keeps the running batch between calls
 (the same :class:`~medssr.generation.transformers_backend._Running` rows and prefill), so the caller can
 admit a job before any step and cancel one at any time. Each job samples with its own settings
-(temperature, top-p, top-k, seed, ``min_tokens``) and ends at its own stop sequences; each step returns
-the text each row added, held back only where it could still turn into a stop sequence or is an
-unfinished UTF-8 character. Not thread-safe: one thread drives it.
+(temperature, top-p, top-k, seed, ``min_tokens``, a logit bias, presence and frequency penalties) and
+ends at its own stop sequences; each step returns the text each row added, held back only where it could
+still turn into a stop sequence or is an unfinished UTF-8 character, with the token it sampled and, when
+asked, that token's log-probability and the most likely alternatives (from the model's own logits,
+before bias, penalties and temperature, as vLLM reports them). A job may also ask for the log-probability
+of each of its prompt's tokens (what a loglikelihood evaluation scores). Not thread-safe: one thread
+drives it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,27 @@ from medssr.generation.transformers_backend import TransformersGenerator, _Runni
 _UNFINISHED_CHARACTER = "\ufffd"  # what a partial multi-byte character decodes to
 
 
+PROMPT_LOGPROBS_CHUNK = 512
+"""Prompt positions whose logits one pass computes when a job asks for its prompt's log-probabilities
+(the logits of a 4096-token prompt at once would take 4096 x vocabulary floats)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model, and the ``top`` most likely tokens at its position
+    (``(token, logprob)``, most likely first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class DecodeJob:
-    """One prompt to continue ``samples`` times."""
+    """One prompt to continue ``samples`` times. ``logprobs``: report each sampled token's log-probability
+    with that many alternatives (None: none); ``prompt_logprobs`` the same for the prompt's tokens.
+    ``logit_bias`` is added to the logits of its tokens; the penalties are subtracted from the logits of
+    tokens the sample has generated (presence once, frequency per occurrence), as OpenAI and vLLM do."""
 
     key: Hashable
     prompt_ids: list[int]
@@ -30,17 +52,28 @@ class DecodeJob:
     sampling: SamplingParams
     min_tokens: int = 0
     stop: tuple[str, ...] = ()
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
 
 @dataclass
 class Delta:
-    """Text one sample added in a step; ``finish_reason`` ("stop" or "length") once it has ended."""
+    """Text one sample added in a step; ``finish_reason`` ("stop" or "length") once it has ended. ``token``
+    is the id it sampled (with its ``logprob`` when the job asked), None for the end token that ended it;
+    a sample's first delta carries the prompt's log-probabilities when the job asked (None for the first
+    prompt token)."""
 
     key: Hashable
     sample: int
     text: str
     tokens: int
     finish_reason: str | None = None
+    token: int | None = None
+    logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -50,6 +83,7 @@ class _Sample:
     text: str = ""  # the text of ids[:read]
     prefix: int = 0  # where the last decoded window began (its first tokens are context)
     read: int = 0  # tokens whose text is in `text`
+    counts: object = None  # generated tokens per vocabulary entry (a tensor), for the penalties
 
 
 class StepDecoder:
@@ -66,6 +100,8 @@ class StepDecoder:
         self._jobs: dict[Hashable, DecodeJob] = {}
         self._rngs: dict[Hashable, object] = {}
         self._samples: dict[tuple[Hashable, int], _Sample] = {}
+        self._bias: dict[Hashable, tuple[object, object]] = {}  # job -> (token ids, biases) as tensors
+        self._prompt_logprobs: dict[Hashable, list[TokenLogprob | None]] = {}  # until each sample's first delta
 
     @property
     def rows(self) -> int:
@@ -102,12 +138,38 @@ class StepDecoder:
             placed = self._reuse_finished_rows(jobs, rows, owners, *prefilled)
             if placed < len(rows):
                 self._append(rows[placed:], owners[placed:], *prefilled)
+        device = self.generator.device
         for job in jobs:
             self._jobs[job.key] = job
             if job.sampling.seed is not None:
-                self._rngs[job.key] = torch.Generator(device=self.generator.device).manual_seed(job.sampling.seed)
+                self._rngs[job.key] = torch.Generator(device=device).manual_seed(job.sampling.seed)
+            if job.logit_bias:
+                self._bias[job.key] = (torch.tensor(list(job.logit_bias), device=device),
+                                       torch.tensor(list(job.logit_bias.values()), device=device))
+            if job.prompt_logprobs is not None:
+                self._prompt_logprobs[job.key] = self.prompt_logprobs(job.prompt_ids, job.prompt_logprobs)
             for sample in range(job.samples):
                 self._samples[job.key, sample] = _Sample()
+
+    def prompt_logprobs(self, ids: list[int], top: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-probability given the tokens before it (None for the first), with the
+        ``top`` most likely tokens at its position: the model's forward pass over the prompt, in chunks of
+        positions on its own cache (this pass is separate from the prefill, which keeps the last logits only)."""
+        from transformers import DynamicCache
+
+        torch, model = self._torch, self.generator.model
+        scores: list[TokenLogprob | None] = [None]
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            for start in range(0, len(ids) - 1, PROMPT_LOGPROBS_CHUNK):
+                chunk = ids[start:min(start + PROMPT_LOGPROBS_CHUNK, len(ids) - 1)]
+                out = model(input_ids=torch.tensor([chunk], device=self.generator.device), cache=cache, use_cache=True,
+                            position_ids=torch.arange(start, start + len(chunk), device=self.generator.device)[None])
+                cache = out.cache
+                logprobs = out.logits[0].float().log_softmax(-1)
+                targets = ids[start + 1:start + 1 + len(chunk)]
+                scores += _token_logprobs(logprobs, targets, top)
+        return scores
 
     def _reuse_finished_rows(self, jobs, rows, owners, cache, mask, positions, logits) -> int:
         """Write new rows into finished rows' places, in order while the prompt fits the batch's width;
@@ -165,6 +227,8 @@ class StepDecoder:
         self._jobs.clear()
         self._rngs.clear()
         self._samples.clear()
+        self._bias.clear()
+        self._prompt_logprobs.clear()
 
     def step(self) -> list[Delta]:
         """Sample one token for every decoding row, then run the batch's forward pass over them. Rows that
@@ -183,10 +247,14 @@ class StepDecoder:
             alive = running.alive.nonzero().squeeze(1)
             rows = alive.tolist()
             jobs = [self._jobs[running.owners[row][0]] for row in rows]
+            scored = [row for row, job in zip(rows, jobs) if job.logprobs is not None]
+            # The model's own distribution, before the end-token floor, bias and penalties change the logits.
+            raw = running.logits[scored].log_softmax(-1) if scored else None
             floor = torch.tensor([job.min_tokens for job in jobs], device=self.generator.device)
             early = alive[running.made[alive] < floor]
             if len(early):
                 running.logits[early[:, None], self._eos] = float("-inf")
+            self._bias_and_penalise(running, rows, jobs)
             next_tokens = torch.zeros(len(running), dtype=torch.long, device=self.generator.device)
             for sampling, key, group in self._sampling_groups(rows, jobs):
                 index = torch.tensor(group, device=self.generator.device)
@@ -195,10 +263,21 @@ class StepDecoder:
             ended_by_eos = torch.isin(next_tokens, self._eos).tolist()
             made = running.made.tolist()
             tokens = next_tokens.tolist()
+            logprobs = {}
+            if scored:
+                top = max(self._jobs[running.owners[row][0]].logprobs for row in scored)
+                for row, score in zip(scored, _token_logprobs(raw, [tokens[row] for row in scored], top)):
+                    wanted = self._jobs[running.owners[row][0]].logprobs
+                    logprobs[row] = TokenLogprob(score.token, score.logprob, score.top[:wanted])
             deltas = []
             for row in rows:
                 key, sample = running.owners[row]
+                first = self._samples[key, sample].ids == []
                 delta = self._advance(key, sample, tokens[row], ended_by_eos[row], made[row])
+                if not ended_by_eos[row]:  # the end token is not part of the completion
+                    delta.token, delta.logprob = tokens[row], logprobs.get(row)
+                if first and key in self._prompt_logprobs:
+                    delta.prompt_logprobs = self._prompt_logprobs[key]
                 deltas.append(delta)
                 if delta.finish_reason is not None:
                     running.alive[row] = False
@@ -208,6 +287,18 @@ class StepDecoder:
             if self.rows:
                 running.feed(self.generator.step, next_tokens)
         return deltas
+
+    def _bias_and_penalise(self, running, rows: list[int], jobs: list[DecodeJob]) -> None:
+        """Add each job's logit bias and subtract its penalties from its rows' logits (in place: the step
+        consumes them)."""
+        for row, job in zip(rows, jobs):
+            bias = self._bias.get(job.key)
+            if bias is not None:
+                running.logits[row, bias[0]] += bias[1]
+            if job.presence_penalty or job.frequency_penalty:
+                counts = self._samples[running.owners[row]].counts
+                if counts is not None:
+                    running.logits[row] -= job.frequency_penalty * counts + job.presence_penalty * (counts > 0)
 
     @staticmethod
     def _sampling_groups(rows: list[int], jobs: list[DecodeJob]) -> list[tuple[SamplingParams, Hashable, list[int]]]:
@@ -225,6 +316,10 @@ class StepDecoder:
         """Add ``token`` to a sample: the text it releases, and whether the sample has ended."""
         job, state = self._jobs[key], self._samples[key, sample]
         state.ids.append(token)
+        if job.presence_penalty or job.frequency_penalty:
+            if state.counts is None:
+                state.counts = self._running.logits.new_zeros(self._running.logits.shape[-1])
+            state.counts[token] += 1
         text = self._text(state)
         cuts = [at for at in (text.find(stop, len(state.sent)) for stop in job.stop) if at >= 0]
         finish = None
@@ -269,9 +364,27 @@ class StepDecoder:
     def _forget(self, key) -> None:
         job = self._jobs.pop(key)
         self._rngs.pop(key, None)
+        self._bias.pop(key, None)
+        self._prompt_logprobs.pop(key, None)
         for sample in range(job.samples):
             self._samples.pop((key, sample), None)
 
     def _compact(self) -> None:
         """Drop finished rows from the batch (copies the cache: done once an eighth of it is finished)."""
         self._running.keep(self._running.alive.nonzero().squeeze(1))
+
+
+def _token_logprobs(logprobs, targets: list[int], top: int) -> list[TokenLogprob]:
+    """For each row of ``logprobs`` (``[rows, vocab]`` log-probabilities), the target token's value and the
+    ``top`` most likely tokens."""
+    import torch
+
+    index = torch.tensor(targets, device=logprobs.device)
+    chosen = logprobs.gather(1, index[:, None]).squeeze(1).tolist()
+    if not top:
+        return [TokenLogprob(token, value) for token, value in zip(targets, chosen)]
+    values, ids = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+    return [
+        TokenLogprob(token, value, tuple(zip(row_ids, row_values)))
+        for token, value, row_ids, row_values in zip(targets, chosen, ids.tolist(), values.tolist())
+    ]
