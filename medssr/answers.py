@@ -363,3 +363,41 @@ def majority_vote(answers: Sequence[str | None]) -> Vote:
     top = ranked[0][1]
     label = ranked[0][0] if len(ranked) == 1 or ranked[1][1] < top else None
     return Vote(label=label, agreement=top / parsed, votes=dict(sorted(counts.items())), parsed=parsed)
+
+
+def option_orders(letters: Sequence[str], n: int, seed: int, key: str) -> list[tuple[str, ...]]:
+    """The option order each of ``n`` samples of one question sees, seeded by ``seed`` and the question's ``key``.
+
+    Each order lists the question's own letters in the order they are shown (shown letter ``letters[i]`` is
+    original option ``order[i]``). Orders are the cyclic shifts of a seeded shuffle, so within each run of k
+    samples (k options) every option is shown at every position once; further runs use new shuffles, and no
+    order repeats while there are unused ones. A vote over these samples cannot prefer a position.
+    """
+    import math
+    import random
+
+    letters = tuple(_letter_set(letters))
+    rng = random.Random(f"{seed}:{key}")
+    orders: list[tuple[str, ...]] = []
+    while len(orders) < n:
+        base = tuple(rng.sample(letters, len(letters)))
+        for shift in range(len(letters)):
+            order = base[shift:] + base[:shift]
+            if order not in orders or len(set(orders)) >= math.factorial(len(letters)):
+                orders.append(order)
+            if len(orders) == n:
+                break
+    return orders
+
+
+def shown_options(options: Mapping[str, str], order: Sequence[str]) -> dict[str, str]:
+    """The options as a sample with ``order`` sees them: the question's letters, in order, each with the text of
+    the original option the order puts there."""
+    return {letter: options[original] for letter, original in zip(options, order, strict=True)}
+
+
+def original_letter(shown: str | None, letters: Sequence[str], order: Sequence[str]) -> str | None:
+    """The question's own letter of the option a sample with ``order`` chose as ``shown`` (None stays None)."""
+    if shown is None:
+        return None
+    return order[list(_letter_set(letters)).index(shown)]

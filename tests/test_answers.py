@@ -96,3 +96,34 @@ def test_majority_vote():
     empty = majority_vote([None, None])
     assert (empty.label, empty.agreement, empty.parsed, empty.votes) == (None, 0.0, 0, {})
     assert majority_vote(["D"]).agreement == 1.0
+
+
+def test_option_orders_are_seeded_balanced_and_distinct():
+    from medssr.answers import option_orders
+
+    orders = option_orders("ABCD", 8, seed=0, key="q1")
+    assert orders == option_orders("ABCD", 8, seed=0, key="q1"), "the same seed and question give the same orders"
+    assert orders != option_orders("ABCD", 8, seed=1, key="q1") and orders != option_orders("ABCD", 8, seed=0, key="q2")
+    assert len(set(orders)) == 8 and all(sorted(order) == list("ABCD") for order in orders)
+    for block in (orders[:4], orders[4:]):  # every run of k samples shows every option at every position once
+        assert all(sorted(order[position] for order in block) == list("ABCD") for position in range(4))
+    assert len(set(option_orders("ABC", 6, 0, "q"))) == 6, "no order repeats while unused ones remain"
+    few = option_orders("AB", 5, 0, "q")
+    assert len(few) == 5 and set(few) == {("A", "B"), ("B", "A")}, "with more samples than orders, orders repeat"
+
+
+def test_a_choice_by_content_maps_back_to_the_questions_letter_in_every_order():
+    from medssr.answers import majority_vote, option_orders, original_letter, shown_options
+
+    options = {"A": "CFTR", "B": "DMD", "C": "HBB", "D": "FBN1", "E": "PAH"}
+    for order in option_orders(options, 10, seed=3, key="cf"):
+        shown = shown_options(options, order)
+        assert sorted(shown.values()) == sorted(options.values())
+        chosen = next(letter for letter, text in shown.items() if text == "HBB")  # the sample picks the option's content
+        assert original_letter(chosen, "ABCDE", order) == "C"
+        assert [options[original_letter(letter, "ABCDE", order)] for letter in shown] == list(shown.values())
+    assert original_letter(None, "ABCDE", tuple("EDCBA")) is None
+    # a sample that always picks the first position votes for every option alike once positions are balanced
+    orders = option_orders(options, 5, seed=0, key="q")
+    vote = majority_vote([original_letter("A", "ABCDE", order) for order in orders])
+    assert vote.votes == {letter: 1 for letter in "ABCDE"} and vote.label is None

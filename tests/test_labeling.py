@@ -196,6 +196,39 @@ def test_run_labeling_end_to_end(tiny_answerer, tmp_path):
     assert len(list((tmp_path / "cache").rglob("completions.jsonl"))) == 2
 
 
+def test_permuted_votes_do_not_follow_the_answerers_favourite_position_and_the_audit_has_both(tiny_answerer, tmp_path):
+    """The tiny answerer says "B" (or "C") whatever the options: with the options in the question's order every
+    vote elects B or C; with each sample in its own order its "B" is a different option each time, mapped back."""
+    items = make_items(8)
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, items)
+    config = LabelingConfig(
+        data=str(data), out=str(tmp_path / "labeled.jsonl"), generator=GeneratorConfig(model=str(tiny_answerer), batch_size=96),
+        n_samples=8, sampling=SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=12, seed=0),
+        min_agreement=0.0, max_agreement=1.0, min_parsed=4, cache_dir=str(tmp_path / "cache"), permute_options=True, audit_option_order=True,
+    )
+    result = run_labeling(config)
+    by_order = result.audit["by_order"]
+    assert set(by_order) == {"fixed", "permuted"} and by_order["permuted"]["voted"] == result.audit["voted"]
+    fixed = run_labeling(LabelingConfig(**{**config.__dict__, "permute_options": False, "audit_option_order": False,
+                                            "out": str(tmp_path / "fixed.jsonl")}))
+    assert {item.label for item in fixed.kept} <= {"B", "C"} and fixed.audit["kept"] == by_order["fixed"]["kept"]
+    assert fixed.audit["precision_voted"] == by_order["fixed"]["precision_voted"], "the audit's fixed-order vote is the plain run's"
+    permuted_labels = [item.label for item in result.kept]
+    assert set(permuted_labels) - {"B", "C"}, f"permuted votes still follow a position: {permuted_labels}"
+    mean_agreement = lambda outcomes: sum(o.agreement for o in outcomes) / len(outcomes)  # noqa: E731
+    assert mean_agreement(result.outcomes) < mean_agreement(fixed.outcomes) - 0.2, "a position preference no longer agrees with itself"
+    for item in result.kept:  # votes are over the question's own letters, each sample counted once
+        assert sum(item.votes.values()) + sum(item.recovered_votes.values()) <= 8 and set(item.votes) <= set("ABCD")
+    assert "## Fixed and permuted option orders" in to_markdown(result.audit)
+    metrics = result.metrics()
+    assert {"order.fixed.precision_voted", "order.permuted.precision_voted"} <= set(metrics)
+    # the same seed gives the same permuted votes (from the cache or sampled again)
+    again = run_labeling(LabelingConfig(**{**config.__dict__, "audit_option_order": False, "cache_dir": str(tmp_path / "cache2"),
+                                            "out": str(tmp_path / "again.jsonl")}))
+    assert [(i.id, i.label, i.votes) for i in again.kept] == [(i.id, i.label, i.votes) for i in result.kept]
+
+
 @pytest.mark.slow
 def test_recovery_keeps_items_free_form_parsing_drops(tiny_answerer, tmp_path):
     """Completions cut off before "The answer is B." state no answer: free-form votes alone keep nothing,

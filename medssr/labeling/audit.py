@@ -96,10 +96,12 @@ def _as_if_alone(outcome: Outcome, vote: Vote, rule: SelectionRule) -> Outcome:
 
 
 def audit(
-    outcomes: list[Outcome], min_agreement: float, max_agreement: float, edges=DEFAULT_BUCKET_EDGES, min_parsed: int = 1
+    outcomes: list[Outcome], min_agreement: float, max_agreement: float, edges=DEFAULT_BUCKET_EDGES, min_parsed: int = 1,
+    by_order: Mapping[str, list[Outcome]] | None = None,
 ) -> dict:
     """Yield and, where keys exist, precision overall / kept / per agreement bucket, for the deciding
-    vote and (``by_source``) for each kind of vote alone under the same selection rule."""
+    vote, (``by_source``) for each kind of vote alone under the same selection rule and (``by_order``) for
+    the votes over fixed and permuted option orders, when both were sampled."""
     edges = tuple(edges)
     rule = SelectionRule(min_agreement, max_agreement, min_parsed)
     report = {
@@ -114,6 +116,7 @@ def audit(
     report["by_source"] = {
         name: _section([_as_if_alone(o, o.sources[name], rule) for o in outcomes], edges) for name in sources
     }
+    report["by_order"] = {name: _section(found, edges) for name, found in (by_order or {}).items()}
     return report
 
 
@@ -164,6 +167,24 @@ def to_markdown(report: dict) -> str:
                 b = section["buckets"][index]
                 cells.append(f"{b['items']}, {_fmt(b['precision'])}")
             lines.append(f"| {bucket['bucket']} | " + " | ".join(cells) + " |")
+    by_order = report.get("by_order") or {}
+    if by_order:
+        lines += [
+            "",
+            "## Fixed and permuted option orders",
+            "",
+            "The same questions voted on twice: every sample seeing the options in the question's order, and each sample in its own "
+            "order with its choice mapped back to the question's letters (a vote that cannot favour a position).",
+            "",
+            "| option order | voted | kept | yield | precision (voted) | precision (kept) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, section in by_order.items():
+            lines.append(
+                f"| {name} | {section['voted']} | {section['kept']} | {_fmt(section['yield'])} "
+                f"| {_fmt(section['precision_voted']['precision'])} ({section['precision_voted']['n']}) "
+                f"| {_fmt(section['precision_kept']['precision'])} ({section['precision_kept']['n']}) |"
+            )
     return "\n".join(lines) + "\n"
 
 

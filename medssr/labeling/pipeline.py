@@ -15,13 +15,14 @@ model, settings and prompt, so an interrupted run resumes and a rerun with other
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from medssr.answers import Mode, majority_vote
+from medssr.answers import Mode, majority_vote, option_orders, original_letter, shown_options
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
-from medssr.evaluation.cache import CompletionCache, default_cache_root, keyed_prompts, model_identity, run_key
+from medssr.evaluation.cache import CompletionCache, default_cache_root, model_identity, prompt_key, run_key
 from medssr.evaluation.filters import PIPELINES
 from medssr.evaluation.recovery import LazyGenerator, sample_answers
 from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
@@ -55,6 +56,14 @@ class LabelingConfig:
         metadata={"help": "Ask samples that state no answer once more, constrained to the question's letters (the evaluation harness's "
                            "second pass); their letters vote beside the free-form answers."},
     )
+    permute_options: bool = field(default=False, metadata={"help": (
+        "Each sample sees the options in its own seeded order (medssr.answers.option_orders: every option at every position "
+        "as evenly as n_samples allows) and votes for the option it chose by content, mapped back to the question's letters: "
+        "a vote that cannot favour a position.")})
+    permutation_seed: int = field(default=0, metadata={"help": "Seed of the option orders (with each question's id)."})
+    audit_option_order: bool = field(default=False, metadata={"help": (
+        "Also vote the other way (fixed order when permute_options is on, permuted when off) and report both votes' "
+        "precision in the audit; samples every question twice.")})
     prompt_style: Literal["chat", "text"] = field(default="chat", metadata={"help": "chat messages or plain text prompts."})
     on_error: Literal["raise", "skip"] = field(default="raise", metadata={"help": "Bad input records: stop, or skip and count."})
     chunk_size: int = field(default=128, metadata={"help": "Questions per generation call (continuously batched; progress and resume granularity)."})
@@ -117,6 +126,9 @@ class LabelingResult:
         for source, section in report.get("by_source", {}).items():
             values.update({f"{source}.yield": section["yield"], f"{source}.precision_voted": section["precision_voted"]["precision"],
                            f"{source}.precision_kept": section["precision_kept"]["precision"]})
+        for order, section in report.get("by_order", {}).items():
+            values.update({f"order.{order}.yield": section["yield"], f"order.{order}.precision_voted": section["precision_voted"]["precision"],
+                           f"order.{order}.precision_kept": section["precision_kept"]["precision"]})
         return {key: float(value) for key, value in values.items() if value is not None}
 
 
@@ -133,27 +145,17 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
             raise read.errors[0]
     items: list[MCQItem] = read.records
     rule = SelectionRule(config.min_agreement, config.max_agreement, config.min_parsed)
-
-    prompts, item_keys = keyed_prompts(build_prompt(item, config.prompt_style) for item in items)
-    items_by_key = dict(zip(item_keys, items))
-
-    cache = CompletionCache(
-        config.cache_dir or default_cache_root(),
-        run_key(model_identity(config.generator), config.generator, config.sampling, config.n_samples, "label"),
-    )
+    generator = LazyGenerator(config.generator, generator)
     # A constrained sampling (answer letters given) has nothing to recover: every sample is a letter.
     recover = config.recovery and not config.sampling.allowed_letters
-    sampled = sample_answers(
-        cache, LazyGenerator(config.generator, generator), prompts, items_by_key, config.n_samples, config.sampling,
-        config.chunk_size, PIPELINES[config.extraction], recover, desc="label",
-    )
+    sampled = sample_votes(config, items, config.permute_options, generator, recover)
 
     kept, outcomes = [], []
     free_total = recovered_total = 0
-    for item, key in zip(items, item_keys):
-        free = majority_vote(sampled.read[key])
-        recovered = majority_vote(sampled.recovered[key])
-        vote = majority_vote(sampled.answers(key))
+    for item, (read_letters, recovered_letters) in zip(items, sampled):
+        free = majority_vote(read_letters)
+        recovered = majority_vote(recovered_letters)
+        vote = majority_vote(reference_answers(read_letters, recovered_letters))
         free_total += free.parsed
         recovered_total += recovered.parsed
         reason = rule.drop_reason(vote)
@@ -170,9 +172,14 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
                     n_samples=config.n_samples,
                 )
             )
+    by_order = {}
+    if config.audit_option_order:  # the same questions voted on in the other order, for the audit alone
+        other = [_outcome(item, majority_vote(reference_answers(*answers)), rule)
+                 for item, answers in zip(items, sample_votes(config, items, not config.permute_options, generator, recover))]
+        by_order = {ORDER_NAMES[config.permute_options]: outcomes, ORDER_NAMES[not config.permute_options]: other}
 
     write_jsonl(config.out, kept)
-    report = audit(outcomes, config.min_agreement, config.max_agreement, config.bucket_edges, config.min_parsed)
+    report = audit(outcomes, config.min_agreement, config.max_agreement, config.bucket_edges, config.min_parsed, by_order)
     samples = len(items) * config.n_samples
     report["parse_rate"] = free_total / samples if samples else 0.0
     report["recovered_rate"] = recovered_total / samples if samples else 0.0
@@ -182,9 +189,64 @@ def run_labeling(config: LabelingConfig, generator: Generator | None = None) -> 
         "sampling": asdict(config.sampling),
         "extraction": config.extraction,
         "recovery": recover,
+        "permute_options": config.permute_options,
+        "permutation_seed": config.permutation_seed,
         "min_parsed": config.min_parsed,
         "rejected_records": read.rejected,
     }
     prefix = config.audit_prefix or str(Path(config.out).with_suffix("")) + ".audit"
     paths = {"labeled": config.out, **write_audit(report, prefix)}
     return LabelingResult(kept, outcomes, report, read.rejected, report["parse_rate"], report["recovered_rate"], paths)
+
+
+ORDER_NAMES = {False: "fixed", True: "permuted"}
+"""The audit's names of the two option orders a vote can see."""
+
+
+def reference_answers(read: list[str | None], recovered: list[str | None]) -> list[str | None]:
+    """Each sample's read answer, else its recovered letter (the reference protocol's answer)."""
+    return [answer if answer is not None else rescued for answer, rescued in zip(read, recovered, strict=True)]
+
+
+def _outcome(item: MCQItem, vote, rule: SelectionRule) -> Outcome:
+    reason = rule.drop_reason(vote)
+    return Outcome(item.id, kb_key(item), vote.label, vote.agreement, vote.parsed, reason is None, reason)
+
+
+def sample_votes(config: LabelingConfig, items: list[MCQItem], permute: bool, generator: LazyGenerator,
+                 recover: bool) -> list[tuple[list[str | None], list[str | None]]]:
+    """Per item, its ``n_samples`` answers read from the completions and the second pass's recovered letters (None
+    where there is none), in the question's own letters. With ``permute`` each sample is asked with its own option
+    order (:func:`medssr.answers.option_orders`) and its letters are mapped back to the question's."""
+    orders = [option_orders(item.letters, config.n_samples, config.permutation_seed, item.id) if permute else [None] for item in items]
+    asked = [[(item if order is None else item.model_copy(update={"options": shown_options(item.options, order), "answer": None}), order)
+              for order in item_orders] for item, item_orders in zip(items, orders)]
+    # Samples per distinct prompt: all n_samples of an unpermuted question; one per order permuted (more where an
+    # order repeats, with fewer orders than samples). Each count is sampled (and cached) as a run of its own.
+    prompts, shown_of, samples_of = {}, {}, Counter()
+    keys = [[prompt_key(build_prompt(shown, config.prompt_style)) for shown, _ in pairs] for pairs in asked]
+    for pairs, pair_keys in zip(asked, keys):
+        for (shown, order), key in zip(pairs, pair_keys):
+            prompts[key], shown_of[key] = build_prompt(shown, config.prompt_style), shown
+            samples_of[key] = config.n_samples if order is None else samples_of[key] + 1
+    answers: dict[str, list[tuple[str | None, str | None]]] = {}
+    for count in sorted(set(samples_of.values())):
+        batch = {key: prompts[key] for key, samples in samples_of.items() if samples == count}
+        cache = CompletionCache(
+            config.cache_dir or default_cache_root(),
+            run_key(model_identity(config.generator), config.generator, config.sampling, count, "label-permuted" if permute else "label"),
+        )
+        sampled = sample_answers(cache, generator, batch, shown_of, count, config.sampling, config.chunk_size,
+                                 PIPELINES[config.extraction], recover, desc="label")
+        answers.update({key: list(zip(sampled.read[key], sampled.recovered[key])) for key in batch})
+    out, taken = [], Counter()
+    for pairs, pair_keys in zip(asked, keys):
+        read, recovered = [], []
+        for (shown, order), key in zip(pairs, pair_keys):
+            samples = answers[key] if order is None else [answers[key][taken[key]]]
+            taken[key] += 1
+            for answer, rescued in samples:
+                read.append(answer if order is None else original_letter(answer, shown.letters, order))
+                recovered.append(rescued if order is None else original_letter(rescued, shown.letters, order))
+        out.append((read, recovered))
+    return out
