@@ -179,7 +179,7 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
 
 
 def test_a_folder_holding_another_study_is_refused(tmp_path):
-    from medssr.study.run import Study
+    from medssr.study.folder import Study
 
     Study(StudyConfig(out_dir=str(tmp_path), params=TINY)).claim()
     with pytest.raises(ValueError, match="synthesis.n: 16 there"):

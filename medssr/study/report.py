@@ -17,7 +17,8 @@ from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired
 from medssr.evaluation.scoring import bootstrap_ci, paired_bootstrap
 from medssr.storage import write_text
 from medssr.study.config import ARMS, PAIRED_COMPARISONS
-from medssr.study.run import TRAINING_RUNS, Study, write_json
+from medssr.study.folder import Study, write_json
+from medssr.study.run import TRAINING_RUNS
 from medssr.study.steps import HELDOUT
 
 METRIC_NAMES = {"strict": "strict", "lenient": "lenient", "with_recovery": "reference protocol"}

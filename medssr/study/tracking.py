@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medssr.study.run import DONE, Study, write_json
+from medssr.study.folder import DONE, Study, write_json
 from medssr.tracking import PARENT_TAG, STAGE_TAG, StageRun, Tracker, TrackingConfig
 
 LOGGED = "mlflow.json"
