@@ -145,7 +145,7 @@ class Stage:
 def _prepare(values: dict, ctx: StageContext) -> StageRecord:
     """Split stage-2 data off the evaluation set; resolve the base model for every later step."""
     from medssr import models
-    from medssr.pipelines.data import split_stage2_data
+    from medssr.split import split_stage2_data
 
     config = STAGES["split"].build(values)
     split = split_stage2_data(config, ctx.folder)
@@ -411,7 +411,7 @@ def _tracking_settings(tracking) -> dict[str, Any]:
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("split", "medssr.pipelines.data:SplitConfig",
+        Stage("split", "medssr.split:SplitConfig",
               "stage-2 data split off one benchmark (step `prepare`, which also resolves the base model)", _prepare, "prepare"),
         Stage("synthesis", "medssr.synthesis.config:SynthesisConfig",
               "knowledge-grounded question synthesis", _synthesize, "synthesize", prefixes={"generator": "rewrite_", "rewrite_sampling": "rewrite_"}),

@@ -23,7 +23,7 @@ ROOT_PACKAGE = "medssr"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("medssr",)),
     ("stage registry", ("medssr.stages",)),
-    ("orchestration", ("medssr.components", "medssr.pipelines")),
+    ("orchestration", ("medssr.components", "medssr.pipelines", "medssr.study")),
     ("serving", ("medssr.serving",)),
     ("cli", ("medssr.cli", "medssr.commands", "medssr.__main__")),
 ]

@@ -338,7 +338,7 @@ def write_benchmark(folder: Path, name: str, count: int, prefix: str) -> Path:
 
 def test_stage2_split_is_disjoint_from_the_evaluation_set(tmp_path):
     from medssr.data import read_jsonl, read_reference_benchmark
-    from medssr.pipelines.data import SplitConfig, split_stage2_data
+    from medssr.split import SplitConfig, split_stage2_data
 
     source = tmp_path / "bench"
     source.mkdir()

@@ -22,7 +22,7 @@ def prepare(study, folder: Path) -> dict:
     raredis_heldout."""
     from medssr import models
     from medssr.evaluation.registry import load_benchmark
-    from medssr.pipelines.data import split_stage2_data
+    from medssr.split import split_stage2_data
     from medssr.pipelines.presets import default_benchmarks_dir
     from medssr.study.prior import question_type
 
