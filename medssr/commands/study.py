@@ -1,4 +1,4 @@
-"""``medssr study``: every arm of a MedSSR study (base, prior, rl-real, self, medssr, oracle), resumable, then the report.
+"""``medssr study``: every arm of a MedSSR study (base, chance, rl-real, self, medssr, oracle, planted-P, extra seeds), resumable, then the report.
 
 Every StudyConfig field is an option (``--field-name``) and ``--config`` reads them from YAML. The stage
 settings come from a pipeline preset (``--preset``, default study) with ``--param STAGE.SETTING=VALUE``
@@ -56,7 +56,8 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "study",
-        help="Measure MedSSR: arms base, prior, rl-real, self, medssr, oracle on the same questions; resumable; writes the report.",
+        help="Measure MedSSR: arms base, chance, rl-real, self, medssr, oracle, planted label precisions and repeated seeds on the same "
+             "questions; resumable; writes the report.",
         description=__doc__,
     )
     parser.add_argument("--config", help="YAML of study settings (the fields below); options given here override it.")

@@ -17,16 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from medssr.study.plan import StudyPlan
 from medssr.hashing import config_hash
-
-ARMS = ("base", "prior", "rl-real", "self", "medssr", "oracle")
-"""base: the base model; rl-real: stage 2 only; self: stage 1 only; medssr: stage 1 then stage 2;
-oracle: stage 1 rewarded by the knowledge-base key, then stage 2; prior: no model, the most common
-answer letter of the training data per question type."""
-
-PAIRED_COMPARISONS = (("medssr", "rl-real"), ("medssr", "base"), ("self", "base"), ("oracle", "medssr"), ("medssr", "prior"))
-"""(candidate, reference) pairs the report shows as paired deltas."""
-
 
 STUDY_STAGES = ("split", "synthesis", "labeling", "train_self", "train_supervised", "training_job", "evaluation")
 """The preset sections a study reads; the rest of a preset (registration, promotion, deployment) is the pipeline's."""
@@ -40,7 +32,8 @@ class StudyConfig:
     out_dir: str = field(default=".medssr/study/smollm2", metadata={"help": (
         "Folder of the study's state (data, models, per-arm results and completion markers); a rerun resumes from it.")})
     arms: str = field(default="all", metadata={"help": (
-        f"Comma-separated arms to run in this part ({', '.join(ARMS)}), or 'all'. Arms a chosen one builds on "
+        "Comma-separated arms to run in this part (base, chance, rl-real, self, medssr, oracle, planted-P, rl-real-seedS, "
+        "medssr-seedS), or 'all'. Arms a chosen one builds on "
         "(medssr on self's stage 1) are trained as needed.")})
     report: str = field(default="docs/results/study-smollm2.md", metadata={"help": (
         "Markdown report, written once every arm is finished; figures go in the folder of the same name without .md.")})
@@ -53,11 +46,22 @@ class StudyConfig:
     extra_benchmarks: list[str] = field(default_factory=list, metadata={"help": (
         "Other local benchmarks evaluated too, at extra_limit questions each, after the evaluation section's.")})
     extra_limit: int = field(default=50, metadata={"help": "Questions per extra benchmark."})
+    match_steps: bool = field(default=True, metadata={"help": (
+        "rl-real trains stage 2 for train_self.max_steps + train_supervised.max_steps steps, as many GRPO steps as "
+        "medssr's two stages together; off: train_supervised.max_steps.")})
+    planted_precisions: list[str] = field(default_factory=lambda: ["0.5", "chance"], metadata={"help": (
+        "Label-precision arms planted-P: stage 1 on the oracle's questions rewarded by the knowledge-base key corrupted "
+        "(seeded) so that a share P of the labels is right (a number in [0, 1), or 'chance': 1/k per question), then "
+        "stage 2. The oracle arm is precision 1.")})
+    planted_seed: int = field(default=0, metadata={"help": "Seed of which planted labels are wrong and which wrong letter each gets."})
+    extra_seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": (
+        "Further training seeds: rl-real and medssr are trained again with each (arms rl-real-seedS and medssr-seedS, "
+        "their stage configs' seed replaced) and compared side by side with the first pair.")})
     tracking_uri: str = field(default="", metadata={"help": "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else sqlite under ./.medssr."})
     experiment: str = field(default="medssr-study", metadata={"help": "MLflow experiment of the study's parent run."})
 
     def __post_init__(self) -> None:
-        self.selected_arms()  # validates the names
+        self.selected_arms()  # validates the names and the plan's settings
         if self.extra_limit < 1:
             raise ValueError(f"extra_limit: must be at least 1, got {self.extra_limit}")
         if not self.report.endswith(".md"):
@@ -86,6 +90,12 @@ class StudyConfig:
             raise ValueError(f"preset {self.preset}: no base_model")
         return {"base_model": given["base_model"], **{name: {**STAGES[name].defaults(), **given.get(name, {})} for name in STUDY_STAGES}}
 
+    @cached_property
+    def plan(self) -> StudyPlan:
+        """The arms, training runs and comparisons these settings make."""
+        return StudyPlan(self.settings["train_self"]["max_steps"], self.settings["train_supervised"]["max_steps"],
+                         self.match_steps, list(self.planted_precisions), list(self.extra_seeds))
+
     def stage(self, name: str, **wired: Any) -> Any:
         """Stage ``name``'s config from the study's settings and what the step wires in."""
         from medssr.stages import STAGES
@@ -95,18 +105,20 @@ class StudyConfig:
     def selected_arms(self) -> list[str]:
         """The arms of this part, in the study's order."""
         names = [part.strip() for part in self.arms.split(",") if part.strip()]
+        known = list(self.plan.arms)
         if not names or "all" in names:
-            return list(ARMS)
-        unknown = [name for name in names if name not in ARMS]
+            return known
+        unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(f"arms: unknown {', '.join(unknown)}; known: {', '.join(ARMS)} or all")
-        return [arm for arm in ARMS if arm in names]
+            raise ValueError(f"arms: unknown {', '.join(unknown)}; known: {', '.join(known)} or all")
+        return [arm for arm in known if arm in names]
 
     def identity(self) -> dict:
         """What makes the study what it is, flat as ``--param`` names it: base_model, every stage setting
-        (``synthesis.n``) and the extra evaluation set."""
+        (``synthesis.n``), the extra evaluation set and the arms' settings."""
         return {"base_model": self.settings["base_model"], **flat_settings(self.settings),
-                "extra_benchmarks": list(self.extra_benchmarks), "extra_limit": self.extra_limit}
+                "extra_benchmarks": list(self.extra_benchmarks), "extra_limit": self.extra_limit, "match_steps": self.match_steps,
+                "planted_precisions": list(self.planted_precisions), "planted_seed": self.planted_seed, "extra_seeds": list(self.extra_seeds)}
 
     def identity_hash(self) -> str:
         return config_hash(self.identity())

@@ -1,6 +1,7 @@
 """``run_study``: every arm of a study, each step once, resumable.
 
-The study folder holds one subfolder per step (prepare, synthesize, label, train-<run>, arm-<arm>);
+The study folder holds one subfolder per step (prepare, synthesize, label, plant-<precision>, train-<run>,
+arm-<arm>; :mod:`medssr.study.plan` says which);
 a step is finished when its ``done.json`` exists, written atomically as the step's last act with its
 result and wall time. A rerun skips finished steps and redoes an unfinished one from the start
 (training resumes from its own checkpoints, labelling and evaluation from the completions cache),
@@ -15,23 +16,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from medssr.study.config import ARMS, StudyConfig
+from medssr.study.config import StudyConfig
 from medssr.study.folder import Study
 
 log = logging.getLogger(__name__)
-
-TRAINING_RUNS = {
-    # run: (stage, the run it starts from or "base", its data)
-    "rl-real": ("supervised", "base", "stage2"),
-    "self": ("self", "base", "pseudo_labels"),
-    "medssr": ("supervised", "self", "stage2"),
-    "oracle-stage1": ("self", "base", "kb_labels"),
-    "oracle": ("supervised", "oracle-stage1", "stage2"),
-}
-"""The oracle's stage 1 trains on the same kept questions as self's, each rewarded by its
-knowledge-base key instead of its pseudo-label: the difference is what label noise costs."""
-
-ARM_MODELS = {"base": "base", "rl-real": "rl-real", "self": "self", "medssr": "medssr", "oracle": "oracle", "prior": None}
 
 
 @dataclass
@@ -54,15 +42,16 @@ def run_study(config: StudyConfig) -> StudyResult:
     tracking = StudyTracking(study)
     tracking.open()
     for arm in config.selected_arms():
-        if arm == "prior":
+        run = config.plan.arms[arm].model
+        if run is None:
             inputs(study, tracking)
-            study.step("arm-prior", lambda folder: steps.evaluate_prior(study, folder))
+            study.step(f"arm-{arm}", lambda folder: steps.evaluate_chance(study, folder))
         else:
-            model = trained_model(study, ARM_MODELS[arm], tracking)
+            model = trained_model(study, run, tracking)
             study.step(f"arm-{arm}", lambda folder, arm=arm, model=model: steps.evaluate_arm(study, arm, model, folder))
         tracking.record_finished_steps()
-    finished = [arm for arm in ARMS if study.finished(f"arm-{arm}")]
-    missing = [arm for arm in ARMS if arm not in finished]
+    finished = [arm for arm in config.plan.arms if study.finished(f"arm-{arm}")]
+    missing = [arm for arm in config.plan.arms if arm not in finished]
     report = None
     if not missing:
         report = write_study_report(study)
@@ -78,10 +67,10 @@ def trained_model(study: Study, run: str, tracking) -> str:
 
     if run == "base":
         return study.step("prepare", lambda folder: steps.prepare(study, folder))["base_model"]
-    stage, start, data = TRAINING_RUNS[run]
-    start_model = trained_model(study, start, tracking)
-    data_path = inputs(study, tracking)[data]
-    done = study.step(f"train-{run}", lambda folder: steps.train(study, run, stage, start_model, data_path, folder))
+    spec = study.config.plan.runs[run]
+    start_model = trained_model(study, spec.start, tracking)
+    data_path = training_data(study, spec.data, tracking)
+    done = study.step(f"train-{run}", lambda folder: steps.train(study, run, spec, start_model, data_path, folder))
     tracking.record_finished_steps()
     return done["model_dir"]
 
@@ -95,3 +84,17 @@ def inputs(study: Study, tracking) -> dict[str, str]:
     labeled = study.step("label", lambda folder: steps.label(study, prepared, synthesized, folder))
     tracking.record_finished_steps()
     return {"stage2": prepared["stage2"], "pseudo_labels": labeled["pseudo_labels"], "kb_labels": labeled["kb_labels"]}
+
+
+def training_data(study: Study, data: str, tracking) -> str:
+    """The file of a training run's data: a shared input, or the planted labels of one precision (made once)."""
+    from medssr.study import steps
+    from medssr.study.plan import planted_name
+
+    shared = inputs(study, tracking)
+    if data in shared:
+        return shared[data]
+    precision = next(p for p in study.config.plan.planted if planted_name(p) == data)
+    done = study.step(f"plant-{precision}", lambda folder: steps.plant(study, precision, shared["kb_labels"], folder))
+    tracking.record_finished_steps()
+    return done["labels"]

@@ -24,7 +24,7 @@ def prepare(study, folder: Path) -> dict:
     from medssr.evaluation.registry import load_benchmark
     from medssr.split import split_stage2_data
     from medssr.pipelines.presets import default_benchmarks_dir
-    from medssr.study.prior import question_type
+    from medssr.study.chance import question_type
 
     config = study.config
     base = models.model_location(config.settings["base_model"], build_dir=folder)
@@ -75,14 +75,26 @@ def label(study, prepared: dict, synthesized: dict, folder: Path) -> dict:
     }
 
 
-def train(study, run: str, stage: str, start_model: str, data: str, folder: Path) -> dict:
-    """One GRPO stage where ``training_job`` says: in this process when that is one local process, else through
-    its launcher (torchrun here, or a PyTorchJob / TrainJob). Resumes from the run's own checkpoints when an
-    earlier attempt was killed."""
+def plant(study, precision: str, kb_labels: str, folder: Path) -> dict:
+    """The oracle's stage-1 questions, their keys corrupted to ``precision`` (seeded by planted_seed)."""
+    from medssr.study.planted import planted_labels, precision_of
+
+    keyed = read_jsonl(kb_labels, LabeledItem).records
+    planted = planted_labels(keyed, precision, study.config.planted_seed)
+    write_jsonl(folder / "labels.jsonl", planted)
+    return {"requested": precision, "labels": str(folder / "labels.jsonl"), "items": len(planted), "precision": precision_of(planted, keyed)}
+
+
+def train(study, run: str, planned, start_model: str, data: str, folder: Path) -> dict:
+    """One GRPO stage (``planned``, a :class:`~medssr.study.plan.TrainingRun`) where ``training_job`` says: in this
+    process when that is one local process, else through its launcher (torchrun here, or a PyTorchJob / TrainJob).
+    Resumes from the run's own checkpoints when an earlier attempt was killed."""
     from medssr.launch import run_training_job
     from medssr.stages import training_job
 
-    training = study.config.stage(f"train_{stage}", stage=stage, model=start_model, data=data, output_dir=str(folder / "model"))
+    stage = planned.stage
+    replaced = {name: value for name, value in (("seed", planned.seed), ("max_steps", planned.max_steps)) if value is not None}
+    training = study.config.stage(f"train_{stage}", stage=stage, model=start_model, data=data, output_dir=str(folder / "model"), **replaced)
     job = study.config.stage("training_job")
     launcher, spec = training_job(job, training, study.study_id, f"train-{run}", folder)
     if job.launcher == "local" and spec.nproc_per_node == 1 and spec.num_workers == 0:
@@ -95,6 +107,7 @@ def train(study, run: str, stage: str, start_model: str, data: str, folder: Path
     return {
         "run": run,
         "stage": stage,
+        "starts_from": planned.start,
         "start_model": start_model,
         "data": data,
         "model_dir": str(folder / "model"),
@@ -133,22 +146,24 @@ def evaluate_arm(study, arm: str, model: str, folder: Path) -> dict:
     return {"arm": arm, "model": model, "summary": summary, "per_question": per_question, "timing": timing}
 
 
-def evaluate_prior(study, folder: Path) -> dict:
-    """The prior arm, scored like the others on the same questions (the harness's loader and prompt bound)."""
-    from medssr.evaluation.per_question import rows_from, write_rows
+def evaluate_chance(study, folder: Path) -> dict:
+    """The chance arm on the same questions as the others (the harness's loader and prompt bound): 1/k per
+    question; beside it the letter counts of the reward targets."""
+    import numpy as np
+
+    from medssr.evaluation.per_question import METRICS, write_rows
     from medssr.evaluation.registry import load_benchmark
-    from medssr.evaluation.scoring import score
+    from medssr.evaluation.scoring import bootstrap_ci
     from medssr.prompt_limit import PromptLimit
     from medssr.prompts import build_prompt
-    from medssr.study.prior import AnswerPrior, prior_records
+    from medssr.study.chance import chance_rows, target_letters
 
     prepared, labels = study.finished("prepare"), study.finished("label")
-    prior = AnswerPrior()
-    prior.add(read_jsonl(labels["pseudo_labels"], LabeledItem).records, "synthesis")
-    prior.add(read_jsonl(prepared["stage2"], MCQItem).records, study.config.settings["split"]["split_benchmark"])
+    letters = target_letters([(read_jsonl(labels["pseudo_labels"], LabeledItem).records, "synthesis"),
+                              (read_jsonl(prepared["stage2"], MCQItem).records, study.config.settings["split"]["split_benchmark"])])
     summary, per_question = {}, []
     for name, changes in evaluation_sets(study):
-        config = evaluation_config(study, "prior", prepared["base_model"], folder / name, changes)
+        config = evaluation_config(study, "chance", prepared["base_model"], folder / name, changes)
         limit = PromptLimit.for_generator(dataclasses.replace(config.generator, model=prepared["base_model"]))
         rows = []
         for benchmark in config.benchmarks:
@@ -156,12 +171,12 @@ def evaluate_prior(study, folder: Path) -> dict:
                 benchmark, config.benchmarks_dir, config.limit, config.on_error, config.use_hub, config.heldout_size, config.seed,
                 prompt_limit=limit, prompt_of=lambda item: build_prompt(item, config.prompt_style),
             ).items
-            records = prior_records(prior, benchmark, items, config.n)
-            answers = [[r.strict for r in records[i * config.n:(i + 1) * config.n]] for i in range(len(items))]
-            summary[benchmark] = score([item.answer for item in items], answers, answers, [[None] * config.n for _ in items],
-                                       config.bootstrap_samples, config.seed)
-            rows += rows_from(records)
-        path = folder / name / "per_question" / "prior.jsonl"
+            expected = np.array([1 / len(item.options) for item in items]).reshape(-1, 1)
+            low, high = bootstrap_ci(expected, config.bootstrap_samples, config.seed)
+            scores = {"mean": float(expected.mean()), "std": 0.0, "ci95": [low, high]}
+            summary[benchmark] = {"items": len(items), "n": None, **{metric: scores for metric in METRICS}, "recovery_rate": 0.0}
+            rows += chance_rows(benchmark, items)
+        path = folder / name / "per_question" / "chance.jsonl"
         write_rows(path, rows)
         per_question.append(str(path))
-    return {"arm": "prior", "model": None, "summary": summary, "per_question": per_question, "letters": prior.table()}
+    return {"arm": "chance", "model": None, "summary": summary, "per_question": per_question, "letters": letters}

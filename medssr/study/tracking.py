@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medssr.study.folder import DONE, Study, write_json
 from medssr.tracking import PARENT_TAG, STAGE_TAG, StageRun, Tracker, TrackingConfig
+from medssr.training.signal import tracking_fields
 
 LOGGED = "mlflow.json"
 
@@ -60,12 +61,21 @@ class StudyTracking:
             for path in done["audit_paths"].values():
                 run.log_artifact(path, "audit")
             run.log_dataset(done["pseudo_labels"], "pseudo-labels", "training")
+        elif step.startswith("plant-"):
+            run.log_metrics({"planted_precision": done["precision"], "items": done["items"]})
+            run.log_dataset(done["labels"], step, "training")
         elif step.startswith("train-"):
             run.log_config(done["training_config"])
             history = [json.loads(line) for line in Path(done["history"]).read_text(encoding="utf-8").splitlines() if line.strip()]
             run.log_history(history, step_key="step")
             run.log_metrics({"final": done["metrics"]})
             run.log_artifact(done["history"], "training")
+            # A run that learned nothing is flagged on its own run and on the study's.
+            signal, tags, flags = tracking_fields(done["metrics"].get("learning_signal"), step)
+            run.set_tags(tags)
+            parent = StageRun(self.tracker, self.parent, "study")
+            parent.log_metrics(signal)
+            parent.set_tags(flags)
         elif step.startswith("arm-"):
             arm = done["arm"]
             values = {}
