@@ -152,6 +152,9 @@ class DecisionRow:
     high: float | None
     rule: str
     passed: bool | None  # None: informational row, not part of the decision
+    detectable: float | None = None
+    """On a rare-disease benchmark, the true gain these questions' comparison passes the rule with 80% probability:
+    the margin plus the comparison's minimal detectable effect."""
 
 
 @dataclass
@@ -179,14 +182,15 @@ class Decision:
             f"Promotion of {self.name} v{self.candidate_version} against {self.reference} "
             f"({self.metric} accuracy %, paired bootstrap {100 * self.level:g}% intervals over the questions both answered)",
             "",
-            "| benchmark | n | reference | candidate | delta [interval] | rule | verdict |",
-            "|---|---:|---:|---:|---:|---|---|",
+            "| benchmark | n | reference | candidate | delta [interval] | rule | verdict | gain passed at 80% |",
+            "|---|---:|---:|---:|---:|---|---|---:|",
         ]
         for row in self.rows:
             verdict = "info" if row.passed is None else ("pass" if row.passed else "FAIL")
             delta = "-" if row.delta is None else f"{signed(row.delta)} [{signed(row.low)}, {signed(row.high)}]"
+            detectable = "" if row.detectable is None else signed(row.detectable)
             lines.append(
-                f"| {row.benchmark} | {row.questions} | {pct(row.reference)} | {pct(row.candidate)} | {delta} | {row.rule} | {verdict} |"
+                f"| {row.benchmark} | {row.questions} | {pct(row.reference)} | {pct(row.candidate)} | {delta} | {row.rule} | {verdict} | {detectable} |"
             )
         verdict = "PROMOTE" if self.passed else "REFUSE"
         action = " (dry run: alias not moved)" if self.dry_run and self.passed else ""
@@ -232,7 +236,9 @@ def decide(
             rows.append(DecisionRow(bench, 0, None, None, None, None, None, "no question answered by both: ignored", None))
             continue
         delta, (low, high) = d["delta"], d["ci"]
+        detectable = None
         if bench in rare:
+            detectable = margin + d["mde"]
             rare_compared.append(bench)
             passed = low > margin
             rule = f"rare: lower bound > {100 * margin:+.1f}"
@@ -243,7 +249,7 @@ def decide(
             rule = f"other: lower bound >= {-100 * tolerance:+.1f}"
             if not passed:
                 failures.append(f"{bench} could lose more than {100 * tolerance:.1f} points (lower bound {100 * low:+.1f})")
-        rows.append(DecisionRow(bench, d["n"], d["reference"], d["model"], delta, low, high, rule, passed))
+        rows.append(DecisionRow(bench, d["n"], d["reference"], d["model"], delta, low, high, rule, passed, detectable))
     if not rare_compared:
         return False, f"no rare-disease benchmark ({', '.join(rare_benchmarks)}) was answered by both the candidate and {reference_name}", rows
     if failures:

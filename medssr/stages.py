@@ -376,7 +376,7 @@ def _gate(values: dict, ctx: StageContext) -> StageRecord:
     from medssr.promotion import run_promotion
 
     config = STAGES["promotion"].build(values, name=ctx.inputs["name"], dry_run=ctx.inputs["dry_run"],
-                                       parent_run_id=ctx.parent_run_id, **_tracking_settings(ctx.tracking))
+                                       parent_run_id=ctx.parent_run_id, **_evaluation_bootstrap(ctx), **_tracking_settings(ctx.tracking))
     decision = run_promotion(config)
     table = ctx.folder / "decision.md"
     table.write_text(decision.table() + "\n", encoding="utf-8")
@@ -384,10 +384,25 @@ def _gate(values: dict, ctx: StageContext) -> StageRecord:
             "medssr.gate_reference": decision.reference}
     if decision.promoted:
         tags["medssr.champion_version"] = decision.candidate_version
+    detectable = {f"gate.detectable.{row.benchmark}": row.detectable for row in decision.rows if row.detectable is not None}
     return StageRecord(
-        config, headline={"gate.passed": decision.passed, "gate.promoted": decision.promoted}, parent_tags=tags,
+        config, headline={"gate.passed": decision.passed, "gate.promoted": decision.promoted, "gate.resamples": config.resamples, **detectable},
+        parent_tags=tags,
         parent_texts={"gate/decision.md": decision.table() + "\n"}, files={"decision": str(table)}, value=decision.passed,
     )
+
+
+def _evaluation_bootstrap(ctx: StageContext) -> dict[str, int]:
+    """The gate's bootstrap resamples and seed: the run's evaluation settings (on its parent run), so the intervals
+    the summary prints and the ones the gate decides by are computed alike; one setting, evaluation.bootstrap_samples."""
+    from medssr.tracking import Tracker
+
+    defaults, params = STAGES["evaluation"].defaults(), {}
+    if ctx.parent_run_id:
+        tracker = Tracker(ctx.tracking)
+        params = tracker.call(tracker.client.get_run, ctx.parent_run_id).data.params
+    return {"resamples": int(params.get("evaluation.bootstrap_samples", defaults["bootstrap_samples"])),
+            "seed": int(params.get("evaluation.seed", defaults["seed"]))}
 
 
 def _deploy(values: dict, ctx: StageContext) -> StageRecord:
@@ -428,7 +443,7 @@ STAGES: dict[str, Stage] = {
               "registry version of the stage-2 model", _register, "register",
               wired=("model_dir", "scores", "tags", "per_question", "baseline_per_question", "protocol", "parent_run_id", "tracking")),
         Stage("promotion", "medssr.promotion:PromotionConfig",
-              "the gate, candidate vs champion", _gate, wired=("name", "dry_run", "parent_run_id", "tracking")),
+              "the gate, candidate vs champion", _gate, wired=("name", "dry_run", "parent_run_id", "tracking", "resamples", "seed")),
         Stage("deployment", "medssr.serving.deploy:DeployConfig",
               "KServe InferenceService of the champion (when the run asks for it)", _deploy, "deploy", wired=("model", "tracking_uri", "run_id")),
     )

@@ -112,6 +112,14 @@ def result_lines(metrics: dict, tags: dict, params: dict) -> list[str]:
     if "medssr.gate" in tags:
         verdict = "PROMOTED" if metrics.get("gate.promoted") else ("passed" if tags["medssr.gate"] == "pass" else "REFUSED")
         lines.append(f"gate ({metric}, paired bootstrap) against {tags.get('medssr.gate_reference', '?')}: {verdict}: {tags.get('medssr.gate_reason', '')}")
+        detectable = {key.removeprefix("gate.detectable."): value for key, value in sorted(metrics.items()) if key.startswith("gate.detectable.")}
+        if detectable:
+            resamples = f"{int(metrics['gate.resamples'])} bootstrap resamples, as the intervals above" if "gate.resamples" in metrics else ""
+            lines.append(
+                "gate's minimal detectable effect: it promotes with 80% probability only a true gain of "
+                + ", ".join(f"{100 * value:+.1f} points on {bench}" for bench, value in detectable.items())
+                + f" or more (its margin plus the paired comparison's MDE{'; ' + resamples if resamples else ''})"
+            )
     return lines
 
 

@@ -224,6 +224,10 @@ def test_the_summary_shows_no_result_for_a_stage_that_learned_nothing():
     row = next(line for line in lines if line.lstrip().startswith("raredis_heldout"))
     assert "25.0 [15.0, 35.0]" in row and row.count("25.0") == 1 and NO_RESULT in row, "stage 2's column is no result"
     assert row.rstrip().endswith("+5.0 [-5.0, +15.0]"), "stage 2's model still differs from the base: its delta stays"
+    metrics.update({"gate.promoted": 0.0, "gate.detectable.raredis_heldout": 0.112, "gate.resamples": 1000.0})
+    gate = result_lines(metrics, {**tags, "medssr.gate": "refuse", "medssr.gate_reason": "r"}, {"evaluation.n": "4"})[-1]
+    assert gate == ("gate's minimal detectable effect: it promotes with 80% probability only a true gain of +11.2 points on raredis_heldout "
+                    "or more (its margin plus the paired comparison's MDE; 1000 bootstrap resamples, as the intervals above)")
     tags["medssr.learned_nothing.train-self"] = "no reward variance in any of its 6 steps"
     row = next(line for line in result_lines(metrics, tags, {}) if line.lstrip().startswith("raredis_heldout"))
     assert "25.0" not in row and "+5.0" not in row and row.count(NO_RESULT) == 3

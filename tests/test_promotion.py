@@ -70,6 +70,14 @@ def test_interval_clearing_margin_promotes_and_unshared_sets_are_informational()
     assert by_bench["raredis_heldout"].low > 0.01 and by_bench["raredis_heldout"].questions == 150
     assert by_bench["medqa"].delta == 0.0 and by_bench["medqa"].passed is True  # no change: lower bound 0 >= -2 points
     assert by_bench["nejm"].passed is None and by_bench["raredis_sub"].passed is None
+    # the gain these 150 questions would pass with 80% probability: the margin plus the comparison's MDE
+    import numpy as np
+
+    from medssr.evaluation.scoring import minimal_detectable_effect
+
+    differences = np.array(changed(rare_base, gains=30, losses=3), dtype=float) - np.array(rare_base, dtype=float)
+    assert by_bench["raredis_heldout"].detectable == pytest.approx(0.01 + minimal_detectable_effect(differences))
+    assert by_bench["medqa"].detectable is None
 
 
 def test_other_benchmark_credibly_worse_than_tolerance_refuses():
