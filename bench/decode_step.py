@@ -84,11 +84,10 @@ def prefill_costs(generators, prompts: list[list[int]], calls: int) -> list[floa
 
 def question_prompts(tokenizer, count: int) -> list[list[int]]:
     """The chat prompts of the first ``count`` MedMCQA questions of the benchmark file, as token ids."""
-    from pathlib import Path
-
     from medssr.data import read_reference_benchmark
+    from medssr.locations import benchmarks_dir
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval" / "test_short_medmcqa.json"
+    path = benchmarks_dir() / "test_short_medmcqa.json"
     prompts = []
     for item in read_reference_benchmark(path).records[:count]:
         text = tokenizer.apply_chat_template([{"role": "user", "content": item.render()}], tokenize=False, add_generation_prompt=True)

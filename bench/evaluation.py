@@ -36,11 +36,12 @@ from pathlib import Path
 
 import record
 
+from medssr.locations import benchmarks_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TARGET_SPEEDUP = 4.0
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval"
 
 
 def regimes(max_tokens: int, seed: int) -> dict[str, tuple[int, object]]:
@@ -100,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="sampled: the paper protocol (the target); greedy: n=1, identical work in both modes.")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=96, help="Sequences per forward pass.")
-    parser.add_argument("--benchmarks", type=Path, default=DEFAULT_BENCHMARKS)
+    parser.add_argument("--benchmarks", type=Path, default=None, help="Benchmark files (default: the benchmarks location, MEDSSR_BENCHMARKS_DIR).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="Alternating rounds; the best of each mode counts.")
     parser.add_argument("--out", type=Path, default=None, help="Write the figures as JSON here.")
     record.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.benchmarks = args.benchmarks or benchmarks_dir()
 
     import torch
 

@@ -48,10 +48,11 @@ from pathlib import Path
 
 import record
 
+from medssr.locations import benchmarks_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MEDMCQA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval" / "test_short_medmcqa.json"
 SERVED_NAME = "bench"
 
 
@@ -121,7 +122,7 @@ def load_questions(limit_tokens: int, tokenizer_dir: Path, count: int | None = N
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     chats = []
-    for item in read_reference_benchmark(MEDMCQA).records:
+    for item in read_reference_benchmark(benchmarks_dir() / "test_short_medmcqa.json").records:
         messages = [{"role": "user", "content": item.render()}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if len(tokenizer.encode(text, add_special_tokens=False)) <= limit_tokens:

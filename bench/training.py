@@ -40,12 +40,15 @@ from pathlib import Path
 
 import record
 
+from medssr.locations import benchmarks_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LETTERS = "ABCD"
 REPO = Path(__file__).resolve().parents[1]
-MEDQA_FILES = [REPO.parent / "shared" / "benchmarks" / "medssr-eval" / "test_short_medqa.json",
+# The benchmarks location's MedQA file, else the small copy the tests use.
+MEDQA_FILES = [*([benchmarks / "test_short_medqa.json"] if (benchmarks := benchmarks_dir(required=False)) else []),
                REPO / "tests" / "data" / "eval_benchmarks" / "test_short_medqa.json"]
 STEMS = [
     "A child presents with seizures, ataxia and hypotonia. Which diagnosis is most likely?",

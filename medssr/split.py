@@ -17,7 +17,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medssr import locations
 from medssr.data import MCQItem, read_jsonl, read_reference_benchmark, write_jsonl
+from medssr.errors import UserError
 
 BENCHMARK_PREFIX = "test_short_"
 
@@ -56,9 +58,11 @@ def benchmark_file(benchmarks_dir: str | os.PathLike, name: str) -> Path:
 
 def split_stage2_data(config: SplitConfig, out_dir: str | os.PathLike) -> SplitResult:
     """Write ``out_dir/stage2.jsonl`` and ``out_dir/benchmarks/`` (the evaluation folder of the run)."""
+    if not config.benchmarks_dir:
+        raise UserError(f"split.benchmarks_dir: {locations.missing(locations.BENCHMARKS)}")
     source = Path(config.benchmarks_dir)
     if not source.is_dir():
-        raise FileNotFoundError(f"benchmarks_dir: no such folder {source}")
+        raise UserError(f"split.benchmarks_dir: no such folder {source} (the folder of {locations.BENCHMARKS.what})")
     out_dir = Path(out_dir)
     eval_dir = out_dir / "benchmarks"
     if eval_dir.exists():

@@ -4,25 +4,22 @@ by the same path as ``--param``, so a preset can only name settings that exist.
 
 The local presets split the stage-2 data off one benchmark file by question id (``split.split_benchmark``):
 its train part is stage 2's human-annotated data and the synthesis seed pool, and the run evaluates only
-the rest. ``split.benchmarks_dir`` of a local run comes from MEDSSR_BENCHMARKS_DIR, else the shared folder
-beside the repository.
+the rest. ``split.benchmarks_dir`` of a local run is the benchmarks location (``medssr.locations``:
+MEDSSR_BENCHMARKS_DIR, else pyproject.toml's [tool.medssr]); empty when neither is set, and the split says so.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
 def default_benchmarks_dir() -> str:
-    configured = os.environ.get("MEDSSR_BENCHMARKS_DIR")
-    if configured:
-        return configured
-    return str((REPO.parent / "shared" / "benchmarks" / "medssr-eval").resolve())
+    from medssr.locations import benchmarks_dir
+
+    return str(benchmarks_dir(required=False) or "")
 
 
 def local_defaults(root: Path | None = None) -> dict:

@@ -1,13 +1,15 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from medssr.data import LabeledItem, MCQItem, RecordError, parse_record, read_jsonl, read_reference_benchmark, write_jsonl
 from medssr.errors import UserError
+from medssr.locations import benchmarks_dir
 
 DATA = Path(__file__).parent / "data"
-SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "medssr-eval"
+SHARED_BENCHMARKS = benchmarks_dir(required=False) or Path(os.devnull)
 GOOD = {"id": "q1", "stem": "Which gene causes Rett syndrome?", "options": {"A": "MECP2", "B": "FMR1", "C": "CFTR"}, "answer": "A"}
 
 
@@ -100,7 +102,7 @@ def test_reference_format_reader_takes_multi_line_options_and_keeps_an_option_li
     assert item.answer == "B"
 
 
-@pytest.mark.skipif(not SHARED_BENCHMARKS.is_dir(), reason="no ../shared benchmark files here")
+@pytest.mark.skipif(not SHARED_BENCHMARKS.is_dir(), reason="no benchmarks location here (MEDSSR_BENCHMARKS_DIR)")
 def test_medxpertqa_reference_file_reads_whole_with_ten_options_each():
     result = read_reference_benchmark(SHARED_BENCHMARKS / "test_short_medxpertqa.json", on_error="skip")
     assert result.errors == []

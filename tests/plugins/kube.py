@@ -5,7 +5,7 @@ No controllers or kubelet run: tests create objects and play the operator by pat
 
 Fixtures:
 - `kube_cluster` (session): starts etcd and kube-apiserver on free 127.0.0.1 ports, installs the operators' CRDs
-  from ../shared/crds unchanged (and the objects beside them there, e.g. the `torch-distributed`
+  from the CRDs location (MEDSSR_CRDS_DIR, else pyproject.toml's [tool.medssr]) unchanged (and the objects beside them there, e.g. the `torch-distributed`
   ClusterTrainingRuntime), writes a kubeconfig for `kubectl --kubeconfig`, and stops both processes at the end.
 - `kube_namespace` (function): a fresh namespace for one test.
 
@@ -39,13 +39,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medssr.errors import UserError
+from medssr.locations import crds_dir
+
 KUBE_DIR = Path(os.environ.get("MEDSSR_CACHE", Path.home() / ".cache" / "medssr")) / "kube"
 KUBE_APISERVER = KUBE_DIR / "bin" / "kube-apiserver"
 ETCD = KUBE_DIR / "bin" / "etcd"
 BUILD_MARKER = KUBE_DIR / "READY"
 # The upstream CRDs verbatim, with their releases and commits (its README); shared by every checkout of the project.
-CRD_DIR = Path(__file__).resolve().parents[3] / "shared" / "crds"
-# Why the test server drops a schema key it does not know (the keys measured on ../shared/crds so far).
+CRD_DIR = crds_dir(required=False) or Path(os.devnull)
+# Why the test server drops a schema key it does not know (the keys measured on the upstream CRDs so far).
 SCHEMA_KEYS_NEWER_THAN_SERVER = {
     "x-kubernetes-validations": "CEL validation rules are enforced from Kubernetes 1.25; v1.20 drops them, so "
     "immutability (self == oldSelf) and the TrainJob name/managedBy rules are not checked here",
@@ -58,7 +61,7 @@ READY_TIMEOUT_S = 90.0
 
 
 def load_yaml_documents(path: Path) -> list:
-    """The documents of a YAML file; libyaml's loader where present (PyYAML's own takes 4 s on ../shared/crds)."""
+    """The documents of a YAML file; libyaml's loader where present (PyYAML's own takes 4 s on the CRDs)."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return list(yaml.load_all(path.read_text(), Loader=loader))
 
@@ -538,7 +541,11 @@ def kube_cluster(tmp_path_factory) -> KubeCluster:
     """A running kube-apiserver + etcd with the operators' CRDs installed; stopped at the end of the session."""
     _require_build()
     if not any(CRD_DIR.glob("*.yaml")):
-        pytest.fail(f"no CRDs in {CRD_DIR}: the tests hold objects to the operators' own CRDs (see its README)", pytrace=False)
+        try:
+            problem = f"no CRD files in {crds_dir()}"
+        except UserError as error:
+            problem = str(error)
+        pytest.fail(f"{problem}: the tests hold objects to the operators' own CRDs", pytrace=False)
     cluster = start_kube_cluster(tmp_path_factory.mktemp("kube"))
     try:
         cluster.apply_crds()
