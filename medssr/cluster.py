@@ -1,15 +1,42 @@
-"""The cluster settings of ConfigMap ``medssr-config`` (written by ``manifests/``: base + overlay), read by pipeline
-steps as environment variables (envFrom) and turned into typed defaults here."""
+"""What medssr knows about the cluster, declared once: the install's names (namespace, service accounts), the
+container images, and the settings of ConfigMap ``medssr-config`` (written by ``manifests/``: base + overlay), read
+by pipeline steps as environment variables (envFrom) and turned into typed defaults here.
+
+``medssr train --launcher``, the pipeline and ``medssr deploy`` take their defaults from this module.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from medssr.errors import UserError
 from medssr.generation import BACKENDS as GENERATION_BACKENDS
+
+NAMESPACE = "medssr"
+"""The namespace manifests/base installs into (its medssr-config says it again as MEDSSR_NAMESPACE)."""
+PIPELINE_SERVICE_ACCOUNT = "medssr-pipeline"
+"""The pipeline steps' account: may create and watch training jobs and InferenceServices in NAMESPACE."""
+PREDICTOR_SERVICE_ACCOUNT = "medssr-predictor"
+"""The KServe predictor's account, which carries the S3 Secret for the storage initializer."""
+
+DEFAULT_IMAGE = "ghcr.io/medssr/medssr:0.1.0-cpu"
+"""The Dockerfile's ``cpu`` target: pipeline steps that do not generate."""
+DEFAULT_GPU_IMAGE = "ghcr.io/medssr/medssr:0.1.0-gpu"
+"""The Dockerfile's ``gpu`` target: steps that generate and the training jobs."""
+
+
+def cpu_image() -> str:
+    """The CPU image: MEDSSR_IMAGE, else DEFAULT_IMAGE."""
+    return os.environ.get("MEDSSR_IMAGE") or DEFAULT_IMAGE
+
+
+def gpu_image() -> str:
+    """The GPU image: MEDSSR_GPU_IMAGE, else DEFAULT_GPU_IMAGE."""
+    return os.environ.get("MEDSSR_GPU_IMAGE") or DEFAULT_GPU_IMAGE
 
 
 @dataclass(frozen=True)

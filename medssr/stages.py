@@ -32,8 +32,10 @@ class TrainingJobConfig:
 
     launcher: Literal["local", "pytorchjob", "trainjob"] = field(
         default="local", metadata={"help": "local (torchrun subprocess), pytorchjob (kubeflow.org/v1) or trainjob (Trainer v2)."})
-    namespace: str = field(default="", metadata={"help": "Namespace of the cluster job; empty: the cluster settings', else MEDSSR_NAMESPACE, else default."})
-    image: str = field(default="", metadata={"help": "Container image of the cluster job (medssr installed); required for pytorchjob and trainjob."})
+    namespace: str = field(default="", metadata={"help": "Namespace of the cluster job; empty: the cluster settings', else MEDSSR_NAMESPACE, "
+                                                           "else the install's (medssr)."})
+    image: str = field(default="", metadata={"help": "Container image of the cluster job (medssr installed); empty: the GPU image the "
+                                                       "pipeline's generating steps run in (MEDSSR_GPU_IMAGE, else medssr.cluster's default)."})
     nproc_per_node: int = field(default=0, metadata={"help": "Training processes per node (torchrun); 0: the GPUs per node, at least 1."})
     num_workers: int | None = field(default=None, metadata={"help": "Nodes besides the first (PyTorchJob workers; TrainJob numNodes - 1); "
                                                                      "unset: the cluster settings' MEDSSR_TRAIN_WORKERS, else 0."})
@@ -54,8 +56,6 @@ class TrainingJobConfig:
     timeout_s: int = field(default=0, metadata={"help": "Seconds to wait for the job; 0: no limit."})
 
     def __post_init__(self):
-        if self.launcher != "local" and not self.image:
-            raise ValueError(f"image: required for launcher {self.launcher}")
         for name in ("nproc_per_node", "num_workers", "gpus_per_node", "timeout_s"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")
@@ -277,6 +277,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     resources and placement the job leaves unset from the cluster settings; in a step (settings from its
     environment) also the workspace PVC mounted where the step sees ``workspace``, the S3 keys from their
     Secret and the step's S3 endpoint and hub settings."""
+    from medssr.cluster import NAMESPACE, gpu_image
     from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, launcher_config_from_dict
 
     defaults = cluster_defaults(job.cluster_config) if job.launcher != "local" else None
@@ -292,7 +293,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
         return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(**fields)
     launcher = launcher_config_from_dict({
         "backend": job.launcher,
-        "namespace": job.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", "default")),
+        "namespace": job.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", NAMESPACE)),
         "kubeconfig": job.kubeconfig or None,
         "context": job.context or None,
         "service_account_name": job.service_account or None,
@@ -311,7 +312,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
         passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
         env = {k: os.environ[k] for k in passthrough if k in os.environ}
     spec = JobSpec(
-        **fields, image=job.image, cpu=job.cpu or (train.cpu if train else None), memory=job.memory or (train.memory if train else None),
+        **fields, image=job.image or gpu_image(), cpu=job.cpu or (train.cpu if train else None), memory=job.memory or (train.memory if train else None),
         shm_size=job.shm_size or None, env=env, secret_env=secret_env, volumes=volumes,
     )
     return launcher, spec

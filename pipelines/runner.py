@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medssr.cluster import PIPELINE_SERVICE_ACCOUNT
 from medssr.components.steps import STEP_TIMINGS_ENV
 from medssr.pipelines.settings import ClusterSettings
 
@@ -137,7 +138,7 @@ def _is_kfp_unreachable(exc: BaseException) -> bool:
 
 def submit(host: str, params: dict[str, Any], experiment: str = "medssr", package: str | os.PathLike | None = None,
            run_name: str | None = None, namespace: str | None = None,
-           service_account: str | None = "medssr-pipeline"):
+           service_account: str | None = PIPELINE_SERVICE_ACCOUNT):
     """Upload-free submission of the compiled package as a run; returns kfp's RunPipelineResult. A host that
     does not answer raises DependencyUnavailable naming it."""
     import kfp

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from medssr.cluster import NAMESPACE, PREDICTOR_SERVICE_ACCOUNT
 from medssr.errors import UserError
 from medssr.kube import client as kube_client
 from medssr.kube import inferenceservice
@@ -28,7 +29,7 @@ class DeployConfig:
     """Which registered model to serve, where, on what resources."""
 
     model: str = field(metadata={"help": "Registered model: NAME[@ALIAS] (alias default: champion), NAME/VERSION or models:/..."})
-    namespace: str = field(default="medssr", metadata={"help": "Namespace of the InferenceService."})
+    namespace: str = field(default=NAMESPACE, metadata={"help": "Namespace of the InferenceService."})
     name: str = field(default="", metadata={"help": "InferenceService name; default: derived from the model name."})
     storage_uri: str = field(
         default="", metadata={"help": "Model folder URI (s3://...); default: the version's location in MLflow."}
@@ -41,7 +42,7 @@ class DeployConfig:
     )
     run_id: str = field(default="manual", metadata={"help": "Pipeline run id, for the medssr.io/run-id label."})
     service_account: str = field(
-        default="medssr-predictor", metadata={"help": "Service account bound to the S3 Secret."}
+        default=PREDICTOR_SERVICE_ACCOUNT, metadata={"help": "Service account bound to the S3 Secret."}
     )
     runtime: str = field(default="", metadata={"help": "ServingRuntime name; empty lets KServe pick by modelFormat."})
     backend: str = field(

@@ -717,14 +717,24 @@ def test_train_dry_run_submits_nothing_and_applies_as_printed(launcher, kube_clu
     assert applied.returncode == 0 and "created (server dry run)" in applied.stdout, applied.stderr
 
 
-def test_train_dry_run_needs_a_launcher_and_the_job_settings(capsys):
+def test_train_dry_run_needs_a_launcher_and_takes_the_clusters_defaults(capsys, monkeypatch):
+    """Without --image or --namespace the job runs the pipeline's GPU image in the install's namespace: the
+    defaults medssr.cluster declares for the pipeline and deploy too."""
+    from medssr import cluster
     from medssr.cli import main
 
+    monkeypatch.delenv("MEDSSR_GPU_IMAGE", raising=False)
+    monkeypatch.delenv("MEDSSR_NAMESPACE", raising=False)
     training = ["--stage", "self", "--model", "m", "--data", "d.jsonl", "--out", "o"]
     assert main(["train", *training, "--dry-run"]) == 2
     assert "--dry-run prints a cluster job: give --launcher" in capsys.readouterr().err
-    assert main(["train", *training, "--launcher", "trainjob", "--dry-run", "--run-id", "r1"]) == 2
-    assert "image: required for launcher trainjob" in capsys.readouterr().err
+    assert main(["train", *training, "--launcher", "pytorchjob", "--dry-run"]) == 2
+    assert "--launcher pytorchjob needs --run-id" in capsys.readouterr().err
+    for launcher in ("pytorchjob", "trainjob"):
+        assert main(["train", *training, "--launcher", launcher, "--dry-run", "--run-id", "r1"]) == 0
+        job = yaml.safe_load(capsys.readouterr().out)
+        assert job["metadata"]["namespace"] == cluster.NAMESPACE
+        assert f"image: {cluster.DEFAULT_GPU_IMAGE}" in yaml.safe_dump(job)
 
 
 @pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])

@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from medssr.cluster import PIPELINE_SERVICE_ACCOUNT
+
 
 def _settings(path: str | None):
     from medssr.errors import user_input
@@ -117,7 +119,7 @@ def register(subparsers) -> None:
                         help="Override one parameter: a run parameter (run_id=...) or a stage's setting (labeling.max_tokens=96); repeatable.")
     submit.add_argument("--package", help="Compiled pipeline YAML; default: the committed pipelines/compiled/medssr.yaml.")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs).")
-    submit.add_argument("--service-account", default="medssr-pipeline",
+    submit.add_argument("--service-account", default=PIPELINE_SERVICE_ACCOUNT,
                         help="Kubernetes ServiceAccount the steps run as ('' for KFP's default).")
     submit.set_defaults(func=_submit)
 

@@ -74,7 +74,7 @@ def cluster_job(config, job, args):
     from medssr.stages import training_job
 
     if not args.run_id:
-        raise UserError(f"--launcher {job.launcher} needs --run-id and --image")
+        raise UserError(f"--launcher {job.launcher} needs --run-id")
     with user_input():  # the job's settings are the options given
         launcher_config, spec = training_job(job, config, args.run_id, f"train-{config.stage}", Path(config.output_dir).parent)
     return build_launcher(launcher_config), spec
