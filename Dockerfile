@@ -18,12 +18,18 @@ WORKDIR /src
 # torch first, from the CPU index, so no later step can pull a multi-GB CUDA build; constraints.txt then
 # pins it and the rest of the measured set.
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX}"
-COPY constraints.txt pyproject.toml README.md ./
+# The project's dependencies get a layer of their own, before the sources: a source change reinstalls medssr only.
+COPY constraints.txt pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+COPY README.md setup.py ./
 COPY medssr ./medssr
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir --no-deps -c constraints.txt . && pip check
 
 FROM ${PYTHON_IMAGE} AS cpu
 ARG PYTHON_IMAGE
@@ -51,7 +57,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md setup.py ./
 COPY medssr ./medssr
 COPY components ./components
 COPY pipelines ./pipelines

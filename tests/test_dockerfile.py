@@ -1,4 +1,4 @@
-"""The Dockerfile, parsed (no Docker engine runs here, so `docker build` is not exercised): its stages, base
+"""The Dockerfile, parsed (tests/test_image.py runs the image `make image` builds from it): its stages, base
 images, user, entry point, labels and install steps are as the README states, and .dockerignore keeps the
 build context to the sources the image installs."""
 
@@ -221,9 +221,16 @@ def test_no_build_tools_in_final_stages(dockerfile):
 def test_pip_installs(dockerfile):
     cpu = pip_installs(dockerfile.stage("cpu-builder"))
     assert all("--no-cache-dir" in c for c in cpu)
-    # torch first, from the CPU index; then the project under the measured constraints.
+    # torch first, from the CPU index; then the project's dependencies under the measured constraints (a layer of
+    # their own, before the sources are copied), then the project itself, nothing more.
     assert cpu[0].startswith('pip install --no-cache-dir "torch==${TORCH_VERSION}"') and "--index-url" in cpu[0]
-    assert cpu[-1] == "pip install --no-cache-dir -c constraints.txt ."
+    assert cpu[1:] == ["pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt",
+                       "pip install --no-cache-dir --no-deps -c constraints.txt ."]
+    builder = dockerfile.stage("cpu-builder").instructions
+    copies_sources = next(i for i, step in enumerate(builder) if step.keyword == "COPY" and "medssr" in step.args.split())
+    installs_deps = next(i for i, step in enumerate(builder) if "-r /tmp/requirements.txt" in step.args)
+    assert installs_deps < copies_sources
+    assert "pip check" in builder[-1].args, "the --no-deps install is checked against what the dependency layer installed"
     assert dockerfile.global_args["TORCH_VERSION"] in (ROOT / "constraints.txt").read_text().replace("torch==", " ")
     gpu = pip_installs(dockerfile.stage("gpu-builder"))
     assert gpu == ['pip install --no-cache-dir ".[gpu]"']
@@ -257,7 +264,7 @@ def test_dockerignore_keeps_sources_and_drops_the_rest(dockerfile):
             if copy.args.startswith("--from"):
                 continue
             copied += copy.args.split()[:-1]
-    assert {"constraints.txt", "pyproject.toml", "README.md", "medssr", "components", "pipelines", "serving"} == set(copied)
+    assert {"constraints.txt", "pyproject.toml", "setup.py", "README.md", "medssr", "components", "pipelines", "serving"} == set(copied)
     for path in copied:
         assert (ROOT / path).exists(), f"COPY {path}: missing from the repository"
         assert not _dockerignore_excludes(patterns, path), f".dockerignore drops {path}, which the image needs"
