@@ -292,3 +292,34 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
     Study(StudyConfig(out_dir=str(tmp_path), params=TINY)).claim()
     with pytest.raises(ValueError, match="synthesis.n: 16 there"):
         Study(StudyConfig(out_dir=str(tmp_path), params=[*TINY, "synthesis.n=17"])).claim()
+
+
+def test_the_premise_rule_needs_the_wilson_lower_bound_ten_points_over_chance():
+    from medssr.evaluation.calibration import wilson_interval
+    from medssr.study.probe import goes_on
+
+    low, _ = wilson_interval(45, 100)  # 45% right of 100 with chance 20%: lower bound 35.6 >= 30
+    assert goes_on(low, 0.2, 0.10)
+    low, _ = wilson_interval(38, 100)  # 38%: lower bound 29.1, not 10 points above chance
+    assert not goes_on(low, 0.2, 0.10) and not goes_on(None, 0.2, 0.10)
+
+
+def test_the_probe_votes_on_every_question_type_with_permuted_options(tiny_model, tmp_path, capsys):
+    from medssr.cli import main
+    from medssr.synthesis.config import QUESTION_TYPES
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_model), "--out-dir", str(out), "--items-per-type", "6", "--votes", "3", "--max-tokens", "1",
+                 "--allowed-letters", "A", "B", "C", "D", "E", "--batch-size", "32"]) == 0
+    table = json.loads((out / "probe.json").read_text())
+    assert [row["question_type"] for row in table["types"]] == list(QUESTION_TYPES)
+    for row in table["types"]:
+        labels = read_jsonl(out / row["question_type"] / "labels.jsonl", LabeledItem).records
+        assert row["items"] == 6 and row["voted"] == len(labels) <= 6 and row["chance"] == pytest.approx(0.2)
+        assert row["correct"] == sum(item.label == item.answer for item in labels)
+        low, high = row["ci95"]
+        assert 0.0 <= low <= row["precision"] <= high <= 1.0
+        assert row["goes_on"] is (low >= row["chance"] + 0.10)
+        audit = json.loads((out / row["question_type"] / "labels.audit.json").read_text())
+        assert audit["settings"]["permute_options"] is True
+    assert "| diagnosis | 6 |" in (out / "probe.md").read_text() and "rule: Wilson 95% lower bound >= chance + 0.1" in capsys.readouterr().out
