@@ -51,6 +51,7 @@ CMD ["--help"]
 # ---------------------------------------------------------------- GPU
 # The CUDA "base" image carries the CUDA runtime only; torch and vLLM wheels bring their own CUDA libraries.
 FROM ${CUDA_IMAGE} AS gpu-builder
+ARG TORCH_VERSION
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -62,8 +63,10 @@ COPY medssr ./medssr
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
-# vLLM pins its own CUDA torch and transformers, so constraints.txt (the CPU set) does not apply here.
-RUN pip install --no-cache-dir ".[gpu]"
+# torch first (PyPI's build of it is the CUDA one), then vLLM's CUDA build and the project: constraints.txt
+# pins the whole GPU set, every package vLLM pulls included.
+RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
+RUN pip install --no-cache-dir -c constraints.txt ".[gpu]"
 
 FROM ${CUDA_IMAGE} AS gpu
 ARG CUDA_IMAGE

