@@ -332,15 +332,22 @@ def correctness_reward(
     return rewards
 
 
-def format_reward(completions: Sequence[Any], letters: Sequence[Any], **kwargs) -> list[float]:
-    """1.0 where a strict final statement names one of the question's own letters, else 0.0.
+def format_reward(completions: Sequence[Any], letters: Sequence[Any], partial_credit: float = 0.0, **kwargs) -> list[float]:
+    """1.0 where a strict final statement names one of the question's own letters; ``partial_credit`` where
+    there is none but lenient extraction reads an answer ("Answer: B", a bold letter, the option's text); else 0.0.
 
-    The trainer weights it (small) beside correctness; it teaches the format, not the answer.
+    The trainer weights it (small) beside correctness; it teaches the format, not the answer. Partial credit
+    pays a policy that seldom states "The answer is X" for coming closer, so a group of its completions
+    differs in reward more often (GRPO learns only from groups whose rewards differ).
     """
-    return [
-        1.0 if extract_answer(completion_text(completion), _letters_of(own_letters), mode="strict") else 0.0
-        for completion, own_letters in zip(completions, letters, strict=True)
-    ]
+    rewards = []
+    for completion, own_letters in zip(completions, letters, strict=True):
+        text, allowed = completion_text(completion), _letters_of(own_letters)
+        if extract_answer(text, allowed, mode="strict"):
+            rewards.append(1.0)
+        else:
+            rewards.append(partial_credit if partial_credit and extract_answer(text, allowed, mode="lenient") else 0.0)
+    return rewards
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ def test_correctness_reward_handles_missing_target_and_list_letters():
 def test_format_reward_pays_for_a_valid_strict_statement_only():
     completions = ["The answer is B.", "Answer: B", "The answer is F.", "The answer is Based on x."]
     assert format_reward(completions, letters=["ABCD"] * 4, prompts=None) == [1.0, 0.0, 0.0, 0.0]
+    # partial credit: an answer only lenient extraction reads earns it; none, or an invalid letter, earns nothing
+    assert format_reward([*completions, "I think the options are hard."], letters=["ABCD"] * 5, partial_credit=0.5) == [1.0, 0.5, 0.0, 0.0, 0.0]
 
 
 def test_majority_vote():

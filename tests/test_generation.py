@@ -21,7 +21,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=8)
 
 @pytest.fixture(scope="module")
 def generator(tiny_model):
-    return build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
+    # float32 throughout this file: dtype auto would be bf16 on a CPU with native bf16 (medssr.cpu), another decode path
+    return build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=4, progress=False))
 
 
 def test_n_samples_per_prompt_in_prompt_order(generator):
@@ -64,13 +65,13 @@ def test_seed_makes_sampling_reproducible(generator):
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model, generator):
-    one_by_one = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=1, progress=False))
+    one_by_one = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=1, progress=False))
     assert generator.generate(PROMPTS, sampling=GREEDY) == one_by_one.generate(PROMPTS, sampling=GREEDY)
 
 
 def test_padded_batch_prefill_equals_stacked_prefill(tiny_model, generator):
     """Models with sliding-window caches prefill one left-padded batch instead of stacking per-prompt caches."""
-    padded = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
+    padded = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=4, progress=False))
     padded._stackable_cache = False
     assert padded.generate(PROMPTS, sampling=GREEDY) == generator.generate(PROMPTS, sampling=GREEDY)
 
@@ -79,7 +80,7 @@ def test_padded_batch_prefill_equals_stacked_prefill(tiny_model, generator):
 def test_shared_prefill_samples_match_greedy(tiny_model, batch_size):
     """Sampling reuses one prefilled cache for a prompt's n samples; with top_k=1 every sample must be
     exactly the greedy completion, which is computed without that cache."""
-    sampler = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=batch_size, progress=False))
+    sampler = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=batch_size, progress=False))
     argmax = SamplingParams(temperature=1.0, top_k=1, max_tokens=8, seed=0)
     greedy = sampler.generate(PROMPTS, n=1, sampling=GREEDY)
     assert sampler.generate(PROMPTS, n=3, sampling=argmax) == [samples * 3 for samples in greedy]
@@ -111,7 +112,7 @@ def test_finished_rows_leave_the_batch(tiny_model):
     still running, and dropping it leaves the other rows' completions unchanged."""
     import torch
 
-    generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=16, progress=False))
+    generator = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=16, progress=False))
     passes = _record_passes(generator)
     rows_per_forward = lambda: [rows for rows, _ in passes]  # noqa: E731
     running = generator.generate(PROMPTS, sampling=GREEDY)
@@ -342,8 +343,8 @@ def test_rows_admitted_into_a_running_batch_match_one_at_a_time(tiny_model):
     cache joined, left-padded, to the running batch); completions equal one-prompt-at-a-time decoding."""
     import torch
 
-    small = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=4, progress=False))
-    alone = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=1, progress=False))
+    small = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=4, progress=False))
+    alone = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=1, progress=False))
     with torch.inference_mode():
         first = int(small.model(input_ids=torch.tensor([small._encode(PROMPTS[2])])).logits[0, -1].argmax())
     small.eos_token_ids = alone.eos_token_ids = small.eos_token_ids + [first]
@@ -367,7 +368,7 @@ def test_follow_up_continues_the_finished_rows_cache(tiny_model, style, max_toke
     from medssr.generation.follow_up import FollowUp
     from medssr.generation.transformers_backend import letter_token_ids
 
-    generator = build_generator(GeneratorConfig(model=str(tiny_model), batch_size=3, progress=False))
+    generator = build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=3, progress=False))
     prompts = [p for p in PROMPTS if isinstance(p, str) == (style == "text")]
     if style == "chat":
         prompts = prompts + [[{"role": "user", "content": "Name the most likely diagnosis for this child."}]]

@@ -35,6 +35,7 @@ def build_trainer(model_dir: Path, out: Path, **settings):
     from medssr.training import TrainingConfig
     from medssr.training.grpo import build_grpo_config, build_reward_functions, load_tokenizer, rollout_function, trainer_class
 
+    settings.setdefault("bf16", False)  # float32 unless a test asks for bf16 (left unset it follows the CPU: medssr.cpu)
     config = TrainingConfig(
         model=str(model_dir), data=str(SELF_DATA), output_dir=str(out), num_generations=GROUP,
         per_device_train_batch_size=GROUP * 2, max_completion_length=MAX_TOKENS, max_steps=1, **settings,

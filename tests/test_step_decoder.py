@@ -18,7 +18,7 @@ def generator(tiny_model):
     from medssr.generation import GeneratorConfig, build_generator
 
     torch.set_num_threads(1)
-    return build_generator(GeneratorConfig(model=str(tiny_model), batch_size=8, device="cpu", progress=False))
+    return build_generator(GeneratorConfig(model=str(tiny_model), dtype="float32", batch_size=8, device="cpu", progress=False))
 
 
 def _prompts(generator, count: int, seed: int = 0) -> list[list[int]]:

@@ -175,13 +175,19 @@ def test_over_long_prompts_are_rejected_by_file_line_and_field_and_the_rest_kept
 
 @pytest.mark.slow  # imports TRL
 def test_vllm_rollouts_only_with_cuda_and_cpu_settings(monkeypatch, tmp_path):
+    import torch
+
     from medssr.training import grpo
 
     config = TrainingConfig(model="m", data="d", output_dir=str(tmp_path), use_vllm=True, num_generations=2, per_device_train_batch_size=2)
     if not grpo.cuda_available():
         assert grpo.rollout_backend(config) == "medssr-generator"
         args = grpo.build_grpo_config(config, tmp_path / "checkpoints")
-        assert (args.use_vllm, args.bf16, args.gradient_checkpointing, args.report_to) == (False, False, False, [])
+        from medssr.cpu import cpu_prefers_bf16
+
+        # bf16 left unset is on where this CPU computes it natively, as autocast over float32 weights
+        assert (args.use_vllm, args.bf16, args.gradient_checkpointing, args.report_to) == (False, cpu_prefers_bf16(), False, [])
+        assert args.model_init_kwargs["dtype"] == torch.float32
         assert args.reward_weights == [1.0, config.format_reward_weight]
     monkeypatch.setattr(grpo, "cuda_available", lambda: True)
     assert grpo.rollout_backend(config) == "vllm-colocate"

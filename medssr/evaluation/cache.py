@@ -86,11 +86,18 @@ def model_identity(config: GeneratorConfig) -> dict:
 
 
 def run_key(identity: dict, generator: GeneratorConfig, sampling: SamplingParams, n: int, purpose: str) -> dict:
-    """The settings that decide a run's completions (hashed into its cache folder name)."""
+    """The settings that decide a run's completions (hashed into its cache folder name). ``dtype: auto`` on a CPU
+    is the dtype it resolves to there, so a cache copied to a machine that resolves it otherwise is not reused."""
+    shaping = {name: getattr(generator, name) for name in _OUTPUT_SHAPING}
+    if generator.backend == "transformers" and generator.dtype == "auto":
+        from medssr.generation.transformers_backend import resolve_device, resolve_dtype
+
+        resolved = resolve_dtype("auto", resolve_device(generator.device))
+        shaping["dtype"] = resolved if isinstance(resolved, str) else str(resolved).removeprefix("torch.")
     return {
         "purpose": purpose,
         "model": identity,
-        "generator": {name: getattr(generator, name) for name in _OUTPUT_SHAPING},
+        "generator": shaping,
         "sampling": asdict(sampling),
         "n": n,
     }

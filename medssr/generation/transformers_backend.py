@@ -60,11 +60,16 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """``auto`` is float32 on CPU (half precision is slow there) and the checkpoint's dtype on GPU."""
+    """``auto`` on CPU is bfloat16 where the CPU computes it natively and float32 elsewhere (emulated bf16 is
+    slower than float32: :mod:`medssr.cpu`); on GPU the checkpoint's dtype."""
     import torch
 
+    from medssr.cpu import cpu_prefers_bf16
+
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else "auto"
+        if device == "cpu":
+            return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
+        return "auto"
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
     return getattr(torch, dtype)

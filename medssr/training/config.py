@@ -56,6 +56,9 @@ class TrainingConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log loss, rewards and KL every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, sampling and initialisation."})
     format_reward_weight: float = field(default=0.1, metadata={"help": "Weight of the format reward beside the correctness reward (weight 1.0)."})
+    format_partial_credit: float = field(default=0.0, metadata={"help": (
+        "Format reward of a completion with no strict 'The answer is X' whose answer lenient extraction reads ('Answer: B'), "
+        "against 1.0 for a strict statement: more groups with reward variance for a policy that seldom states its answer.")})
     balance_answer_letters: bool = field(
         default=False,
         metadata={
@@ -94,8 +97,8 @@ class TrainingConfig:
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bfloat16 training (on a GPU bf16 weights; on a CPU bf16 autocast over float32 weights, fast where the CPU has "
-                           "AMX); None = on when a CUDA GPU with bf16 support is present."},
+        metadata={"help": "bfloat16 training (on a GPU bf16 weights; on a CPU bf16 autocast over float32 weights); None = on with a CUDA "
+                           "GPU that supports bf16, and on a CPU with native bf16 (AVX-512 BF16 or AMX: medssr.cpu), where it pays."},
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory on large models."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model folder (off by default)."})
@@ -116,6 +119,8 @@ class TrainingConfig:
             raise ValueError(f"generation_backend: must be 'medssr' or 'trl', not {self.generation_backend!r}")
         if self.top_k < 0:
             raise ValueError(f"top_k: must be >= 0, got {self.top_k}")
+        if not 0.0 <= self.format_partial_credit <= 1.0:
+            raise ValueError(f"format_partial_credit: must be in [0, 1], got {self.format_partial_credit}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_tokens",

@@ -72,8 +72,10 @@ def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
     import torch
     from trl import GRPOConfig
 
+    from medssr.cpu import cpu_prefers_bf16
+
     on_gpu = cuda_available()
-    bf16 = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = config.bf16 if config.bf16 is not None else (torch.cuda.is_bf16_supported() if on_gpu else cpu_prefers_bf16())
     use_vllm = rollout_backend(config) == "vllm-colocate"
     return GRPOConfig(
         output_dir=str(checkpoints_dir),
@@ -115,10 +117,14 @@ def build_grpo_config(config: TrainingConfig, checkpoints_dir: Path):
     )
 
 
-def build_reward_functions():
+def build_reward_functions(config: TrainingConfig | None = None):
+    """Correctness and format rewards (weights in build_grpo_config); the format reward's partial credit from ``config``."""
+    import functools
+
     from medssr.answers import correctness_reward, format_reward
 
-    return [correctness_reward, format_reward]
+    partial_credit = config.format_partial_credit if config is not None else 0.0
+    return [correctness_reward, functools.partial(format_reward, partial_credit=partial_credit) if partial_credit else format_reward]
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool):
@@ -183,7 +189,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
         trainer = trainer_class(config)(
             model=resume_from if finished else model_path,
-            reward_funcs=build_reward_functions(),
+            reward_funcs=build_reward_functions(config),
             args=grpo_config,
             train_dataset=Dataset.from_list(data.rows),
             processing_class=tokenizer,
