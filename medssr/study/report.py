@@ -340,6 +340,8 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
         f"{stage2['per_device_train_batch_size']} per step, lr {stage2['learning_rate']}, up to {stage2['max_completion_length']} tokens",
         f"- evaluation: n={evaluation['n']}, T {evaluation['temperature']}, top-p {evaluation['top_p']}, top-k {evaluation['top_k']}, "
         f"{evaluation['max_tokens']} tokens; {evaluation['bootstrap_samples']} bootstrap resamples",
+        *([f"- precision where unset (dtype auto, bf16 unset): {'bf16, the preparing machine computes it natively' if native else 'float32'}"]
+          if (native := report.prepared.get("cpu_native_bf16")) is not None else []),
         "- arms: " + "; ".join(f"`{arm.name}` {arm.description}" for arm in plan.arms.values()),
         "",
         "Settings that differ from their stage config's default (the config sha256 covers every setting; `study.json` in the "

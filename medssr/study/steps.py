@@ -24,6 +24,7 @@ def prepare(study, folder: Path) -> dict:
     from medssr.evaluation.registry import load_benchmark
     from medssr.split import split_stage2_data
     from medssr.pipelines.presets import default_benchmarks_dir
+    from medssr.cpu import cpu_prefers_bf16
     from medssr.study.chance import question_type
 
     config = study.config
@@ -37,6 +38,7 @@ def prepare(study, folder: Path) -> dict:
         "eval_dir": str(split.eval_dir),
         "counts": {**split.counts, f"eval_questions.{HELDOUT}": len(heldout)},
         "heldout_question_types": {item.id: question_type(item, HELDOUT) for item in heldout},
+        "cpu_native_bf16": cpu_prefers_bf16(),  # what dtype auto and bf16 unset resolve to on the machine that prepared it
     }
 
 
