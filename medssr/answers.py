@@ -332,9 +332,23 @@ def correctness_reward(
     return rewards
 
 
+_LEADING_CHOICE = re.compile(r"\s*(?:\*\*)?[(\[]?([A-J])[)\].:]")
+"""A completion that opens with a choice: "C. Mitochondrial", "(B) ...", "**A:** ..."."""
+
+
+def names_a_choice(text: str, letters: Sequence[str]) -> bool:
+    """Whether a completion names one of the question's letters as its answer in some form: a lenient answer
+    ("Answer: B", a bold letter, the option's text) or an opening choice ("C. Mitochondrial")."""
+    allowed = _letter_set(letters)
+    if extract_answer(text, allowed, mode="lenient"):
+        return True
+    match = _LEADING_CHOICE.match(text or "")
+    return bool(match) and match.group(1) in allowed
+
+
 def format_reward(completions: Sequence[Any], letters: Sequence[Any], partial_credit: float = 0.0, **kwargs) -> list[float]:
     """1.0 where a strict final statement names one of the question's own letters; ``partial_credit`` where
-    there is none but lenient extraction reads an answer ("Answer: B", a bold letter, the option's text); else 0.0.
+    there is none but the completion names a choice otherwise (:func:`names_a_choice`); else 0.0.
 
     The trainer weights it (small) beside correctness; it teaches the format, not the answer. Partial credit
     pays a policy that seldom states "The answer is X" for coming closer, so a group of its completions
@@ -346,7 +360,7 @@ def format_reward(completions: Sequence[Any], letters: Sequence[Any], partial_cr
         if extract_answer(text, allowed, mode="strict"):
             rewards.append(1.0)
         else:
-            rewards.append(partial_credit if partial_credit and extract_answer(text, allowed, mode="lenient") else 0.0)
+            rewards.append(partial_credit if partial_credit and names_a_choice(text, allowed) else 0.0)
     return rewards
 
 

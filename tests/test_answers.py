@@ -87,6 +87,9 @@ def test_format_reward_pays_for_a_valid_strict_statement_only():
     assert format_reward(completions, letters=["ABCD"] * 4, prompts=None) == [1.0, 0.0, 0.0, 0.0]
     # partial credit: an answer only lenient extraction reads earns it; none, or an invalid letter, earns nothing
     assert format_reward([*completions, "I think the options are hard."], letters=["ABCD"] * 5, partial_credit=0.5) == [1.0, 0.5, 0.0, 0.0, 0.0]
+    # an opening choice, SmolLM2's most common answer shape, earns it too; a letter the question lacks or a word does not
+    opening = ["C. Mitochondrial", "(B) The second", "**A:** gene", "E. Other", "A patient with", "D.UTP"]
+    assert format_reward(opening, letters=["ABCD"] * 6, partial_credit=0.5) == [0.5, 0.5, 0.5, 0.0, 0.0, 0.5]
 
 
 def test_majority_vote():
