@@ -37,10 +37,11 @@ def _tiny_corpus() -> list[str]:
     return lines * 4
 
 
-def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, attention_heads: int = 4) -> Path:
     """A random Qwen2 causal LM (hidden 64, 2 layers) and a byte-level BPE tokenizer trained here.
 
-    Built in about a second; real enough for generation, GRPO and serving code paths in tests.
+    Built in about a second; real enough for generation, GRPO and serving code paths in tests. With
+    ``attention_heads=2`` (head size 32) vLLM's CPU attention can run it too (it has no kernel for size 16).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -74,8 +75,8 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=attention_heads,
+        num_key_value_heads=2 if attention_heads % 2 == 0 else 1,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,

@@ -409,7 +409,7 @@ def _evaluation_bootstrap(ctx: StageContext) -> dict[str, int]:
 def _deploy(values: dict, ctx: StageContext) -> StageRecord:
     """``models:/NAME@champion`` as an InferenceService; resources and placement from medssr-config when the step
     has it. The step returns the endpoint URL."""
-    from medssr.serving.deploy import run_deploy
+    from medssr.deploy import run_deploy
 
     config = STAGES["deployment"].build(values, model=f"{ctx.inputs['name']}@champion", tracking_uri=ctx.tracking.tracking_uri, run_id=ctx.run_id)
     if defaults := cluster_defaults():
@@ -445,7 +445,7 @@ STAGES: dict[str, Stage] = {
               wired=("model_dir", "scores", "tags", "per_question", "baseline_per_question", "protocol", "parent_run_id", "tracking")),
         Stage("promotion", "medssr.promotion:PromotionConfig",
               "the gate, candidate vs champion", _gate, wired=("name", "dry_run", "parent_run_id", "tracking", "resamples", "seed")),
-        Stage("deployment", "medssr.serving.deploy:DeployConfig",
+        Stage("deployment", "medssr.deploy:DeployConfig",
               "KServe InferenceService of the champion (when the run asks for it)", _deploy, "deploy", wired=("model", "tracking_uri", "run_id")),
     )
 }

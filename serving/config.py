@@ -18,6 +18,11 @@ class ServeConfig:
         default="127.0.0.1", metadata={"help": "Interface to bind; 0.0.0.0 only inside a container or cluster."}
     )
     port: int = field(default=8080, metadata={"help": "HTTP port."})
+    engine: str = field(
+        default="transformers",
+        metadata={"help": "transformers: medssr's step decoder on torch (CPU or one GPU; per-step admission, the fused CPU "
+                          "decode step); vllm: vLLM's AsyncLLM in this process (its CUDA build on GPUs, its CPU build here)."},
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Never on unless you trust the model repo."})
@@ -49,6 +54,8 @@ class ServeConfig:
     top_p: float = field(default=0.95, metadata={"help": "Default top_p (paper protocol)."})
     top_k: int = field(default=20, metadata={"help": "Default top_k (paper protocol); 0 disables."})
     max_body_bytes: int = field(default=1_000_000, metadata={"help": "Largest request body accepted, in bytes."})
+    max_model_len: int = field(default=4096, metadata={"help": "engine=vllm: context length (prompt + completion) it plans for."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "engine=vllm on a GPU: share of its memory vLLM may use."})
 
     def __post_init__(self):
         if not self.model:
@@ -57,6 +64,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine not in ("transformers", "vllm"):
+            raise ValueError(f"engine must be 'transformers' or 'vllm', got {self.engine!r}")
         if self.admission not in ("step", "batch"):
             raise ValueError(f"admission must be 'step' or 'batch', got {self.admission!r}")
         if self.max_wait_ms < 0:

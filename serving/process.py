@@ -35,7 +35,11 @@ def serve_command(config: ServeConfig) -> list[str]:
 
 
 class ServerProcess:
-    """``medssr serve`` for one ``ServeConfig`` in a child process; a context manager."""
+    """``medssr serve`` for one ``ServeConfig`` in a child process; a context manager. ``command`` and
+    ``ready_path`` are what a subclass changes to start another server the same way (bench/serving.py)."""
+
+    ready_path = "/v2/health/ready"
+    openai_path = "/openai/v1"
 
     def __init__(self, config: ServeConfig, log_path: str | os.PathLike, env: dict[str, str] | None = None):
         self.config = config
@@ -56,20 +60,23 @@ class ServerProcess:
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(serve_command(self.config), stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"model server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"model server not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def command(self) -> list[str]:
+        return serve_command(self.config)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -1,17 +1,21 @@
-"""Request validation shared by the OpenAI-compatible routes and the KServe v1/v2 handlers.
+"""What a request asks, checked where its schema (vLLM's pydantic types, KServe's v2 types) cannot check it.
 
-Every bad request becomes a ``RequestError`` naming the offending field, answered as a 4xx JSON error;
-nothing a client sends should reach the model unchecked or surface as a 500.
+The OpenAI routes are KServe's, their request and response types vLLM's: they parse and type-check every
+field. Here: the fields neither engine honours (refused naming the field, never ignored), the server's
+limits (``n``, ``max_tokens``, log-probabilities, prompts per request, body size), the ``medssr`` vote
+extension, and the translation into the engine contract's settings. vLLM's own ``SamplingParams`` checks the
+ranges (temperature, top_p, penalties, stop sequences) for both engines. Every bad request becomes a
+``RequestError`` naming the offending field, answered as a 4xx; nothing a client sends should reach the
+model unchecked or surface as a 500.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medssr.data import LETTERS, MIN_OPTIONS, MCQItem, parse_question_text
 from medssr.generation.base import Prompt, SamplingParams
@@ -19,20 +23,16 @@ from medssr.prompts import build_messages
 from medssr.serving.config import ServeConfig
 from medssr.serving.metrics import REJECTED
 
-CHAT_ROLES = ("system", "developer", "user", "assistant")
-MAX_STOP_SEQUENCES = 4
-MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs
-MAX_LOGIT_BIAS = 100.0
-MAX_PENALTY = 2.0
-# Request fields this server cannot honour: refused naming the field, unless they carry their neutral value.
-UNSUPPORTED = {
-    "tools": lambda v: not v, "functions": lambda v: not v, "tool_choice": lambda v: v in (None, "none"),
-    "function_call": lambda v: v in (None, "none"), "response_format": lambda v: v in (None, {"type": "text"}),
-    "suffix": lambda v: not v, "audio": lambda v: v is None, "modalities": lambda v: v in (None, ["text"]),
-    "prediction": lambda v: v is None,
-}
-MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 EXTENSION = "medssr"  # the request and reply field of what OpenAI's schema has no place for
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list"}  # how pydantic names a union's members in an error's loc
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+# The request fields both engines honour (the rest of vLLM's schema, sent with a value other than its default,
+# is refused): OpenAI's sampling fields, and vLLM's top_k and min_tokens. Identity fields are read and dropped.
+HONOURED = {"model", "prompt", "messages", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
+            "max_tokens", "max_completion_tokens", "n", "seed", "stop", "stream", "stream_options", "temperature", "top_p",
+            "top_k", "min_tokens", "user", "request_id", "parallel_tool_calls"}
 
 
 class RequestError(Exception):
@@ -54,6 +54,28 @@ class RequestError(Exception):
     def openai_body(self) -> dict:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
+    @classmethod
+    def invalid(cls, errors: list[dict], prefix: str = "") -> RequestError:
+        """A 400 naming the first field a schema refused (pydantic's or FastAPI's list of errors)."""
+        # Of a union's errors (one per member) the one that is not "not this type" says most.
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0]) if errors else {
+            "loc": (), "msg": "the request does not fit its schema", "type": ""}
+        loc = [str(part) for part in ((prefix,) if prefix else ()) + tuple(first["loc"])]
+        where = ".".join(part for part in loc if part != "body" and "[" not in part and part not in UNION_MEMBERS)
+        kind = first.get("type", "")
+        code = ("invalid_json" if kind == "json_invalid" or not where else "missing_field" if kind == "missing"
+                else "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value")
+        return cls(400, f"'{where}': {first['msg']}" if where else f"request body: {first['msg']}", param=where or None, code=code)
+
+    @classmethod
+    def from_vllm(cls, error) -> RequestError:
+        """A 400 of one of vLLM's checks (``VLLMValidationError``: a message and the parameter it concerns, which
+        some checks leave out but name first: "min_tokens must be ...")."""
+        message = str(error.args[0])
+        first = message.split(" ", 1)[0].strip("`")
+        param = error.parameter or (first if first.isidentifier() and first.islower() else None)
+        return cls(400, message, param=param, code="invalid_value")
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -70,6 +92,7 @@ class GenerationSettings:
     logprobs: int | None = None  # alternatives per generated token (None: no log-probabilities)
     prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo with logprobs)
     echo: bool = False
+    echo_only: bool = False  # echo with max_tokens 0: the prompt alone
 
 
 @dataclass
@@ -84,9 +107,14 @@ class PromptJob:
     def is_tokens(self) -> bool:
         return isinstance(self.prompt, list) and bool(self.prompt) and isinstance(self.prompt[0], int)
 
-    @property
-    def letters(self) -> str:
-        return "".join(self.options)
+
+class VoteExtension(BaseModel):
+    """The ``medssr`` request extension: ``n`` samples to vote over (as top-level ``n``), and the agreement
+    below which the reply abstains."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int | None = Field(None, ge=1)
+    abstain_below: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class BodyLimitMiddleware:
@@ -150,182 +178,84 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
-def parse_json_body(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
-    return body
+def settings_from_request(request, config: ServeConfig) -> GenerationSettings:
+    """The engine contract's settings of a vLLM ``CompletionRequest`` or ``ChatCompletionRequest`` (also what
+    KServe v1/v2 ``parameters`` are read as); unset sampling fields take the server's defaults."""
+    from vllm.exceptions import VLLMValidationError
 
-
-def require_model(body: dict, served_name: str) -> None:
-    model = body.get("model")
-    if model is None:
-        raise RequestError(400, "missing required field 'model'", param="model", code="missing_field")
-    if not isinstance(model, str):
-        raise RequestError(400, "'model' must be a string", param="model", code="invalid_type")
-    if model != served_name:
-        raise RequestError(404, f"model '{model}' does not exist; this server serves '{served_name}'", param="model",
-                           code="model_not_found")
-
-
-def _integer(body: dict, name: str, default: int | None, low: int, high: int | None = None,
-             where: str | None = None) -> int | None:
-    value = body.get(name)
-    name = where or name
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(400, f"'{name}' must be an integer, got {json.dumps(value)}", param=name, code="invalid_type")
-    if value < low:
-        raise RequestError(400, f"'{name}' must be >= {low}, got {value}", param=name, code="invalid_value")
-    if high is not None and value > high:
-        raise RequestError(400, f"'{name}' is {value}; this server allows at most {high}", param=name,
-                           code="limit_exceeded")
-    return value
-
-
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False,
-            where: str | None = None) -> float:
-    value = body.get(name)
-    name = where or name
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(400, f"'{name}' must be a number, got {json.dumps(value)}", param=name, code="invalid_type")
-    if value > high or value < low or (low_open and value == low):
-        bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise RequestError(400, f"'{name}' must be in {bounds}, got {value}", param=name, code="invalid_value")
-    return float(value)
-
-
-def parse_settings(body: dict, config: ServeConfig, n_allowed: bool = True, chat: bool = False) -> GenerationSettings:
-    """Sampling fields common to all routes; unset fields take the server's defaults. Log-probabilities are
-    asked as chat asks them (``logprobs: true`` with ``top_logprobs``) or as completions do (``logprobs: N``,
-    and ``echo`` for the prompt's own)."""
-    for name, neutral in UNSUPPORTED.items():
-        if not neutral(body.get(name)):
+    chat = hasattr(request, "messages")
+    defaults = type(request).model_fields
+    honoured = HONOURED | ({"echo"} if not chat else set())
+    for name in [name for name in defaults if name in request.model_fields_set and name not in honoured]:
+        if getattr(request, name) != defaults[name].get_default(call_default_factory=True):
             raise RequestError(400, f"'{name}' is not supported by this server", param=name, code="unsupported")
-    max_tokens = _integer(body, "max_completion_tokens", None, 1, config.max_tokens_limit)
-    max_tokens = _integer(body, "max_tokens", max_tokens or config.default_max_tokens, 1, config.max_tokens_limit)
-    n = _integer(body, "n", 1, 1, config.max_n) if n_allowed else 1
-    vote = _vote_extension(body, n, config) if n_allowed else {}
-    n = vote.get("n", n)
-    top_k = body.get("top_k")
-    if top_k == -1:  # vLLM's spelling of "no top-k"
-        body = {**body, "top_k": 0}
-    sampling = SamplingParams(
-        temperature=_number(body, "temperature", config.temperature, 0.0, 2.0),
-        top_p=_number(body, "top_p", config.top_p, 0.0, 1.0, low_open=True),
-        top_k=_integer(body, "top_k", config.top_k, 0),
-        max_tokens=max_tokens,
-        seed=_integer(body, "seed", None, 0, MAX_SEED),
-    )
-    # vLLM's extension: no end-of-sequence before this many tokens (fixed-length work for benchmarks).
-    min_tokens = _integer(body, "min_tokens", 0, 0, max_tokens)
-    logprobs, echo = _logprobs(body, chat)
+    vote = _vote_extension(request)
+    n = vote.n or request.n
+    limited = {"n": (n, config.max_n), "logprobs": (request.top_logprobs if chat else request.logprobs, MAX_LOGPROBS)}
+    max_tokens = (request.max_completion_tokens or request.max_tokens) if chat else request.max_tokens
+    echo_only = not chat and request.echo and max_tokens == 0
+    max_tokens = config.default_max_tokens if max_tokens is None or echo_only else max_tokens
+    limited["max_tokens"] = (max_tokens, config.max_tokens_limit)
+    for name, (value, limit) in limited.items():
+        if value is not None and value > limit:
+            raise RequestError(400, f"'{name}' is {value}; this server allows at most {limit}", param=name,
+                               code="limit_exceeded")
+    outside = next((bias for bias in (request.logit_bias or {}).values() if abs(bias) > MAX_LOGIT_BIAS), None)
+    if outside is not None:
+        raise RequestError(400, f"'logit_bias' values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got {outside:g}",
+                           param="logit_bias", code="invalid_value")
+    if n < 1:
+        raise RequestError(400, f"'n' must be at least 1, got {n}", param="n", code="invalid_value")
+    try:  # vLLM's checks of the ranges and combinations, the same for both engines; n is ours (greedy: one
+        # sample repeated n times, where vLLM refuses n > 1)
+        params = request.model_copy(update={"n": 1}).to_sampling_params(
+            max_tokens, {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k})
+    except VLLMValidationError as exc:
+        raise RequestError.from_vllm(exc) from None
+    sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=max(params.top_k, 0),
+                              max_tokens=params.max_tokens, seed=params.seed)
+    logit_bias = {int(token): float(bias) for token, bias in (params.logit_bias or {}).items()}
     return GenerationSettings(
-        n=n, sampling=sampling, stop=_stop_sequences(body.get("stop")), min_tokens=min_tokens,
-        abstain_below=vote.get("abstain_below"), logit_bias=_logit_bias(body.get("logit_bias")),
-        presence_penalty=_number(body, "presence_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
-        logprobs=logprobs, prompt_logprobs=logprobs if echo and logprobs is not None else None, echo=echo,
+        n=n, sampling=sampling, stop=tuple(params.stop or ()), min_tokens=params.min_tokens,
+        abstain_below=vote.abstain_below, logit_bias=logit_bias, presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs,
+        echo=bool(not chat and request.echo), echo_only=bool(echo_only),
     )
 
 
-def _logprobs(body: dict, chat: bool) -> tuple[int | None, bool]:
-    """(alternatives per token or None, echo)."""
-    if chat:
-        wanted = body.get("logprobs")
-        if wanted is not None and not isinstance(wanted, bool):
-            raise RequestError(400, f"'logprobs' must be a boolean, got {json.dumps(wanted)}", param="logprobs",
-                               code="invalid_type")
-        top = _integer(body, "top_logprobs", None, 0, MAX_LOGPROBS)
-        if top is not None and not wanted:
-            raise RequestError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
-        return (top or 0) if wanted else None, False
-    echo = body.get("echo") or False
-    if not isinstance(echo, bool):
-        raise RequestError(400, f"'echo' must be a boolean, got {json.dumps(echo)}", param="echo", code="invalid_type")
-    return _integer(body, "logprobs", None, 0, MAX_LOGPROBS), echo
+def parameters_request(parameters: dict[str, Any]):
+    """KServe v1/v2 ``parameters`` read as the sampling fields of a completion request (vLLM's schema; the
+    instances are the prompts, the one here only completes the schema)."""
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.exceptions import VLLMValidationError
+
+    try:
+        return CompletionRequest.model_validate({**parameters, "prompt": "instances"})
+    except ValidationError as error:
+        raise RequestError.invalid(error.errors()) from None
+    except VLLMValidationError as error:
+        raise RequestError.from_vllm(error) from None
 
 
-def _logit_bias(bias: Any) -> dict[int, float]:
-    """OpenAI's ``{"token id": bias}``, bias in [-100, 100]."""
-    if bias is None:
-        return {}
-    if not isinstance(bias, dict):
-        raise RequestError(400, "'logit_bias' must be an object mapping token ids to biases", param="logit_bias",
-                           code="invalid_type")
-    parsed = {}
-    for token, value in bias.items():
-        if not str(token).isdigit():
-            raise RequestError(400, f"'logit_bias' key {token!r} is not a token id", param="logit_bias",
-                               code="invalid_value")
-        parsed[int(token)] = _number(bias, token, 0.0, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS, where=f"logit_bias.{token}")
-    return parsed
-
-
-VOTE_FIELDS = ("n", "abstain_below")
-
-
-def _vote_extension(body: dict, n: int, config: ServeConfig) -> dict:
-    """The ``medssr`` extension: ``{"n": samples to vote over, "abstain_below": agreement}``, both optional."""
-    extension = body.get(EXTENSION)
+def _vote_extension(request) -> VoteExtension:
+    extension = (request.model_extra or {}).get(EXTENSION)
     if extension is None:
-        return {}
+        return VoteExtension()
     if not isinstance(extension, dict):
-        raise RequestError(400, f"'{EXTENSION}' must be an object with {' and/or '.join(VOTE_FIELDS)}", param=EXTENSION,
+        raise RequestError(400, f"'{EXTENSION}' must be an object with n and/or abstain_below", param=EXTENSION,
                            code="invalid_type")
-    unknown = sorted(set(extension) - set(VOTE_FIELDS))
-    if unknown:
-        raise RequestError(400, f"'{EXTENSION}.{unknown[0]}' is not a field of the extension (it takes "
-                                f"{', '.join(VOTE_FIELDS)})", param=f"{EXTENSION}.{unknown[0]}", code="invalid_value")
-    vote = {}
-    if "n" in extension:
-        vote["n"] = _integer(extension, "n", None, 1, config.max_n, where=f"{EXTENSION}.n")
-        if body.get("n") is not None and body["n"] != vote["n"]:
-            raise RequestError(400, f"'n' ({n}) and '{EXTENSION}.n' ({vote['n']}) disagree; send one of them",
-                               param=f"{EXTENSION}.n", code="invalid_value")
-    if extension.get("abstain_below") is not None:
-        vote["abstain_below"] = _number(extension, "abstain_below", 0.0, 0.0, 1.0, where=f"{EXTENSION}.abstain_below")
+    try:
+        vote = VoteExtension.model_validate(extension)
+    except ValidationError as error:
+        raise RequestError.invalid(error.errors(), prefix=EXTENSION) from None
+    if vote.n is not None and "n" in request.model_fields_set and request.n != vote.n:
+        raise RequestError(400, f"'n' ({request.n}) and '{EXTENSION}.n' ({vote.n}) disagree; send one of them",
+                           param=f"{EXTENSION}.n", code="invalid_value")
     return vote
 
 
-def parse_stream(body: dict) -> tuple[bool, bool]:
-    """``stream`` and ``stream_options.include_usage``, checked as OpenAI checks them."""
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise RequestError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream", code="invalid_type")
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not stream:
-        raise RequestError(400, "'stream_options' is only allowed with stream=true", param="stream_options",
-                           code="invalid_value")
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
-                           param="stream_options", code="invalid_type")
-    return stream, options.get("include_usage", False)
-
-
-def _stop_sequences(stop: Any) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    sequences = [stop] if isinstance(stop, str) else stop
-    if not isinstance(sequences, list) or not all(isinstance(s, str) and s for s in sequences):
-        raise RequestError(400, "'stop' must be a non-empty string or a list of them", param="stop",
-                           code="invalid_type")
-    if len(sequences) > MAX_STOP_SEQUENCES:
-        raise RequestError(400, f"'stop' has {len(sequences)} sequences; at most {MAX_STOP_SEQUENCES}", param="stop",
-                           code="limit_exceeded")
-    return tuple(sequences)
-
-
 def require_unicode_text(jobs: list[PromptJob], param: str) -> None:
-    """Refuse prompt text that is not valid Unicode (JSON lets "\\ud800", a lone surrogate, through)."""
+    """Refuse prompt text that is not valid Unicode (JSON and pydantic let "\\ud800", a lone surrogate, through)."""
     for index, job in enumerate(jobs):
         if job.is_tokens:
             continue
@@ -350,26 +280,23 @@ def options_in_text(text: str) -> dict[str, str]:
     return options if len(options) >= MIN_OPTIONS else {}
 
 
-def parse_messages(messages: Any, param: str = "messages") -> list[dict[str, str]]:
-    if messages is None:
-        raise RequestError(400, f"missing required field '{param}'", param=param, code="missing_field")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, f"'{param}' must be a non-empty list of messages", param=param, code="invalid_type")
+def chat_job(messages: list) -> PromptJob:
+    """Chat messages (vLLM's parsed ``messages``) as text turns; what is not text (images, tool calls) is refused."""
     parsed = []
     for index, message in enumerate(messages):
-        where = f"{param}[{index}]"
-        if not isinstance(message, dict):
-            raise RequestError(400, f"'{where}' must be an object with 'role' and 'content'", param=where,
-                               code="invalid_type")
+        where = f"messages[{index}]"
         role = message.get("role")
         if role not in CHAT_ROLES:
             raise RequestError(400, f"'{where}.role' must be one of {', '.join(CHAT_ROLES)}, got {json.dumps(role)}",
                                param=f"{where}.role", code="invalid_value")
+        if message.get("tool_calls"):
+            raise RequestError(400, f"'{where}.tool_calls' is not supported by this server", param=f"{where}.tool_calls",
+                               code="unsupported")
         parsed.append({"role": role, "content": _message_text(message.get("content"), f"{where}.content")})
-    if parsed[-1]["role"] == "assistant":
-        raise RequestError(400, f"the last message of '{param}' must not be from the assistant", param=param,
-                           code="invalid_value")
-    return parsed
+    if not parsed:
+        raise RequestError(400, "'messages' must not be empty", param="messages", code="invalid_value")
+    last_user = next((m["content"] for m in reversed(parsed) if m["role"] == "user"), "")
+    return PromptJob(prompt=parsed, options=options_in_text(last_user))
 
 
 def _message_text(content: Any, where: str) -> str:
@@ -383,27 +310,18 @@ def _message_text(content: Any, where: str) -> str:
     raise RequestError(400, f"'{where}' must be a string or a list of text parts", param=where, code="invalid_type")
 
 
-def chat_job(body: dict) -> PromptJob:
-    messages = parse_messages(body.get("messages"))
-    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    return PromptJob(prompt=messages, options=options_in_text(last_user))
-
-
-def _is_token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
-
-
-def completion_jobs(body: dict) -> list[PromptJob]:
-    """OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of those lists."""
-    prompt = body.get("prompt")
+def completion_jobs(prompt: Any) -> list[PromptJob]:
+    """OpenAI's prompt forms (vLLM's parsed ``prompt``): a string, strings, token ids, or lists of token ids."""
     if prompt is None:
         raise RequestError(400, "missing required field 'prompt'", param="prompt", code="missing_field")
-    if _is_token_ids(prompt) or (isinstance(prompt, list) and prompt and all(map(_is_token_ids, prompt))):
-        return [PromptJob(prompt=ids) for ids in (prompt if isinstance(prompt[0], list) else [prompt])]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (int, list)):
+        lists = prompt if isinstance(prompt[0], list) else [prompt]
+        if not all(lists):
+            raise RequestError(400, "'prompt' has an empty list of token ids", param="prompt", code="invalid_value")
+        return [PromptJob(prompt=list(ids)) for ids in lists]
     prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise RequestError(400, "'prompt' must be a non-empty string, a list of them, a list of token ids or a list "
-                                "of such lists", param="prompt", code="invalid_type")
+    if not prompts or not all(p.strip() for p in prompts):
+        raise RequestError(400, "'prompt' must be non-empty text", param="prompt", code="invalid_value")
     return [PromptJob(prompt=text, options=options_in_text(text)) for text in prompts]
 
 
@@ -418,9 +336,16 @@ def instance_job(instance: Any, index: int) -> PromptJob:
     if "question" in instance:
         return _question_job(instance, where)
     if "messages" in instance:
-        return chat_job({"messages": instance["messages"]})
+        messages = instance["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise RequestError(400, f"'{where}.messages' must be a list of messages", param=f"{where}.messages",
+                               code="invalid_type")
+        return chat_job(messages)
     if "prompt" in instance:
-        return completion_jobs({"prompt": instance["prompt"]})[0]
+        prompt = instance["prompt"]
+        if not isinstance(prompt, str):
+            raise RequestError(400, f"'{where}.prompt' must be a string", param=f"{where}.prompt", code="invalid_type")
+        return completion_jobs(prompt)[0]
     raise RequestError(400, f"'{where}' needs one of the fields 'prompt', 'messages' or 'question'", param=where,
                        code="missing_field")
 

@@ -23,10 +23,10 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Literal
 
 from medssr.generation.step_decoder import DecodeJob, Delta, StepDecoder
+from medssr.serving.engine import DecodeFailed, DecoderStopped, QueueFull, StepFailed, Ticket
 from medssr.serving.metrics import (
     ABANDONED,
     ADMITTED,
@@ -42,35 +42,9 @@ Admission = Literal["step", "batch"]
 logger = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
-    """The waiting queue is at capacity: the caller should answer 429 and the client retry later."""
-
-
-class DecodeFailed(RuntimeError):
-    """What a prompt's events end with when it cannot be decoded to its end."""
-
-
-class StepFailed(DecodeFailed):
-    """A decode step raised: the prompts of that batch fail; the thread goes on with the next."""
-
-
-class DecoderStopped(DecodeFailed):
-    """The decode thread is gone (it died on an error, or the server is closing): no prompt will decode."""
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One prompt's place: its job, and the queue its deltas (or the exception that failed its step) go to."""
-
-    job: DecodeJob
-    events: asyncio.Queue
-    enqueued: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-    admitted: bool = False
-
-
 class DecodeScheduler:
-    """The bounded queue in front of one decoder and the thread that steps it."""
+    """The bounded queue in front of one decoder and the thread that steps it (an
+    :class:`~medssr.serving.engine.Engine`)."""
 
     def __init__(self, decoder: StepDecoder, max_prompts: int, max_queue: int, admission: Admission = "step",
                  max_wait_ms: float = 0.0):

@@ -9,7 +9,7 @@ import pytest
 
 from medssr.kube import inferenceservice
 from medssr.kube.inferenceservice import GROUP, PLURAL, VERSION, state
-from medssr.serving.deploy import DeployConfig, DeployError, run_deploy
+from medssr.deploy import DeployConfig, DeployError, run_deploy
 from tests.plugins.kube import fields_outside_schema, missing_or_changed, openapi_schema
 
 S3_MODEL = "s3://medssr/mlflow/3/0123abcd/artifacts/model"
@@ -34,7 +34,7 @@ def test_rendered_inference_service_is_valid_and_complete():
     assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and predictor["tolerations"]
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "huggingface"} and model["storageUri"] == S3_MODEL
-    assert "--backend=vllm" in model["args"] and "--model_name=medssr-qwen3" in model["args"]
+    assert model["runtime"] == "medssr" and "--engine=vllm" in model["args"]  # the runtime names the model {{.Name}}
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "2" == model["resources"]["requests"]["nvidia.com/gpu"]
 
 
@@ -43,15 +43,21 @@ def test_deploy_config_refuses_what_kserve_cannot_load():
         with pytest.raises(ValueError, match="storage initializer"):
             DeployConfig(model="m", storage_uri=uri)
     with pytest.raises(ValueError, match="GPU"):
-        DeployConfig(model="m", gpus=0, backend="vllm")
+        DeployConfig(model="m", gpus=0, runtime="kserve-huggingfaceserver", backend="vllm")
+    with pytest.raises(ValueError, match="engine"):
+        DeployConfig(model="m", engine="tgi")
     assert DeployConfig(model="m", gpus=0).backend == "huggingface" and DeployConfig(model="m").backend == "vllm"
+    assert DeployConfig(model="m", gpus=0).engine == "transformers" and DeployConfig(model="m").engine == "vllm"
     with pytest.raises(ValueError, match="model"):
         DeployConfig(model="not a model ref")
     assert DeployConfig(model="m").registry_reference == "models:/m@champion"
     assert DeployConfig(model="models:/m/4").registry_reference == "models:/m/4"
     cpu = DeployConfig(model="m", storage_uri=S3_MODEL, gpus=0)
     args = inferenceservice.build(cpu, S3_MODEL)["spec"]["predictor"]["model"]["args"]
-    assert "--backend=huggingface" in args and not any(a.startswith("--gpu-memory") for a in args)
+    assert "--engine=transformers" in args and not any(a.startswith("--gpu-memory") for a in args)
+    hf = DeployConfig(model="m", storage_uri=S3_MODEL, gpus=0, runtime="kserve-huggingfaceserver")
+    args = inferenceservice.build(hf, S3_MODEL)["spec"]["predictor"]["model"]["args"]
+    assert "--backend=huggingface" in args and "--model_name=m" in args
 
 
 def test_state_names_the_failing_condition():

@@ -438,7 +438,7 @@ def test_cluster_objects_built_from_the_gpu_settings(kube_cluster, kube_namespac
         custom.create_namespaced_custom_object(*body["apiVersion"].split("/"), kube_namespace, plural, body)
     # The InferenceService rendered with the same settings runs under the account that carries the S3 Secret.
     from medssr.kube import inferenceservice
-    from medssr.serving.deploy import DeployConfig
+    from medssr.deploy import DeployConfig
 
     deploy = DeployConfig(model="medssr-policy@champion", namespace=kube_namespace, run_id="gpu-settings")
     service = inferenceservice.build(deploy.with_cluster_defaults(defaults), "s3://medssr/models/policy/3")
@@ -526,7 +526,7 @@ def test_readme_cluster_commands(tmp_path):
             """What the pipeline and `medssr deploy medssr@champion` create (the deploy rendered by its own
             code, with the model location given instead of resolved through MLflow)."""
             from medssr.kube import inferenceservice
-            from medssr.serving.deploy import DeployConfig
+            from medssr.deploy import DeployConfig
 
             custom = client.CustomObjectsApi(private.api_client())
             labels = standard_labels(run_id, "train-self", "training")
@@ -580,6 +580,16 @@ def test_readme_cluster_commands(tmp_path):
                 if words[1] == "push":
                     docker_images.add(words[2])
                 seen.append("docker")
+            elif words[:3] == ["sudo", "make", "image"]:
+                # Built for real by `make test` (tests/test_image.py runs it); here: the target exists.
+                subprocess.run(["make", "-n", "image"], cwd=ROOT, check=True, capture_output=True)
+                seen.append("make image")
+            elif words[:3] == ["sudo", "buildah", "push"]:
+                from medssr.cluster import DEFAULT_IMAGE
+
+                assert words[3] == DEFAULT_IMAGE, "push the name `make image` tags"
+                docker_images.add(words[4].removeprefix("docker://"))
+                seen.append("buildah push")
             elif words[:3] == ["medssr", "pipeline", "compile"]:
                 # Compiles for real: the step images are the ones the README builds and pushes.
                 result = subprocess.run([sys.executable, "-m", "medssr.cli", *words[1:]], cwd=repo, capture_output=True,

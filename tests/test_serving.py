@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from medssr.serving.config import ServeConfig
-from medssr.serving.protocol import RequestError, chat_job, parse_settings
+from medssr.serving.protocol import RequestError, chat_job, settings_from_request
 from tests.plugins.kserve_server import ANSWER_TEXT, SERVED_NAME
 
 QUESTION = (
@@ -44,25 +44,41 @@ def test_config_rejects_bad_limits():
         ServeConfig(model="m", default_max_tokens=4096, max_tokens_limit=2048)
 
 
+def completion_request(**fields):
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest(model="m", prompt="x", **fields)
+
+
 def test_settings_take_server_defaults_and_enforce_limits():
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
     config = ServeConfig(model="m", max_n=2, max_tokens_limit=64, default_max_tokens=32)
-    settings = parse_settings({}, config)
-    assert (settings.n, settings.sampling.max_tokens, settings.sampling.temperature) == (1, 32, 0.6)
-    assert parse_settings({"min_tokens": 32}, config).min_tokens == 32
-    assert parse_settings({"max_completion_tokens": 8, "stop": "\n"}, config).sampling.max_tokens == 8
-    for body, param in [({"n": 3}, "n"), ({"max_tokens": 65}, "max_tokens"), ({"temperature": "hot"}, "temperature"),
-                        ({"top_p": 0}, "top_p"), ({"n": True}, "n"), ({"stop": ["a"] * 5}, "stop"), ({"min_tokens": 33}, "min_tokens")]:
+    settings = settings_from_request(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}]), config)
+    assert (settings.n, settings.sampling.max_tokens, settings.sampling.temperature, settings.sampling.top_k) == (1, 32, 0.6, 20)
+    assert settings_from_request(completion_request(min_tokens=16), config).min_tokens == 16
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], max_completion_tokens=8, stop="\n",
+                                 logprobs=True, top_logprobs=2)
+    assert (settings_from_request(chat, config).sampling.max_tokens, settings_from_request(chat, config).logprobs) == (8, 2)
+    echoed = settings_from_request(completion_request(echo=True, logprobs=1, logit_bias={"7": -3}), config)
+    assert (echoed.prompt_logprobs, echoed.logit_bias) == (1, {7: -3.0})
+    for fields, param, code in [({"n": 3}, "n", "limit_exceeded"), ({"max_tokens": 65}, "max_tokens", "limit_exceeded"),
+                                ({"top_p": 0}, "top_p", "invalid_value"), ({"min_tokens": 33}, "min_tokens", "invalid_value"),
+                                ({"presence_penalty": 2.5}, "presence_penalty", "invalid_value"),
+                                ({"logit_bias": {"5": 101}}, "logit_bias", "invalid_value"), ({"min_p": 0.1}, "min_p", "unsupported"),
+                                ({"suffix": "y"}, "suffix", "unsupported"), ({"medssr": {"n": 3}}, "n", "limit_exceeded"),
+                                ({"medssr": {"votes": 3}}, "medssr.votes", "invalid_value")]:
         with pytest.raises(RequestError) as caught:
-            parse_settings(body, config)
-        assert caught.value.status == 400 and caught.value.param == param
+            settings_from_request(completion_request(**fields), config)
+        assert (caught.value.status, caught.value.param, caught.value.code) == (400, param, code), fields
 
 
 def test_chat_job_finds_the_options_of_the_last_user_message():
-    job = chat_job({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": QUESTION}]})
-    assert job.letters == "ABCD"
-    assert chat_job({"messages": [{"role": "user", "content": "What causes ataxia?"}]}).letters == ""
+    job = chat_job([{"role": "system", "content": "x"}, {"role": "user", "content": QUESTION}])
+    assert "".join(job.options) == "ABCD"
+    assert chat_job([{"role": "developer", "content": "x"}, {"role": "user", "content": "What causes ataxia?"}]).options == {}
     with pytest.raises(RequestError, match=r"messages\[0\]\.role"):
-        chat_job({"messages": [{"role": "robot", "content": "x"}]})
+        chat_job([{"role": "robot", "content": "x"}])
 
 
 @pytest.mark.slow  # imports kserve and transformers
@@ -98,7 +114,7 @@ def test_prompts_are_tokenized_off_the_event_loop(answering_model):
     config = ServeConfig(model=str(answering_model), max_prompt_tokens=256, torch_threads=1)
     predictor = MedssrPredictor(config)
     predictor.load()
-    settings = parse_settings({}, config)
+    settings = settings_from_request(completion_request(), config)
     prompt = "seizures ataxia hypotonia " * 30_000  # just under the 1 MB body limit: long to tokenize
 
     async def loop_turns_while_tokenizing() -> tuple[int, RequestError]:
@@ -223,7 +239,7 @@ BAD_REQUESTS = [
     ("missing messages", "POST", "/openai/v1/chat/completions", {"model": SERVED_NAME}, 400, "missing_field"),
     ("missing model", "POST", "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 400,
      "missing_field"),
-    ("missing prompt", "POST", "/openai/v1/completions", {"model": SERVED_NAME}, 400, "missing_field"),
+    ("missing prompt", "POST", "/openai/v1/completions", {"model": SERVED_NAME}, 400, "invalid_value"),  # vLLM's check
     ("unknown model", "POST", "/openai/v1/chat/completions", chat_body(model="gpt-4"), 404, "model_not_found"),
     ("max_tokens over limit", "POST", "/openai/v1/chat/completions", chat_body(max_tokens=100_000), 400,
      "limit_exceeded"),
@@ -233,7 +249,7 @@ BAD_REQUESTS = [
     ("bad type", "POST", "/openai/v1/chat/completions", chat_body(temperature="hot"), 400, "invalid_type"),
     ("bad role", "POST", "/openai/v1/chat/completions",
      {"model": SERVED_NAME, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_value"),
-    ("stream not a boolean", "POST", "/openai/v1/chat/completions", chat_body(stream="yes"), 400, "invalid_type"),
+    ("stream not a boolean", "POST", "/openai/v1/chat/completions", chat_body(stream="perhaps"), 400, "invalid_type"),
     ("stream_options without stream", "POST", "/openai/v1/completions",
      {"model": SERVED_NAME, "prompt": "x", "stream_options": {"include_usage": True}}, 400, "invalid_value"),
     ("vote n disagrees with n", "POST", "/openai/v1/chat/completions", chat_body(n=2, medssr={"n": 3}), 400,
@@ -315,7 +331,7 @@ ODD_REQUESTS = [
     ("lone surrogate in a prompt", "/openai/v1/completions", f'{{"model": "{SERVED_NAME}", "prompt": "hi \\ud800"}}', "prompt"),
     ("lone surrogate in a v2 input", f"/v2/models/{SERVED_NAME}/infer",
      '{"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi \\ud800"]}]}', "text_input"),
-    ("seed 2**64", "/openai/v1/completions", f'{{"model": "{SERVED_NAME}", "prompt": "hi", "seed": {2**64}}}', "seed"),
+    ("seed 2**63", "/openai/v1/completions", f'{{"model": "{SERVED_NAME}", "prompt": "hi", "seed": {2**63}}}', "seed"),
     ("v1 seed 2**64", f"/v1/models/{SERVED_NAME}:predict", f'{{"instances": ["hi"], "parameters": {{"seed": {2**64}}}}}', "seed"),
     ("v2 seed 2**64", f"/v2/models/{SERVED_NAME}/infer",
      f'{{"inputs": [{{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi"]}}], "parameters": {{"seed": {2**64}}}}}',
@@ -334,7 +350,7 @@ def test_odd_text_and_out_of_range_seeds_get_400_naming_the_field(kserve_server)
         if response.status_code != 400 or f"'{field}'" not in str(message):
             failures.append(f"{name}: {response.status_code} {response.text[:200]}")
     assert not failures, "\n".join(failures)
-    largest = {"model": SERVED_NAME, "prompt": "hi", "seed": 2**64 - 1, "max_tokens": 2}
+    largest = {"model": SERVED_NAME, "prompt": "hi", "seed": 2**63 - 1, "max_tokens": 2}  # vLLM's schema: int64
     assert httpx.post(f"{kserve_server.url}/openai/v1/completions", json=largest, timeout=60).status_code == 200
     assert_serving(kserve_server)
 

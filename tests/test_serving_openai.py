@@ -56,8 +56,8 @@ def test_token_prompt_with_echo_scores_every_prompt_token_as_the_forward_pass_do
     generated = int(expected[-1].argmax())
     assert logprobs.token_logprobs[-1] == pytest.approx(float(expected[-1, generated]), abs=1e-4)
     assert logprobs.token_logprobs[-1] == pytest.approx(max(logprobs.top_logprobs[-1].values()), abs=1e-6)
-    assert choice.text == tokenizer.decode(ids) + tokenizer.decode([generated])
-    assert logprobs.tokens == [tokenizer.decode([t]) for t in [*ids, generated]]
+    assert choice.text == tokenizer.decode(ids) + tokenizer.decode([generated], skip_special_tokens=True)
+    assert logprobs.tokens == [tokenizer.decode([t], skip_special_tokens=True) for t in [*ids, generated]]
     assert response.usage.prompt_tokens == len(ids)
 
     batch = client.completions.create(model=SERVED_NAME, prompt=[ids[:5], ids], max_tokens=2, temperature=0)
@@ -70,7 +70,9 @@ def test_chat_logprobs_and_their_stream_match_the_reply(client, reference):
     reply = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0, max_tokens=16,
                                            logprobs=True, top_logprobs=3)
     content = reply.choices[0].logprobs.content
+    # every token, the end token ("": no text) included, as vLLM reports them
     assert "".join(entry.token for entry in content) == reply.choices[0].message.content == ANSWER_TEXT
+    assert len(content) == reply.usage.completion_tokens
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
                               add_special_tokens=False)
     first = _logprobs(model, prompt)[-1]

@@ -11,7 +11,7 @@ import sys
 def _deploy(args) -> int:
     from medssr.configs import from_args
     from medssr.kube import inferenceservice
-    from medssr.serving.deploy import DeployError, resolve_storage_uri, run_deploy
+    from medssr.deploy import DeployError, resolve_storage_uri, run_deploy
     from medssr.stages import STAGES
 
     stage = STAGES["deployment"]

@@ -62,9 +62,9 @@ class DecodeJob:
 @dataclass
 class Delta:
     """Text one sample added in a step; ``finish_reason`` ("stop" or "length") once it has ended. ``token``
-    is the id it sampled (with its ``logprob`` when the job asked), None for the end token that ended it;
-    a sample's first delta carries the prompt's log-probabilities when the job asked (None for the first
-    prompt token)."""
+    is the id it sampled (with its ``logprob`` when the job asked; the end token too, though its text is not
+    part of the completion, as vLLM reports it); a sample's first delta carries the prompt's
+    log-probabilities when the job asked (None for the first prompt token)."""
 
     key: Hashable
     sample: int
@@ -274,8 +274,7 @@ class StepDecoder:
                 key, sample = running.owners[row]
                 first = self._samples[key, sample].ids == []
                 delta = self._advance(key, sample, tokens[row], ended_by_eos[row], made[row])
-                if not ended_by_eos[row]:  # the end token is not part of the completion
-                    delta.token, delta.logprob = tokens[row], logprobs.get(row)
+                delta.token, delta.logprob = tokens[row], logprobs.get(row)
                 if first and key in self._prompt_logprobs:
                     delta.prompt_logprobs = self._prompt_logprobs[key]
                 deltas.append(delta)

@@ -1,4 +1,5 @@
-"""InferenceService, ``serving.kserve.io/v1beta1`` (KServe): the Hugging Face runtime serving a model folder."""
+"""InferenceService, ``serving.kserve.io/v1beta1`` (KServe) serving a model folder: on the ``medssr``
+ClusterServingRuntime of ``manifests/`` (this project's model server) or on KServe's Hugging Face runtime."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "hf://", "https://", "oci://")
 MAX_NAME_LENGTH = 45
 # KServe reports these model transition states when a load failed for good: waiting longer is pointless.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+# The ClusterServingRuntime of manifests/base/servingruntime.yaml: `medssr serve` on the downloaded folder.
+MEDSSR_RUNTIME = "medssr"
 
 
 def dns_name(text: str) -> str:
@@ -42,10 +45,15 @@ def check_storage_uri(uri: str) -> str:
 
 
 def build(config, storage_uri: str) -> dict[str, Any]:
-    """The InferenceService of a ``medssr.serving.deploy.DeployConfig`` serving the folder at ``storage_uri``."""
+    """The InferenceService of a ``medssr.deploy.DeployConfig`` serving the folder at ``storage_uri``."""
     name = config.service_name
-    args = [f"--model_name={name}", f"--backend={config.backend}", f"--dtype={config.dtype}"]
-    if config.backend == "vllm":
+    if config.runtime == MEDSSR_RUNTIME:  # appended to the runtime's `medssr serve` arguments
+        args = [f"--engine={config.engine}", f"--dtype={config.dtype}"]
+        vllm = config.engine == "vllm"
+    else:  # KServe's Hugging Face server
+        args = [f"--model_name={name}", f"--backend={config.backend}", f"--dtype={config.dtype}"]
+        vllm = config.backend == "vllm"
+    if vllm:
         args += [f"--max-model-len={config.max_model_len}", f"--gpu-memory-utilization={config.gpu_memory_utilization}"]
     model: dict[str, Any] = {
         "modelFormat": {"name": "huggingface"},

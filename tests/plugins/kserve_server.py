@@ -1,16 +1,17 @@
 """A running KServe model server with the project's predictor, for serving tests.
 
 Fixtures:
-- `answering_model` (session): the tiny model, briefly trained so that, decoding greedily, it answers
-  any chat question with "The answer is C." (gives the answer-letter path a known outcome).
+- `answering_model` (session): a tiny model (head size 32, which vLLM's CPU attention also runs), briefly
+  trained so that, decoding greedily, it answers any chat question with "The answer is C." (gives the
+  answer-letter path a known outcome).
 - `kserve_server` (module): `medssr serve` on a free 127.0.0.1 port serving `answering_model` as
-  "medssr-tiny" with small limits (batch 8, queue 32, 256 prompt tokens, n <= 4); waits for
-  /v2/health/ready and stops the process when the module's tests are done.
+  "medssr-tiny" with small limits (batch 8, queue 32, 256 prompt tokens, n <= 4) on the transformers
+  engine; waits for /v2/health/ready and stops the process when the module's tests are done. A test module
+  that sets `ENGINE = "vllm"` gets it on vLLM's engine instead (the same tests, imported there, run on both).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -65,19 +66,24 @@ def train_to_answer(model_dir: Path, answer: str = ANSWER_TEXT, steps: int = 60)
 
 
 @pytest.fixture(scope="session")
-def answering_model(tiny_model, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("answering-model") / "model"
-    shutil.copytree(tiny_model, folder)
+def answering_model(tmp_path_factory) -> Path:
+    from medssr.models import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("answering-model") / "model", attention_heads=2)
     train_to_answer(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def kserve_server(answering_model, tmp_path_factory):
+def kserve_server(answering_model, tmp_path_factory, request):
     from medssr.serving.config import ServeConfig
     from medssr.serving.process import ServerProcess, free_port
 
+    engine = getattr(request.module, "ENGINE", "transformers")
     config = ServeConfig(
+        engine=engine,
+        dtype="float32",  # vLLM's "auto" would decode a float32 checkpoint in bf16 on CPU
+        max_model_len=512,
         model=str(answering_model),
         name=SERVED_NAME,
         host="127.0.0.1",
@@ -92,6 +98,6 @@ def kserve_server(answering_model, tmp_path_factory):
         torch_threads=1,
     )
     server = ServerProcess(config, tmp_path_factory.mktemp("kserve-server") / "server.log")
-    server.start(timeout_s=120)
+    server.start(timeout_s=300 if engine == "vllm" else 120)  # vLLM's engine starts in about a minute here
     yield server
     server.stop()

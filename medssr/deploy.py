@@ -1,4 +1,5 @@
-"""Deploy a registered model as a KServe InferenceService (Hugging Face runtime, vLLM backend).
+"""Deploy a registered model as a KServe InferenceService: on the ``medssr`` serving runtime (this
+project's model server, ``manifests/base/servingruntime.yaml``) or on KServe's Hugging Face runtime.
 
 ``storageUri`` is the model version's own S3 location, resolved through the MLflow registry
 (KServe's storage initializer has no ``models:/`` scheme); the predictor runs under the service
@@ -16,7 +17,7 @@ from medssr.cluster import NAMESPACE, PREDICTOR_SERVICE_ACCOUNT
 from medssr.errors import UserError
 from medssr.kube import client as kube_client
 from medssr.kube import inferenceservice
-from medssr.kube.inferenceservice import GROUP, PLURAL, VERSION, check_storage_uri, dns_name
+from medssr.kube.inferenceservice import GROUP, MEDSSR_RUNTIME, PLURAL, VERSION, check_storage_uri, dns_name
 from medssr.references import RegistryReference
 
 
@@ -44,7 +45,15 @@ class DeployConfig:
     service_account: str = field(
         default=PREDICTOR_SERVICE_ACCOUNT, metadata={"help": "Service account bound to the S3 Secret."}
     )
-    runtime: str = field(default="", metadata={"help": "ServingRuntime name; empty lets KServe pick by modelFormat."})
+    runtime: str = field(
+        default="medssr",
+        metadata={"help": "ServingRuntime: medssr (this project's server: the vote/abstain extension, per-step admission, "
+                          "the OpenAI contract on CPU and GPU) or KServe's Hugging Face runtime (kserve-huggingfaceserver; "
+                          "empty lets KServe pick it by modelFormat)."},
+    )
+    engine: str = field(
+        default="", metadata={"help": "medssr runtime's engine: vllm (GPU) or transformers; empty: vllm with GPUs, else transformers."}
+    )
     backend: str = field(
         default="", metadata={"help": "Hugging Face runtime backend: vllm (GPU) or huggingface; empty: vllm with GPUs."}
     )
@@ -69,12 +78,15 @@ class DeployConfig:
 
     def __post_init__(self):
         self.reference  # a model that names no registered version is refused here
-        if not self.backend:
-            self.backend = "vllm" if self.gpus else "huggingface"
+        self.engine = self.engine or ("vllm" if self.gpus else "transformers")
+        self.backend = self.backend or ("vllm" if self.gpus else "huggingface")
+        if self.engine not in ("vllm", "transformers"):
+            raise UserError(f"engine must be vllm or transformers, not {self.engine!r}")
         if self.backend not in ("vllm", "huggingface"):
             raise UserError(f"backend must be vllm or huggingface, not {self.backend!r}")
-        if self.backend == "vllm" and self.gpus < 1:
-            raise UserError("gpus: the vllm backend needs at least one GPU (use backend=huggingface on CPU)")
+        if self.runtime != MEDSSR_RUNTIME and self.backend == "vllm" and self.gpus < 1:
+            raise UserError("gpus: the vllm backend of KServe's Hugging Face runtime needs at least one GPU (use "
+                            "backend=huggingface on CPU)")
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
             raise UserError("replicas: need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
         if self.storage_uri:
@@ -106,7 +118,8 @@ class DeployConfig:
             memory=workload.memory,
             node_selector=dict(workload.node_selector),
             tolerations=list(workload.tolerations),
-            backend="",  # chosen again from the GPU count
+            engine="",  # both chosen again from the GPU count
+            backend="",
         )
 
 
