@@ -263,6 +263,15 @@ def parse_question_text(text: str) -> tuple[str, dict[str, str]]:
     return "\n".join(lines[:cut]).strip(), options
 
 
+def options_in_text(text: str) -> dict[str, str]:
+    """The ``A. ...`` option lines that end a question, or {} when the text is not multiple-choice."""
+    try:
+        _, options = parse_question_text(text)
+    except ValueError:
+        return {}
+    return options if len(options) >= MIN_OPTIONS else {}
+
+
 def read_reference_benchmark(
     path: str | os.PathLike, on_error: Literal["raise", "skip"] = "raise"
 ) -> ReadResult:

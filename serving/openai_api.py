@@ -81,7 +81,7 @@ class Reply:
                     text, ids, scores = "", [], []
                 if self.settings.echo:
                     text, ids, scores = self.echo(prompt) + text, result.prompt_ids + ids, [*result.prompt_logprobs] + scores
-                logprobs = self.logprobs(ids, scores) if self.settings.logprobs is not None else None
+                logprobs = self.logprobs(ids, scores) if self.settings.job.logprobs is not None else None
                 if self.chat:
                     choices.append(types.ChatCompletionChoice(
                         index=prompt * n + index, message=types.ChatMessage(role="assistant", content=text),
@@ -139,7 +139,7 @@ async def events(predictor, run: RequestRun, chat: bool, include_usage: bool) ->
         started: set[tuple[int, int]] = set()
         async for prompt, choice, delta in run.stream():
             if settings.echo and (prompt, choice) not in started:  # the prompt first, with its own log-probabilities
-                scores = run.prompt_logprobs[prompt] if settings.logprobs is not None else ()
+                scores = run.prompt_logprobs[prompt] if settings.job.logprobs is not None else ()
                 yield reply.chunk(prompt, choice, reply.echo(prompt), None, run.prompt_ids[prompt], scores or ())
             started.add((prompt, choice))
             scored = delta.logprob is not None and not settings.echo_only

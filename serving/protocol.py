@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medssr.data import LETTERS, MIN_OPTIONS, MCQItem, parse_question_text
+from medssr.data import LETTERS, MCQItem, options_in_text, parse_question_text
 from medssr.generation.base import Prompt, SamplingParams
+from medssr.generation.step_decoder import DecodeJob
 from medssr.prompts import build_messages
 from medssr.serving.config import ServeConfig
 from medssr.serving.metrics import REJECTED
@@ -79,18 +80,12 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How every prompt of one request is sampled, and the agreement below which its vote abstains."""
+    """How every prompt of one request is sampled (``job``: the engine's job, its key and prompt left to fill
+    in), how many choices it answers, and the agreement below which its vote abstains."""
 
     n: int
-    sampling: SamplingParams
-    stop: tuple[str, ...] = ()
-    min_tokens: int = 0
+    job: DecodeJob
     abstain_below: float | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: int | None = None  # alternatives per generated token (None: no log-probabilities)
-    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo with logprobs)
     echo: bool = False
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone
 
@@ -214,13 +209,13 @@ def settings_from_request(request, config: ServeConfig) -> GenerationSettings:
         raise RequestError.from_vllm(exc) from None
     sampling = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=max(params.top_k, 0),
                               max_tokens=params.max_tokens, seed=params.seed)
-    logit_bias = {int(token): float(bias) for token, bias in (params.logit_bias or {}).items()}
-    return GenerationSettings(
-        n=n, sampling=sampling, stop=tuple(params.stop or ()), min_tokens=params.min_tokens,
-        abstain_below=vote.abstain_below, logit_bias=logit_bias, presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty, logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs,
-        echo=bool(not chat and request.echo), echo_only=bool(echo_only),
-    )
+    job = DecodeJob(key=None, prompt_ids=[], samples=1 if sampling.temperature == 0 else n, sampling=sampling,
+                    min_tokens=params.min_tokens, stop=tuple(params.stop or ()),
+                    logit_bias={int(token): float(bias) for token, bias in (params.logit_bias or {}).items()},
+                    presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+                    logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
+    return GenerationSettings(n=n, job=job, abstain_below=vote.abstain_below, echo=bool(not chat and request.echo),
+                              echo_only=bool(echo_only))
 
 
 def parameters_request(parameters: dict[str, Any]):
@@ -241,9 +236,6 @@ def _vote_extension(request) -> VoteExtension:
     extension = (request.model_extra or {}).get(EXTENSION)
     if extension is None:
         return VoteExtension()
-    if not isinstance(extension, dict):
-        raise RequestError(400, f"'{EXTENSION}' must be an object with n and/or abstain_below", param=EXTENSION,
-                           code="invalid_type")
     try:
         vote = VoteExtension.model_validate(extension)
     except ValidationError as error:
@@ -269,15 +261,6 @@ def require_unicode_text(jobs: list[PromptJob], param: str) -> None:
                     400, f"'{where}' is not valid Unicode text: a lone surrogate {text[exc.start]!r} at character {exc.start}",
                     param=where, code="invalid_value",
                 ) from None
-
-
-def options_in_text(text: str) -> dict[str, str]:
-    """The ``A. ...`` option lines that end a question, or {} when the text is not multiple-choice."""
-    try:
-        _, options = parse_question_text(text)
-    except ValueError:
-        return {}
-    return options if len(options) >= MIN_OPTIONS else {}
 
 
 def chat_job(messages: list) -> PromptJob:

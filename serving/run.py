@@ -86,7 +86,7 @@ class RequestRun:
         self.scheduler, self.jobs, self.tickets = scheduler, jobs, tickets
         self.settings, self._events = settings, events
         self._prompt_of = {ticket.job.key: index for index, ticket in enumerate(tickets)}
-        self._greedy = settings.sampling.temperature == 0
+        self._greedy = settings.job.sampling.temperature == 0
         n = settings.n
         self.texts = [[""] * n for _ in jobs]
         self.tokens = [[0] * n for _ in jobs]
@@ -136,7 +136,7 @@ class RequestRun:
     def result(self, prompt: int) -> JobResult:
         options = self.jobs[prompt].options
         letters = "".join(options)
-        scored = self.settings.logprobs is not None
+        scored = self.settings.job.logprobs is not None
         completions = [
             Completion(text=text, tokens=tokens, finish_reason=finish,
                        answer=extract_answer(text, letters, mode="lenient", options=options) if options else None,

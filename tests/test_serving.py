@@ -55,13 +55,13 @@ def test_settings_take_server_defaults_and_enforce_limits():
 
     config = ServeConfig(model="m", max_n=2, max_tokens_limit=64, default_max_tokens=32)
     settings = settings_from_request(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}]), config)
-    assert (settings.n, settings.sampling.max_tokens, settings.sampling.temperature, settings.sampling.top_k) == (1, 32, 0.6, 20)
-    assert settings_from_request(completion_request(min_tokens=16), config).min_tokens == 16
+    assert (settings.n, settings.job.sampling.max_tokens, settings.job.sampling.temperature, settings.job.sampling.top_k) == (1, 32, 0.6, 20)
+    assert settings_from_request(completion_request(min_tokens=16), config).job.min_tokens == 16
     chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], max_completion_tokens=8, stop="\n",
                                  logprobs=True, top_logprobs=2)
-    assert (settings_from_request(chat, config).sampling.max_tokens, settings_from_request(chat, config).logprobs) == (8, 2)
+    assert (settings_from_request(chat, config).job.sampling.max_tokens, settings_from_request(chat, config).job.logprobs) == (8, 2)
     echoed = settings_from_request(completion_request(echo=True, logprobs=1, logit_bias={"7": -3}), config)
-    assert (echoed.prompt_logprobs, echoed.logit_bias) == (1, {7: -3.0})
+    assert (echoed.job.prompt_logprobs, echoed.job.logit_bias) == (1, {7: -3.0})
     for fields, param, code in [({"n": 3}, "n", "limit_exceeded"), ({"max_tokens": 65}, "max_tokens", "limit_exceeded"),
                                 ({"top_p": 0}, "top_p", "invalid_value"), ({"min_tokens": 33}, "min_tokens", "invalid_value"),
                                 ({"presence_penalty": 2.5}, "presence_penalty", "invalid_value"),

@@ -196,8 +196,12 @@ def test_a_predictor_whose_decode_thread_died_is_not_ready_and_answers_503(tiny_
         decoder.step = step
         raise RuntimeError("one bad step")
 
+    from medssr.generation.step_decoder import DecodeJob
+
+    greedy = GenerationSettings(n=1, job=DecodeJob(key=None, prompt_ids=[], samples=1, sampling=GREEDY))
+
     async def scenario():
-        one = [PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY)
+        one = [PromptJob(prompt="A patient")], greedy
         decoder.step = step_that_fails_once
         with pytest.raises(RequestError) as failed_step:  # a failed step is a 500 for its batch; the thread goes on
             await asyncio.wait_for(predictor.complete(*one), 30)
@@ -205,10 +209,10 @@ def test_a_predictor_whose_decode_thread_died_is_not_ready_and_answers_503(tiny_
         assert predictor.ready and (await asyncio.wait_for(predictor.complete(*one), 30))[0].completions[0].finish_reason
         decoder.can_join = broken
         with pytest.raises(RequestError) as met:  # the request that met the death fails, never hangs
-            await asyncio.wait_for(predictor.complete([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY)), 30)
+            await asyncio.wait_for(predictor.complete([PromptJob(prompt="A patient")], greedy), 30)
         assert met.value.status == 503 and met.value.error_type == "server_error"
         with pytest.raises(RequestError) as refused:
-            await predictor.submit([PromptJob(prompt="A patient")], GenerationSettings(n=1, sampling=GREEDY))
+            await predictor.submit([PromptJob(prompt="A patient")], greedy)
         return refused.value
 
     refused = asyncio.run(scenario())

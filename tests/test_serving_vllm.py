@@ -39,7 +39,7 @@ from tests.test_serving_streaming import (  # noqa: F401
 )
 
 ENGINE = "vllm"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def test_an_engine_that_dies_makes_the_server_not_ready_and_requests_503(kserve_server):

@@ -138,7 +138,7 @@ def test_the_tiny_presets_labelling_is_the_same_through_medssr_label(tiny_model,
 # The commands whose settings are one typed config of their own (not a pipeline stage), with what they cannot run without.
 OWN_CONFIGS = {
     "serve": ("medssr.serving.config:ServeConfig", ["serve", "--local", "m"]),
-    "ask": ("medssr.serving.client:AskConfig", ["ask", "--url", "http://127.0.0.1:1", "q"]),
+    "ask": ("medssr.ask:AskConfig", ["ask", "--url", "http://127.0.0.1:1", "q"]),
     "calibration": ("medssr.evaluation.calibration:CalibrationConfig", ["calibration", "folder"]),
     "demo": ("medssr.commands.demo:DemoConfig", ["demo"]),
     "study": ("medssr.study.config:StudyConfig", ["study"]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 def _ask(args) -> int:
     from medssr.configs import from_args
     from medssr.errors import UserError
-    from medssr.serving.client import AskConfig, run_ask
+    from medssr.ask import AskConfig, run_ask
 
     config = from_args(AskConfig, args)
     try:
@@ -26,7 +26,7 @@ def _ask(args) -> int:
 
 def register(subparsers) -> None:
     from medssr.configs import add_arguments
-    from medssr.serving.client import AskConfig
+    from medssr.ask import AskConfig
 
     parser = subparsers.add_parser(
         "ask", help="Ask a served model a question (OpenAI-compatible API); prints the reasoning and the letter."

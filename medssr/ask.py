@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from medssr.answers import extract_answer
-from medssr.data import LETTERS, MCQItem
+from medssr.data import LETTERS, MCQItem, options_in_text
 from medssr.prompts import build_messages
-from medssr.serving.protocol import options_in_text
 
 
 @dataclass
