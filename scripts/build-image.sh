@@ -188,6 +188,8 @@ links = "".join(f'<a href="{n}/">{n}</a>\n' for n in sorted(projects))
 (index / "wheels").rmdir()
 (index / "READY").write_text("\n".join(sorted(projects)) + "\n")
 EOF
+    # Indexes made for earlier constraints are not used again (the build lock keeps other builds out meanwhile).
+    find "$CACHE/torch-index" -mindepth 1 -maxdepth 1 ! -name "$(basename "$index")" -exec rm -rf {} +
     echo "$index"
 }
 
