@@ -276,17 +276,6 @@ def test_openai_backend_needs_a_base_url():
         build_generator(GeneratorConfig(backend="openai", model="m"))
 
 
-def test_vllm_backend_missing_vllm_says_how_to_install():
-    try:  # vLLM is GPU-only: absent from the CPU environment this suite runs in
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("vllm is installed here")
-    with pytest.raises(ImportError, match=r"install `medssr\[gpu\]` on a machine with an NVIDIA GPU"):
-        build_generator(GeneratorConfig(backend="vllm", model="m"))
-
-
 def test_resolve_model_downloads_an_s3_model_once(tiny_model, tmp_path, monkeypatch, s3_endpoint):
     from medssr import storage
 

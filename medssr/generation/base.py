@@ -40,7 +40,7 @@ class GeneratorConfig:
     """Which backend generates, from which model, and how."""
 
     backend: Literal["transformers", "vllm", "openai"] = field(
-        default="transformers", metadata={"help": "transformers (CPU/GPU), vllm (GPU) or openai (HTTP endpoint)."}
+        default="transformers", metadata={"help": "transformers (CPU/GPU), vllm (its CPU build from `make vllm`, or its CUDA build) or openai (HTTP endpoint)."}
     )
     model: str = field(default="", metadata={"help": "Model folder, hub id, s3:// URI, or served model name (openai)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward batch (transformers)."})
@@ -70,7 +70,21 @@ class GeneratorConfig:
                           "openai client's own, with its backoff (0.5 s doubling) or the server's Retry-After."},
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai)."})
-    gpu_memory_utilization: float = field(default=0.85, metadata={"help": "Share of GPU memory vLLM may use."})
+    gpu_memory_utilization: float = field(
+        default=0.85,
+        metadata={"help": "Share of GPU memory vLLM may use; with its CPU build, the share of RAM it reserves, which must be free "
+                          "when it starts (unless kv_cache_gib is set) (vllm)."},
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs vLLM splits the model over (vllm)."})
+    kv_cache_gib: float = field(
+        default=0.0,
+        metadata={"help": "GiB vLLM gives its key/value cache; 0: what gpu_memory_utilization leaves (vllm)."},
+    )
+    enforce_eager: bool = field(
+        default=False,
+        metadata={"help": "vLLM runs the model eagerly, without torch.compile or CUDA graphs: it starts in less than half "
+                          "the time, and may decode slower (vllm)."},
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over batches/requests."})
     tokenizer: str = field(
         default="", metadata={"help": "Tokenizer folder of the served model (openai: enables logit_bias for letters)."}
