@@ -174,26 +174,27 @@ def test_over_long_prompts_are_rejected_by_file_line_and_field_and_the_rest_kept
 
 
 @pytest.mark.slow  # imports TRL
-def test_vllm_rollouts_only_with_cuda_and_cpu_settings(monkeypatch, tmp_path):
+def test_use_vllm_means_colocated_vllm_rollouts_on_any_device_and_cpu_settings(tmp_path):
     import torch
 
     from medssr.training import grpo
 
     config = TrainingConfig(model="m", data="d", output_dir=str(tmp_path), use_vllm=True, num_generations=2, per_device_train_batch_size=2)
+    assert grpo.rollout_backend(config) == "vllm-colocate"  # vLLM's CPU build on a CPU (tests/test_vllm_grpo.py)
+    args = grpo.build_grpo_config(config, tmp_path / "checkpoints")
+    assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == (True, "colocate", 0.3)
     if not grpo.cuda_available():
-        assert grpo.rollout_backend(config) == "medssr-generator"
-        args = grpo.build_grpo_config(config, tmp_path / "checkpoints")
         from medssr.cpu import cpu_prefers_bf16
 
         # bf16 left unset is on where this CPU computes it natively, as autocast over float32 weights
-        assert (args.use_vllm, args.bf16, args.gradient_checkpointing, args.report_to) == (False, cpu_prefers_bf16(), False, [])
+        assert (args.bf16, args.gradient_checkpointing, args.report_to) == (cpu_prefers_bf16(), False, [])
         assert args.model_init_kwargs["dtype"] == torch.float32
         assert args.reward_weights == [1.0, config.format_reward_weight]
-    monkeypatch.setattr(grpo, "cuda_available", lambda: True)
-    assert grpo.rollout_backend(config) == "vllm-colocate"
     assert grpo.rollout_backend(TrainingConfig(use_vllm=False)) == "medssr-generator"
     assert grpo.rollout_backend(TrainingConfig(use_vllm=False, generation_backend="trl")) == "trl-generate"
     assert grpo.rollout_function(TrainingConfig(generation_backend="trl")) is None
+    with pytest.raises(ValueError, match="vllm_kv_cache_gib: must not be negative"):
+        TrainingConfig(vllm_kv_cache_gib=-1)
 
 
 # --- training ----------------------------------------------------------------------------------------

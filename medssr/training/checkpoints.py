@@ -36,7 +36,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 # (the step budget) and how it fits in memory. Every other setting shapes the weights.
 RESUMABLE_SETTINGS = frozenset({
     "output_dir", "checkpoint_dir", "max_steps", "num_train_epochs", "save_steps", "save_total_limit",
-    "logging_steps", "vllm_gpu_memory_utilization", "gradient_checkpointing", "overwrite",
+    "logging_steps", "vllm_gpu_memory_utilization", "vllm_kv_cache_gib", "gradient_checkpointing", "overwrite",
 })
 
 

@@ -70,7 +70,7 @@ class TrainingConfig:
     generation_backend: Literal["medssr", "trl"] = field(
         default="medssr",
         metadata={
-            "help": "Rollouts when vLLM is not used (CPU, or use_vllm off): 'medssr' = medssr's continuous-batching generator "
+            "help": "Rollouts when vLLM is not used (use_vllm off): 'medssr' = medssr's continuous-batching generator "
             "on the trainer's current weights (TRL's rollout_func); 'trl' = TRL's own model.generate."
         },
     )
@@ -84,13 +84,23 @@ class TrainingConfig:
     )
     use_vllm: bool = field(
         default=False,
-        metadata={"help": "vLLM rollouts in colocate mode; honoured only when CUDA is present, else plain transformers generation."},
+        metadata={"help": "Rollouts by vLLM in colocate mode: its CUDA build on GPUs, its CPU build (`make vllm`) on a CPU; "
+                          "an error naming how to install it when it is absent."},
     )
     vllm_mode: Literal["colocate"] = field(
         default="colocate",
         metadata={"help": "vLLM mode; only 'colocate' (vLLM inside the training processes) is supported."},
     )
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "GPU memory fraction vLLM may take in colocate mode."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={"help": "GPU memory fraction vLLM may take in colocate mode; with its CPU build, the share of RAM it reserves "
+                          "(which must be free when it starts) unless vllm_kv_cache_gib is set."},
+    )
+    vllm_kv_cache_gib: int = field(
+        default=0,
+        metadata={"help": "With vLLM's CPU build: GiB of RAM its key/value cache takes (VLLM_CPU_KVCACHE_SPACE); 0: "
+                          "vllm_gpu_memory_utilization decides."},
+    )
     vllm_tensor_parallel_size: int = field(
         default=1,
         metadata={"help": "GPUs (consecutive ranks of one node) each colocated vLLM engine is split over; must divide the processes per node."},
@@ -123,6 +133,8 @@ class TrainingConfig:
             raise ValueError(f"format_partial_credit: must be in [0, 1], got {self.format_partial_credit}")
         if self.num_generations < 2:
             raise ValueError("num_generations: GRPO needs at least 2 completions per prompt")
+        if self.vllm_kv_cache_gib < 0:
+            raise ValueError(f"vllm_kv_cache_gib: must not be negative, got {self.vllm_kv_cache_gib}")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "max_prompt_tokens",
                      "save_steps", "logging_steps", "save_total_limit", "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:

@@ -41,8 +41,9 @@ def launched_distributed() -> bool:
 
 
 def rollout_backend(config: TrainingConfig) -> str:
-    """vLLM colocate when asked for and a GPU is present; otherwise medssr's generator or TRL's model.generate."""
-    if config.use_vllm and cuda_available():
+    """vLLM colocate when asked for (its CUDA or its CPU build: :mod:`medssr.training.vllm_colocate`); otherwise
+    medssr's generator or TRL's model.generate."""
+    if config.use_vllm:
         return "vllm-colocate"
     return "medssr-generator" if config.generation_backend == "medssr" else "trl-generate"
 
@@ -127,6 +128,34 @@ def build_reward_functions(config: TrainingConfig | None = None):
     return [correctness_reward, functools.partial(format_reward, partial_credit=partial_credit) if partial_credit else format_reward]
 
 
+def build_trainer(config: TrainingConfig, model: str, tokenizer, rows: list[dict], grpo_config, callbacks: Sequence = ()):
+    """The GRPO trainer of ``config`` on ``rows``; with use_vllm, its colocated engine started and adapted to
+    the vLLM build (:mod:`medssr.training.vllm_colocate`)."""
+    import contextlib
+
+    from datasets import Dataset
+
+    from medssr.training import vllm_colocate
+
+    colocated = rollout_backend(config) == "vllm-colocate"
+    cpu = vllm_colocate.require_vllm() if colocated else False
+    with warnings.catch_warnings(), vllm_colocate.engine_environment(config, grpo_config.bf16, cpu) if colocated else contextlib.nullcontext():
+        # rollout_func is chosen on purpose; TRL's notice that it is experimental says nothing new.
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
+        trainer = trainer_class(config)(
+            model=model,
+            reward_funcs=build_reward_functions(config),
+            args=grpo_config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            rollout_func=rollout_function(config),
+            callbacks=list(callbacks),
+        )
+    if colocated:
+        vllm_colocate.adapt(trainer, cpu)
+    return trainer
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -142,11 +171,10 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     ``callbacks``: extra transformers ``TrainerCallback`` objects (metric loggers, timers).
     """
     from accelerate import PartialState
-    from datasets import Dataset
     from transformers import TrainerState
 
     from medssr.models import resolve_model
-    from medssr.training import checkpoints
+    from medssr.training import checkpoints, vllm_colocate
     from medssr.prompt_limit import PromptLimit
     from medssr.training.dataset import load_training_rows
     from medssr.training.signal import learning_signal
@@ -166,8 +194,6 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     if state.is_main_process:
         log.info("stage %s: %d training records (%d rejected), rollouts: %s, world size %d",
                  config.stage, len(data.rows), data.rejected, backend, state.num_processes)
-        if config.use_vllm and backend != "vllm-colocate":
-            log.info("use_vllm requested but no CUDA device: %s rollouts instead", backend)
 
     if config.overwrite:
         if state.is_main_process and checkpoints_dir.exists():
@@ -184,21 +210,10 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
     if resume_from and state.is_main_process:
         log.info("%s %s", "training already finished at" if finished else "resuming from", resume_from)
 
-    with warnings.catch_warnings():
-        # rollout_func is chosen on purpose; TRL's notice that it is experimental says nothing new.
-        warnings.filterwarnings("ignore", message="You are using 'rollout_func'", category=UserWarning)
-        trainer = trainer_class(config)(
-            model=resume_from if finished else model_path,
-            reward_funcs=build_reward_functions(config),
-            args=grpo_config,
-            train_dataset=Dataset.from_list(data.rows),
-            processing_class=tokenizer,
-            rollout_func=rollout_function(config),
-            callbacks=[
-                checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run),
-                *callbacks,
-            ],
-        )
+    trainer = build_trainer(
+        config, resume_from if finished else model_path, tokenizer, data.rows, grpo_config,
+        callbacks=[checkpoints.CompleteCheckpointCallback(checkpoints_dir, config.checkpoint_dir, config.save_total_limit, run), *callbacks],
+    )
     if finished:
         trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
         train_metrics = {}
@@ -228,6 +243,7 @@ def run_training(config: TrainingConfig, callbacks: Sequence = ()) -> TrainingRe
         # what a letter-preferring policy could earn on these targets (after balance_answer_letters, if on)
         "target_letters": dict(sorted(Counter(row["target"] for row in data.rows).items())),
         "rollout_backend": backend,
+        "vllm_engine": vllm_colocate.engine_settings(trainer) if backend == "vllm-colocate" else None,
         **_reward_summary(trainer.state.log_history),
         "learning_signal": signal.to_dict() if signal is not None else None,
         "config": asdict(config),
