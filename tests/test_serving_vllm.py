@@ -13,6 +13,7 @@ import pytest
 
 from tests.plugins.kserve_server import SERVED_NAME
 from tests.test_serving import (  # noqa: F401 - collected here, on this module's server
+    test_a_20_mb_body_gets_413_before_it_is_read_and_health_answers_meanwhile,
     test_every_bad_request_gets_its_4xx_and_the_server_stays_up,
     test_kserve_v1_and_v2_protocols,
     test_odd_text_and_out_of_range_seeds_get_400_naming_the_field,
