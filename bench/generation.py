@@ -10,13 +10,20 @@ Memory-bandwidth bound: each decode step reads every weight once, so weight byte
 elapsed is the weight traffic achieved; it is compared with a memcpy bandwidth measured here (a large
 tensor copy, counting read + write traffic). Elapsed includes prefill, so the fraction is a lower bound.
 
-    .venv/bin/python bench/generation.py [--model DIR] [--batch-size 128]
+The peer: vLLM's CPU build (``make vllm``) on the same prompts, samples, sampling and exactly as many new
+tokens (its ``min_tokens``), beside our batched side in each of ``--vllm-dtypes``, alternating which goes
+first over ``--vllm-rounds`` rounds (medians); its engine start is timed apart. In each dtype both sides
+also decode the prompts greedily, and the share of identical completions is reported. ``--vllm-dtypes ''``
+leaves the peer out.
+
+    .venv/bin/python bench/generation.py [--model DIR] [--batch-size 128] [--vllm-dtypes float32,bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import record
@@ -55,6 +62,61 @@ def questions(count: int):
     return items[:count]
 
 
+def vllm_peer(model: str, prompts: list, args) -> dict:
+    """Our batched side and vLLM's CPU build in each dtype: tokens/s (median over alternating rounds), vLLM's
+    engine start, and the share of greedy completions (and tokens before the first difference) that agree."""
+    import vllm
+
+    from medssr.generation import GeneratorConfig, SamplingParams, build_generator
+    from medssr.generation.vllm_backend import VLLMGenerator
+
+    sampling = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, max_tokens=args.new_tokens, seed=0)
+    exact = vllm.SamplingParams(n=args.samples, temperature=0.6, top_p=0.95, top_k=20, max_tokens=args.new_tokens, min_tokens=args.new_tokens)
+    greedy = SamplingParams(temperature=0.0, max_tokens=args.new_tokens)
+    rows = len(prompts) * args.samples
+    results = {}
+    for dtype in [d for d in args.vllm_dtypes.split(",") if d]:
+        ours = build_generator(GeneratorConfig(model=model, dtype=dtype, batch_size=args.batch_size, progress=False))
+        started = time.perf_counter()
+        # On a GPU our side's model is already there: vLLM takes half the memory (on a CPU the cache size decides).
+        engine = VLLMGenerator(GeneratorConfig(backend="vllm", model=model, dtype=dtype, kv_cache_gib=args.vllm_kv_cache_gib,
+                                               gpu_memory_utilization=0.5, progress=False))
+        load_s = time.perf_counter() - started
+        requests = [{"prompt_token_ids": engine._encode(prompt)} for prompt in prompts]
+        ours.generate(prompts[:1], n=1, sampling=SamplingParams(max_tokens=2), min_new_tokens=2)  # warm-up, both sides
+        engine.llm.generate(requests[:1], vllm.SamplingParams(max_tokens=2), use_tqdm=False)
+        seconds: dict[str, list[float]] = {"medssr": [], "vllm": []}
+        for round_index in range(args.vllm_rounds):
+            for side in ("medssr", "vllm") if round_index % 2 == 0 else ("vllm", "medssr"):
+                start = time.perf_counter()
+                if side == "medssr":
+                    out = ours.generate(prompts, n=args.samples, sampling=sampling, min_new_tokens=args.new_tokens)
+                    assert sum(len(samples) for samples in out) == rows
+                else:
+                    out = engine.llm.generate(requests, exact, use_tqdm=False)
+                    assert all(len(sample.token_ids) == args.new_tokens for request in out for sample in request.outputs)
+                seconds[side].append(time.perf_counter() - start)
+        rates = {side: rows * args.new_tokens / statistics.median(times) for side, times in seconds.items()}
+        mine, theirs = ([out[0] for out in side.generate(prompts, n=1, sampling=greedy)] for side in (ours, engine))
+        tokenized = [(engine.tokenizer.encode(a, add_special_tokens=False), engine.tokenizer.encode(b, add_special_tokens=False))
+                     for a, b in zip(mine, theirs)]
+        same = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in tokenized)
+        results[dtype] = {
+            "tokens_per_s": rates, "seconds": seconds, "vllm_engine_start_s": load_s,
+            "medssr_over_vllm": rates["medssr"] / rates["vllm"],
+            "greedy_identical_completions": sum(a == b for a, b in zip(mine, theirs)) / len(prompts),
+            "greedy_tokens_before_first_difference": same / max(1, sum(max(len(a), len(b)) for a, b in tokenized)),
+        }
+        engine.close()
+        del ours
+        r = results[dtype]
+        print(f"{dtype}: medssr batched {rates['medssr']:.1f} tokens/s, vLLM CPU {rates['vllm']:.1f} tokens/s -> ours / vLLM "
+              f"{r['medssr_over_vllm']:.2f}x (medians of {args.vllm_rounds}); vLLM engine start {load_s:.1f} s (not counted); "
+              f"greedy: {r['greedy_identical_completions']:.0%} of completions identical, "
+              f"{r['greedy_tokens_before_first_difference']:.1%} of tokens before the first difference", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="", help="Model folder (default: build/cached SmolLM2-135M-Instruct).")
@@ -64,6 +126,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="Rows per forward batch on the batched side.")
     parser.add_argument("--loop-samples", type=int, default=1, help="Serial runs per prompt on the loop side.")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="dtypes of the vLLM CPU peer and our side beside it; '' for none.")
+    parser.add_argument("--vllm-rounds", type=int, default=2, help="Alternating rounds of ours and vLLM's per dtype.")
+    parser.add_argument("--vllm-kv-cache-gib", type=float, default=2.0, help="vLLM's key/value cache (its CPU build reserves RAM).")
     record.add_arguments(parser)
     args = parser.parse_args()
 
@@ -117,13 +182,21 @@ def main() -> None:
     batched_rate = report(f"batched ({args.prompts} prompts x n={args.samples}, batch {args.batch_size})", batched_tokens, batched_s, batched_steps)
     loop_rate = report(f"loop ({runs} runs of 1 prompt x 1 sample)", loop_tokens, loop_s, loop_steps)
     print(f"speed-up batched / loop: {batched_rate / loop_rate:.1f}x (target >= 4x)")
+    del generator
+    peer = vllm_peer(model, prompts, args) if args.vllm_dtypes else {}
     figures = {"model": model, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
                "tokens_per_s": {"batched": batched_rate, "loop": loop_rate}, "seconds": {"batched": batched_s, "loop": loop_s},
-               "memcpy_gb_per_s": bandwidth / 1e9}
-    record.write_record(args, "generation", figures,
-                        tables=[{"title": f"{args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens:",
-                                 "columns": ["side", "tokens/s", "seconds"],
-                                 "rows": [["batched", batched_rate, batched_s], ["loop, 1 prompt x 1 sample", loop_rate, loop_s]]}],
+               "memcpy_gb_per_s": bandwidth / 1e9, "vllm_cpu": peer}
+    tables = [{"title": f"{args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens:",
+               "columns": ["side", "tokens/s", "seconds"],
+               "rows": [["batched", batched_rate, batched_s], ["loop, 1 prompt x 1 sample", loop_rate, loop_s]]}]
+    if peer:
+        tables.append({"title": f"the same workload beside vLLM's CPU build (medians of {args.vllm_rounds} alternating rounds; "
+                                "its engine start not counted):",
+                       "columns": ["dtype", "medssr tokens/s", "vLLM tokens/s", "medssr / vLLM", "vLLM start (s)", "greedy identical"],
+                       "rows": [[dtype, r["tokens_per_s"]["medssr"], r["tokens_per_s"]["vllm"], r["medssr_over_vllm"], r["vllm_engine_start_s"],
+                                 r["greedy_identical_completions"]] for dtype, r in peer.items()]})
+    record.write_record(args, "generation", figures, tables=tables,
                         headline={"name": "tokens/s, batched / loop", "value": batched_rate / loop_rate, "target": ">= 4"})
 
 

@@ -10,6 +10,9 @@
     third arm adds the shared-prompt forward/backward (``shared_prompt_forward``) to our rollout. The
     ``-bf16`` arms (``--rollout-arms``) run the same in bf16, TRL's default: autocast over float32 weights
     on a CPU; each of our arms is compared with TRL's rollout in its precision and with TRL's fastest.
+    The ``vllm`` arms are the peer: ``use_vllm``, TRL's colocated engine on vLLM's CPU build (``make
+    vllm``), in the trainer's dtype; each of our arms is compared with it in the same precision, and its
+    engine start (in the trainer's construction, before the first step) is reported apart.
 
 (a) The same model, data and GRPO settings go through ``medssr.training.run_training`` and through a
     GRPOTrainer built by hand from TRL alone, alternately, several rounds; the per-step wall time
@@ -202,6 +205,9 @@ ARMS = {  # name: (label, generation_backend, shared_prompt_forward, bf16, fused
     "medssr+shared-bf16": ("bf16: medssr rollout, shared-prompt fwd", "medssr", True, True, True),
     # Our rollout with each decode step through the model's forward pass instead of the fused step.
     "medssr-bf16-forward": ("bf16: medssr rollout (forward steps)", "medssr", False, True, False),
+    # The peer: TRL's colocated vLLM engine (use_vllm) on vLLM's CPU build.
+    "vllm": ("vLLM CPU rollout, TRL forward", "vllm", False, False, True),
+    "vllm-bf16": ("bf16: vLLM CPU rollout, TRL forward", "vllm", False, True, True),
 }
 DEFAULT_ARMS = ("trl", "medssr", "medssr+shared")
 
@@ -211,30 +217,31 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
     """(r): the arms alternately, ``rounds`` runs of ``steps`` steps each; medians over the steps after warm-up.
     With ``accumulation`` > 1 each optimizer step trains on that many prompts' groups, all sampled in one
     rollout call (TRL's generation batch is per-device batch x gradient accumulation)."""
-    from medssr.training import TrainingConfig, run_training
-
     names = ("step", "rollout", "forward_backward", "rest")
     measured: dict[str, list[dict]] = {arm: [] for arm in arms}
     lengths: dict[str, list[float]] = {arm: [] for arm in arms}
+    engine_start: dict[str, list[float]] = {arm: [] for arm in arms if ARMS[arm][1] == "vllm"}
     for round_index in range(rounds):
         order = list(arms)[round_index % len(arms):] + list(arms)[: round_index % len(arms)]  # who goes first rotates
         for arm in order:
             out = work / f"rollout-{arm}"
             shutil.rmtree(out, ignore_errors=True)
             generation_backend, shared_prompt_forward, bf16, fused = ARMS[arm][1:]
-            config = TrainingConfig(
-                stage="supervised", model=str(model), data=str(data), output_dir=str(out), generation_backend=generation_backend,
+            use_vllm = generation_backend == "vllm"
+            settings = dict(
+                stage="supervised", model=str(model), data=str(data), output_dir=str(out),
+                generation_backend="medssr" if use_vllm else generation_backend, use_vllm=use_vllm, vllm_kv_cache_gib=2 if use_vllm else 0,
                 shared_prompt_forward=shared_prompt_forward, bf16=bf16, learning_rate=1e-6, num_generations=8, per_device_train_batch_size=8,
                 max_completion_length=completion_tokens,
                 gradient_accumulation_steps=accumulation, temperature=1.0, max_steps=steps, save_steps=steps, logging_steps=1, seed=round_index,
             )
-            timer = PhaseTimer()
-            with timer, decode_steps(fused):
-                result = run_training(config, callbacks=[timer.callback()])
-            kept = timer.steps[warmup:]
+            # A colocated vLLM engine sets up torch.distributed and thread binding in the process it starts in: its
+            # runs go to a child process each, measured by the same code, so no arm runs in a process vLLM changed.
+            run = measure_in_child(settings, fused) if use_vllm else measure_run(settings, fused)
+            engine_start.get(arm, []).extend(run["engine_start_s"])
+            kept = run["steps"][warmup:]
             measured[arm] += kept
-            history = [json.loads(line) for line in result.history_path.read_text().splitlines()]
-            lengths[arm] += [h["completions/mean_length"] for h in history if "completions/mean_length" in h][warmup:]
+            lengths[arm] += run["lengths"][warmup:]
             print(f"  round {round_index + 1} {ARMS[arm][0]:34s} wall (cpu): " + ", ".join(
                 f"{name} {statistics.median(s['wall'][name] for s in kept):5.1f} ({statistics.median(s['cpu'][name] for s in kept):5.1f}) s"
                 for name in names
@@ -250,7 +257,51 @@ def rollout_bench(model: Path, data: Path, work: Path, rounds: int, steps: int, 
         "step_speedup": {kind: {arm: median[kind]["trl"]["step"] / median[kind][arm]["step"] for arm in arms} for kind in median},
         "completions_per_rollout": 8 * accumulation,
         "steps_measured_each": len(measured["trl"]),
+        "vllm_engine_start_s": {arm: statistics.median(times) for arm, times in engine_start.items() if times},
     }
+
+
+def measure_run(settings: dict, fused: bool) -> dict:
+    """One run_training of ``settings``: each step's wall and CPU time by phase, completion lengths, and the start
+    time of each colocated vLLM engine."""
+    from medssr.training import TrainingConfig, run_training
+
+    timer, starts = PhaseTimer(), []
+    with timer, decode_steps(fused), engine_start_timer(starts):
+        result = run_training(TrainingConfig(**settings), callbacks=[timer.callback()])
+    history = [json.loads(line) for line in result.history_path.read_text().splitlines()]
+    return {"steps": timer.steps, "lengths": [h["completions/mean_length"] for h in history if "completions/mean_length" in h],
+            "engine_start_s": starts}
+
+
+def measure_in_child(settings: dict, fused: bool) -> dict:
+    """:func:`measure_run` in a child process (this script with ``--measure-run``), with this process's torch threads."""
+    import subprocess
+
+    import torch
+
+    payload = json.dumps({"settings": settings, "fused": fused, "threads": torch.get_num_threads()})
+    child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure-run", payload], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def engine_start_timer(times: list[float]):
+    """Appends to ``times`` how long each colocated vLLM engine took to start (TRL's ``VLLMGeneration._init_vllm``)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    start_engine = VLLMGeneration._init_vllm
+
+    def timed(generation):
+        started = time.perf_counter()
+        start_engine(generation)
+        times.append(time.perf_counter() - started)
+
+    VLLMGeneration._init_vllm = timed
+    try:
+        yield
+    finally:
+        VLLMGeneration._init_vllm = start_engine
 
 
 @contextmanager
@@ -267,12 +318,16 @@ def decode_steps(fused: bool):
 
 
 def rollout_speedups(median: dict, arm: str, arms) -> dict:
-    """Our arm's rollout time against TRL's in the same precision (when that arm ran) and TRL's fastest here."""
+    """Our arm's rollout time against TRL's in the same precision (when that arm ran) and TRL's fastest here, and
+    against vLLM's in the same precision (when that arm ran)."""
     trl_arms = [other for other in arms if ARMS[other][1] == "trl"]
     speedups = {"fastest_trl": min(median[other]["rollout"] for other in trl_arms) / median[arm]["rollout"]}
     for other in trl_arms:
         if ARMS[other][3] == ARMS[arm][3]:
             speedups["same_precision"] = median[other]["rollout"] / median[arm]["rollout"]
+    for other in arms:
+        if ARMS[other][1] == "vllm" and ARMS[other][3] == ARMS[arm][3]:
+            speedups["vllm_same_precision"] = median[other]["rollout"] / median[arm]["rollout"]
     return speedups
 
 
@@ -420,8 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signal-steps", type=int, default=60, help="(b) GRPO steps of the learning-signal run.")
     parser.add_argument("--window", type=int, default=10, help="(b) steps averaged at the start and at the end.")
     parser.add_argument("--threads", type=int, default=1, help="(a), (b) torch threads (1 is fastest for the tiny model on a shared machine).")
+    parser.add_argument("--measure-run", default="", help=argparse.SUPPRESS)  # one run of (r), for measure_in_child
     record.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.measure_run:
+        import torch
+
+        payload = json.loads(args.measure_run)
+        torch.set_num_threads(payload["threads"])
+        print("\n" + json.dumps(measure_run(payload["settings"], payload["fused"])))
+        return 0
     parts = set(args.parts.split(","))
     if parts - {"rollouts", "overhead", "signal"}:
         parser.error(f"--parts: unknown {sorted(parts - {'rollouts', 'overhead', 'signal'})}")
@@ -455,18 +518,24 @@ def main(argv: list[str] | None = None) -> int:
                       f"{m['forward_backward']:6.2f} + rest {m['rest']:5.2f}  (step {rollouts['step_speedup'][kind][arm]:.2f}x TRL's)")
             for arm, speedup in rollouts["rollout_speedup"][kind].items():
                 same = f"{speedup['same_precision']:.2f}x TRL's in the same precision, " if "same_precision" in speedup else ""
-                print(f"{kind}: {ARMS[arm][0]}: rollout {same}{speedup['fastest_trl']:.2f}x TRL's fastest here (target >= 3x)")
+                peer = f"; {speedup['vllm_same_precision']:.2f}x vLLM CPU's in the same precision" if "vllm_same_precision" in speedup else ""
+                print(f"{kind}: {ARMS[arm][0]}: rollout {same}{speedup['fastest_trl']:.2f}x TRL's fastest here (target >= 3x){peer}")
+        for arm, seconds in rollouts["vllm_engine_start_s"].items():
+            print(f"{ARMS[arm][0]}: engine start {seconds:.1f} s per run (median; before the first step, not in the step times)")
         tokens = rollouts["mean_completion_tokens"]
         print("mean completion length: " + ", ".join(f"{arm} {value:.1f}" for arm, value in tokens.items())
               + f" tokens; {rollouts['steps_measured_each']} steps measured per arm")
         results["rollouts" if args.rollout_accumulation == 1 else f"rollouts_x{args.rollout_accumulation}"] = rollouts
         wall = rollouts["median_s"]["wall"]
-        rows = [[ARMS[arm][0], wall[arm]["step"], wall[arm]["rollout"], wall[arm]["forward_backward"], tokens.get(arm, "")] for arm in arms]
+        starts = rollouts["vllm_engine_start_s"]
+        rows = [[ARMS[arm][0], wall[arm]["step"], wall[arm]["rollout"], wall[arm]["forward_backward"], tokens.get(arm, ""), starts.get(arm, "")]
+                for arm in arms]
         fastest = max(speedup["fastest_trl"] for speedup in rollouts["rollout_speedup"]["wall"].values())
         record.write_record(
             args, "training", {"rollouts": rollouts},
             tables=[{"title": f"{args.rollout_accumulation} prompts x 8 completions of up to {args.rollout_tokens} tokens per step, median wall time:",
-                     "columns": ["arm", "whole step (s)", "rollout (s)", "forward/backward (s)", "mean completion (tokens)"], "rows": rows}],
+                     "columns": ["arm", "whole step (s)", "rollout (s)", "forward/backward (s)", "mean completion (tokens)",
+                                 "engine start (s), not in the step"], "rows": rows}],
             headline={"name": f"rollout, TRL's fastest / ours, {args.rollout_accumulation} x 8 x {args.rollout_tokens} tokens", "value": fastest,
                       "target": ">= 3"},
         )
