@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,9 @@ def test_an_engine_that_cannot_start_fails_the_step_with_its_cause_in_mlflow_and
     run = {**ids, "tracking_uri": tracking, "experiment": "medssr", "workspace": str(tmp_path / "workspace")}
     outputs = {name: LocalArtifact(tmp_path / name) for name in ("labeled", "audit", "metrics")}
     labelling = {**params["labeling"], "backend": "vllm", "gpu_memory_utilization": 0.99, "kv_cache_gib": 0.0, "enforce_eager": True}
+    # Python's own resource tracker (one per process, for its lifetime) starts with the engine's first spawn when no
+    # earlier test started it: it is not an engine process, so it is running before the snapshot.
+    resource_tracker.ensure_running()
     before = process_tree(os.getpid())
     started = time.monotonic()
     with pytest.raises(VLLMEngineError) as failed:
@@ -120,4 +125,5 @@ def test_an_engine_that_cannot_start_fails_the_step_with_its_cause_in_mlflow_and
     deadline = time.monotonic() + 30
     while process_tree(os.getpid()) - before and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not process_tree(os.getpid()) - before, "an engine process was left behind"
+    left = process_tree(os.getpid()) - before
+    assert not left, "an engine process was left behind: " + subprocess.run(["ps", "-o", "pid=,args=", "-p", ",".join(map(str, left))], capture_output=True, text=True).stdout

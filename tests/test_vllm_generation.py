@@ -57,19 +57,19 @@ def engine_processes(generator) -> list[int]:
 
 
 def process_tree(root: int) -> set[int]:
-    """``root`` and every process below it that is alive, from ``ps`` (not counting that ``ps``)."""
-    ps = subprocess.Popen(["ps", "-eo", "pid=,ppid="], stdout=subprocess.PIPE, text=True)
+    """``root`` and every process below it that is alive, from ``ps`` (not counting that ``ps``, nor zombies: an
+    exited child the test process has not reaped yet holds nothing but its table entry)."""
+    ps = subprocess.Popen(["ps", "-eo", "pid=,ppid=,stat="], stdout=subprocess.PIPE, text=True)
     table = [row for row in (line.split() for line in ps.communicate()[0].splitlines()) if int(row[0]) != ps.pid]
-    table = [value for row in table for value in row]
     children: dict[int, list[int]] = {}
-    for pid, ppid in zip(table[::2], table[1::2]):
+    for pid, ppid, _ in table:
         children.setdefault(int(ppid), []).append(int(pid))
     found, todo = set(), [root]
     while todo:
         pid = todo.pop()
         found.add(pid)
         todo.extend(children.get(pid, []))
-    alive = {int(pid) for pid in table[::2]}
+    alive = {int(pid) for pid, _, state in table if not state.startswith("Z")}
     return found & alive
 
 

@@ -14,8 +14,10 @@ when it starts, draws every sample there (a fresh engine repeats its draws, a ca
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
+import multiprocessing
 import os
 import re
 import tempfile
@@ -255,4 +257,8 @@ class VLLMGenerator:
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
+        # An engine that failed half-way through its start is stopped by vLLM's finalizers: collecting runs them,
+        # and active_children() reaps the processes that exited, so none is left behind as a zombie.
+        gc.collect()
+        multiprocessing.active_children()
         self._folder.cleanup()
