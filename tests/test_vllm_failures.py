@@ -126,4 +126,5 @@ def test_an_engine_that_cannot_start_fails_the_step_with_its_cause_in_mlflow_and
     while process_tree(os.getpid()) - before and time.monotonic() < deadline:
         time.sleep(0.5)
     left = process_tree(os.getpid()) - before
-    assert not left, "an engine process was left behind: " + subprocess.run(["ps", "-o", "pid=,args=", "-p", ",".join(map(str, left))], capture_output=True, text=True).stdout
+    named = subprocess.run(["ps", "-o", "pid=,args=", "-p", ",".join(map(str, left))], capture_output=True, text=True).stdout if left else ""
+    assert not left, f"an engine process was left behind: {named}"
