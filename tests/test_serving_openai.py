@@ -39,6 +39,21 @@ def _logprobs(model, ids: list[int]):
         return model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
 
 
+def penalised_greedy(model, tokenizer, prompt: list[int], presence: float, frequency: float, steps: int) -> str:
+    """Greedy decoding of ``steps`` tokens (end of text barred, as min_tokens does) with the penalties subtracted
+    from the logits of the tokens generated so far, on the model's own forward pass."""
+    import torch
+
+    ids, counts = list(prompt), torch.zeros(model.config.vocab_size)
+    for _ in range(steps):
+        logits = _logprobs(model, ids)[-1].clone()  # log-softmax: a shift of the logits, the same argmax
+        logits[tokenizer.eos_token_id] = float("-inf")
+        token = int((logits - frequency * counts - presence * (counts > 0)).argmax())
+        ids.append(token)
+        counts[token] += 1
+    return tokenizer.decode(ids[len(prompt):], skip_special_tokens=True)
+
+
 def test_token_prompt_with_echo_scores_every_prompt_token_as_the_forward_pass_does(client, reference):
     model, tokenizer = reference
     ids = tokenizer.encode("A patient presents with seizures and ataxia. Which gene?")
@@ -108,18 +123,9 @@ def test_logit_bias_forces_and_bans_tokens(client, reference):
 def test_penalties_change_greedy_decoding_exactly_as_defined(client, reference, presence, frequency):
     """Greedy decoding with the penalties subtracted from the logits of tokens already generated (presence once,
     frequency per occurrence), computed here step by step on the model's forward pass."""
-    import torch
-
     model, tokenizer = reference
     prompt = tokenizer.encode("seizures seizures ataxia")
-    ids, counts = list(prompt), torch.zeros(model.config.vocab_size)
-    for _ in range(12):
-        logits = _logprobs(model, ids)[-1].clone()  # log-softmax: a shift of the logits, the same argmax
-        logits[tokenizer.eos_token_id] = float("-inf")  # min_tokens below
-        token = int((logits - frequency * counts - presence * (counts > 0)).argmax())
-        ids.append(token)
-        counts[token] += 1
-    expected = tokenizer.decode(ids[len(prompt):], skip_special_tokens=True)
+    expected = penalised_greedy(model, tokenizer, prompt, presence, frequency, steps=12)
     reply = client.completions.create(model=SERVED_NAME, prompt=prompt, max_tokens=12, temperature=0,
                                       presence_penalty=presence, frequency_penalty=frequency, extra_body={"min_tokens": 12})
     assert reply.choices[0].text == expected

@@ -17,6 +17,7 @@ import pytest
 
 from tests.plugins.kserve_server import ANSWER_TEXT, SERVED_NAME
 from tests.test_serving import QUESTION
+from tests.test_serving_openai import _logprobs, penalised_greedy
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -82,13 +83,6 @@ def reference(answering_model):
 
     model = AutoModelForCausalLM.from_pretrained(answering_model, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(answering_model)
-
-
-def _logprobs(model, ids: list[int]):
-    import torch
-
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
 
 
 def test_models_and_a_chat_answer_streamed_and_not(client):
@@ -168,18 +162,9 @@ def test_logit_bias_forces_and_bans_tokens(client, reference):
 
 @pytest.mark.parametrize("presence, frequency", [(1.5, 0.0), (0.4, 0.9)])
 def test_penalties_change_greedy_decoding_exactly_as_defined(client, reference, presence, frequency):
-    import torch
-
     model, tokenizer = reference
     prompt = tokenizer.encode("seizures seizures ataxia")
-    ids, counts = list(prompt), torch.zeros(model.config.vocab_size)
-    for _ in range(12):
-        logits = _logprobs(model, ids)[-1].clone()
-        logits[tokenizer.eos_token_id] = float("-inf")  # min_tokens below
-        token = int((logits - frequency * counts - presence * (counts > 0)).argmax())
-        ids.append(token)
-        counts[token] += 1
-    expected = tokenizer.decode(ids[len(prompt):], skip_special_tokens=True)
+    expected = penalised_greedy(model, tokenizer, prompt, presence, frequency, steps=12)
     reply = client.completions.create(model=SERVED_NAME, prompt=prompt, max_tokens=12, temperature=0,
                                       presence_penalty=presence, frequency_penalty=frequency, extra_body={"min_tokens": 12})
     assert reply.choices[0].text == expected
