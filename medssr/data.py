@@ -272,6 +272,17 @@ def options_in_text(text: str) -> dict[str, str]:
     return options if len(options) >= MIN_OPTIONS else {}
 
 
+def write_reference_benchmark(path: str | os.PathLike, items: list[MCQItem]) -> int:
+    """Write MCQ items atomically as a benchmark in the MedSSR reference format (what
+    :func:`read_reference_benchmark` reads back: the options as "A. ..." lines ending the question, the key as
+    "gold", the metadata as further fields); returns the count written."""
+    rows = [{"id": item.id, "question": "\n".join([item.stem, *(f"{letter}. {text}" for letter, text in item.options.items())]),
+             "gold": item.answer, "name": item.source, **item.metadata} for item in items]
+    with atomic_writer(path) as handle:
+        handle.write(json.dumps(rows, ensure_ascii=False))
+    return len(rows)
+
+
 def read_reference_benchmark(
     path: str | os.PathLike, on_error: Literal["raise", "skip"] = "raise"
 ) -> ReadResult:

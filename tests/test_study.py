@@ -81,6 +81,11 @@ def test_the_plan_matches_the_steps_plants_precisions_and_repeats_the_headline_p
     assert list(plan.arms) == ["base", "chance", "rl-real", "self", "medssr", "oracle", "planted-0.5", "planted-chance",
                                "rl-real-seed1", "medssr-seed1"]
     assert plan.runs["rl-real"] == TrainingRun("supervised", "base", "stage2", max_steps=64)
+    longer = StudyPlan(32, 32, match_steps=True, planted=[], extra_seeds=[], oracle_steps=[64])
+    assert longer.runs["oracle-64steps"] == TrainingRun("self", "base", "kb_labels", max_steps=64)
+    assert longer.chain("oracle-64steps") == ["oracle-64steps"] and ("oracle-64steps", "base") in longer.comparisons
+    with pytest.raises(ValueError, match="oracle_steps"):
+        StudyPlan(32, 32, match_steps=True, planted=[], extra_seeds=[], oracle_steps=[0])
     assert plan.runs["medssr"].max_steps is None and plan.runs["self"].max_steps is None, "medssr trains 32 + 32 steps"
     assert plan.runs["planted-chance-stage1"] == TrainingRun("self", "base", "planted-chance")
     assert plan.runs["rl-real-seed1"] == TrainingRun("supervised", "base", "stage2", seed=1, max_steps=64)
@@ -151,7 +156,7 @@ def format_model(tiny_model, tmp_path_factory) -> Path:
 
 def study_options(out_dir: Path, tracking: str, model: Path) -> list[str]:
     options = ["--out-dir", str(out_dir), "--report", str(out_dir.parent / "report" / "study-tiny.md"), "--tracking-uri", tracking,
-               "--planted-precisions", "chance", "--extra-seeds", "1", "--param", f"base_model={model}"]
+               "--planted-precisions", "chance", "--extra-seeds", "1", "--oracle-steps", "3", "--param", f"base_model={model}"]
     for pair in TINY:
         options += ["--param", pair]
     return options
@@ -184,7 +189,8 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
         with contextlib.suppress(ProcessLookupError):  # an assertion above may have found it ended
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    config = StudyConfig(out_dir=str(out_dir), planted_precisions=["chance"], extra_seeds=[1], params=[f"base_model={format_model}", *TINY])
+    config = StudyConfig(out_dir=str(out_dir), planted_precisions=["chance"], extra_seeds=[1], oracle_steps=[3],
+                         params=[f"base_model={format_model}", *TINY])
     arms = list(config.plan.arms)
     finished_before = {arm for arm in arms if (out_dir / f"arm-{arm}" / "done.json").is_file()}
     assert {"base", "chance", "rl-real"} <= finished_before and finished_before != set(arms)
@@ -246,6 +252,12 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
     samples = read_jsonl(next((out_dir / "arm-base" / "eval" / "samples").glob("*/raredis_heldout.jsonl")), EvalResult).records
     letters = [sample_letter(record, "with_recovery") or "none" for record in samples]
     assert rows["base"] == [round(100 * letters.count(c) / len(letters), 1) for c in columns]
+    # the positive control is read on the in-distribution questions, for the oracle and the longer stage-1-only oracle
+    seen = json.loads((out_dir / "seen" / "done.json").read_text())
+    assert seen["items"] > 0 and f"| chance | raredis_seen | {seen['items']} |" in report
+    controls = table_rows(report, "## Positive control")
+    assert controls["oracle-3steps"][:2] == ["3", "raredis_seen"] and controls["oracle"][0] == "2"
+    assert "oracle minus base on `raredis_seen`" in report
     figures = report_path.with_suffix("")
     assert sorted(p.name for p in figures.glob("*.png")) == ["accuracy.png", "by_type.png", "labels.png", "paired.png", "precision.png", "training.png"]
 
@@ -277,7 +289,7 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     nested = sorted(run.data.tags["medssr.stage"] for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
     # each step logged once, even the ones finished by the killed part
-    assert nested == sorted(["prepare", "synthesize", "label", "plant-chance", *(f"train-{r}" for r in config.plan.runs),
+    assert nested == sorted(["prepare", "synthesize", "label", "seen", "plant-chance", *(f"train-{r}" for r in config.plan.runs),
                              *(f"arm-{arm}" for arm in arms)])
     metrics, tags = parents[0].data.metrics, parents[0].data.tags
     assert "paired.medssr_vs_rl-real.raredis_heldout.with_recovery.mde" in metrics

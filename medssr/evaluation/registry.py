@@ -99,6 +99,10 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             builder="medssr.synthesis.heldout:build_heldout_benchmark",
             notes="questions about knowledge-base diseases that synthesis never trains on",
         ),
+        BenchmarkSpec(
+            "raredis_seen", "In-distribution rare diseases (ours)", "test_short_raredis_seen.json", rare=True,
+            notes="new questions about the conditions a study's stage 1 trained on; `medssr study` writes the file",
+        ),
     )
 }
 

@@ -23,6 +23,7 @@ from medssr.hashing import config_hash
 STUDY_STAGES = ("split", "synthesis", "labeling", "train_self", "train_supervised", "training_job", "evaluation")
 """The preset sections a study reads; the rest of a preset (registration, promotion, deployment) is the pipeline's."""
 HELDOUT = "raredis_heldout"
+IN_DISTRIBUTION = "raredis_seen"
 
 
 @dataclass
@@ -57,11 +58,19 @@ class StudyConfig:
     extra_seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": (
         "Further training seeds: rl-real and medssr are trained again with each (arms rl-real-seedS and medssr-seedS, "
         "their stage configs' seed replaced) and compared side by side with the first pair.")})
+    seen_per_item: int = field(default=2, metadata={"help": (
+        "In-distribution questions (raredis_seen) per stage-1 knowledge question: new questions of its type and difficulty "
+        "about its condition, evaluated beside raredis_heldout; the positive control is read on them. 0: none.")})
+    oracle_steps: list[int] = field(default_factory=list, metadata={"help": (
+        "Longer positive controls: for each N an arm oracle-Nsteps, stage 1 only, rewarded by the knowledge-base key for "
+        "N steps, compared with base (how long the oracle must train before it shows).")})
     tracking_uri: str = field(default="", metadata={"help": "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else sqlite under ./.medssr."})
     experiment: str = field(default="medssr-study", metadata={"help": "MLflow experiment of the study's parent run."})
 
     def __post_init__(self) -> None:
         self.selected_arms()  # validates the names and the plan's settings
+        if self.seen_per_item < 0:
+            raise ValueError(f"seen_per_item: must be at least 0, got {self.seen_per_item}")
         if self.extra_limit < 1:
             raise ValueError(f"extra_limit: must be at least 1, got {self.extra_limit}")
         if not self.report.endswith(".md"):
@@ -94,7 +103,7 @@ class StudyConfig:
     def plan(self) -> StudyPlan:
         """The arms, training runs and comparisons these settings make."""
         return StudyPlan(self.settings["train_self"]["max_steps"], self.settings["train_supervised"]["max_steps"],
-                         self.match_steps, list(self.planted_precisions), list(self.extra_seeds))
+                         self.match_steps, list(self.planted_precisions), list(self.extra_seeds), list(self.oracle_steps))
 
     def stage(self, name: str, **wired: Any) -> Any:
         """Stage ``name``'s config from the study's settings and what the step wires in."""
@@ -118,7 +127,8 @@ class StudyConfig:
         (``synthesis.n``), the extra evaluation set and the arms' settings."""
         return {"base_model": self.settings["base_model"], **flat_settings(self.settings),
                 "extra_benchmarks": list(self.extra_benchmarks), "extra_limit": self.extra_limit, "match_steps": self.match_steps,
-                "planted_precisions": list(self.planted_precisions), "planted_seed": self.planted_seed, "extra_seeds": list(self.extra_seeds)}
+                "planted_precisions": list(self.planted_precisions), "planted_seed": self.planted_seed, "extra_seeds": list(self.extra_seeds),
+                "seen_per_item": self.seen_per_item, "oracle_steps": list(self.oracle_steps)}
 
     def identity_hash(self) -> str:
         return config_hash(self.identity())

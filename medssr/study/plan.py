@@ -5,7 +5,8 @@ nothing and prefers no letter earns in expectation); ``rl-real`` (stage 2 only);
 ``medssr`` (stage 1, then stage 2); ``oracle`` (stage 1 on the same kept questions rewarded by their
 knowledge-base key, then stage 2). Settings add more: ``planted-P`` (stage 1 rewarded by the key corrupted
 so that a share P of the labels is right, then stage 2: the gain as a function of label precision) and,
-per extra training seed S, ``rl-real-seedS`` and ``medssr-seedS`` (the headline pair trained again).
+per extra training seed S, ``rl-real-seedS`` and ``medssr-seedS`` (the headline pair trained again), and per
+oracle length N, ``oracle-Nsteps`` (stage 1 only on the key for N steps: how long the positive control must train).
 
 With ``match_steps`` rl-real trains stage 2 for as many GRPO steps as medssr's two stages together, so the
 two differ in what they learn from, not in how long they train.
@@ -47,6 +48,10 @@ def planted_name(precision: str) -> str:
     return f"planted-{precision}"
 
 
+def oracle_steps_name(steps: int) -> str:
+    return f"oracle-{steps}steps"
+
+
 def parse_precision(text: str) -> float | None:
     """A planted precision: a number in [0, 1) or "chance" (None)."""
     if text == CHANCE:
@@ -63,11 +68,14 @@ def parse_precision(text: str) -> float | None:
 class StudyPlan:
     """The arms, training runs and paired comparisons of a study's settings."""
 
-    def __init__(self, stage1_steps: int, stage2_steps: int, match_steps: bool, planted: list[str], extra_seeds: list[int]):
+    def __init__(self, stage1_steps: int, stage2_steps: int, match_steps: bool, planted: list[str], extra_seeds: list[int],
+                 oracle_steps: list[int] = ()):
         for text in planted:
             parse_precision(text)
         if len(set(planted)) != len(planted) or len(set(extra_seeds)) != len(extra_seeds):
             raise ValueError("planted_precisions and extra_seeds: each value once")
+        if len(set(oracle_steps)) != len(oracle_steps) or any(steps < 1 for steps in oracle_steps):
+            raise ValueError(f"oracle_steps: each a number of steps of at least 1, once, not {list(oracle_steps)}")
         if match_steps and min(stage1_steps, stage2_steps) < 1:
             raise ValueError("match_steps: needs max_steps set (not -1) in train_self and train_supervised")
         matched = stage1_steps + stage2_steps if match_steps else None
@@ -99,13 +107,19 @@ class StudyPlan:
             self.runs[f"medssr-seed{seed}"] = TrainingRun("supervised", f"self-seed{seed}", "stage2", seed=seed)
             arms += [Arm(f"rl-real-seed{seed}", f"rl-real-seed{seed}", f"rl-real, training seed {seed}"),
                      Arm(f"medssr-seed{seed}", f"medssr-seed{seed}", f"medssr, training seed {seed}")]
+        for steps_ in oracle_steps:
+            name = oracle_steps_name(steps_)
+            self.runs[name] = TrainingRun("self", "base", "kb_labels", max_steps=steps_)
+            arms.append(Arm(name, name, f"stage 1 only, rewarded by the knowledge-base key, for {steps_} steps"))
         self.arms: dict[str, Arm] = {arm.name: arm for arm in arms}
+        self.oracle_steps = list(oracle_steps)
         self.planted = list(planted)
         self.comparisons: list[tuple[str, str]] = [
             ("medssr", "rl-real"), ("medssr", "base"), ("self", "base"), ("oracle", "base"), ("oracle", "medssr"), ("medssr", CHANCE),
             ("oracle", "rl-real"),
             *((planted_name(p), "rl-real") for p in planted),
             *((f"medssr-seed{seed}", f"rl-real-seed{seed}") for seed in extra_seeds),
+            *((oracle_steps_name(n), "base") for n in oracle_steps),
         ]
         """(candidate, reference) pairs the report shows as paired deltas; the first is the headline."""
 

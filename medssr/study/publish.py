@@ -2,7 +2,8 @@
 
 ``publish`` copies into ``docs/results/<report>/raw/`` what the report's numbers come from: every arm's
 per-question file, every step's marker (settings, counts, wall times), each training run's log history, the
-labels stage 1 trained on with their audit, the study's identity and parts, and the headline numbers
+labels stage 1 trained on with their audit, the in-distribution questions, the premise probe's table when it ran
+into the study folder, the study's identity and parts, and the headline numbers
 (gzip-compressed JSONL where a file has lines; gzip without a timestamp, so the same results give the same
 bytes). ``recompute`` reads only those files and computes every paired comparison again with the same
 bootstrap settings: its numbers are the report's, or it says which differ.
@@ -52,6 +53,14 @@ def publish(report, folder: Path) -> Path:
               **{f"planted-{precision}": done["labels"] for precision, done in report.planted.items()}}
     for name, path in labels.items():
         write_jsonl_gz(folder / "labels" / f"{name}.jsonl.gz", _lines(path))
+    if report.seen:  # the in-distribution questions, which no other file holds
+        from medssr.evaluation.registry import BENCHMARKS
+
+        seen = Path(report.seen["benchmarks_dir"]) / BENCHMARKS["raredis_seen"].filename
+        write_jsonl_gz(folder / "benchmarks" / "raredis_seen.jsonl.gz", json.loads(seen.read_text(encoding="utf-8")))
+    probe = study.root / "probe" / "probe.json"
+    if probe.is_file():
+        _write_bytes(folder / "probe.json", probe.read_bytes())
     stored = json.loads((study.root / "study.json").read_text(encoding="utf-8"))
     settings = {**stored, "parts": study.parts(), "comparisons": [list(pair) for pair in report.plan.comparisons],
                 "bootstrap_samples": report.resamples, "bootstrap_seed": report.seed}

@@ -19,9 +19,9 @@ from medssr.evaluation.calibration import read_sample_records, sample_letter
 from medssr.evaluation.per_question import METRICS, accuracy_by_question, paired_deltas, paired_difference, read_rows
 from medssr.evaluation.scoring import POWER, bootstrap_ci
 from medssr.storage import write_text
-from medssr.study.plan import CHANCE, planted_name
+from medssr.study.plan import CHANCE, oracle_steps_name, planted_name
 from medssr.study.folder import Study, write_json
-from medssr.study.steps import HELDOUT
+from medssr.study.steps import HELDOUT, IN_DISTRIBUTION
 from medssr.training.signal import LearningSignal
 
 METRIC_NAMES = {"strict": "strict", "lenient": "lenient", "with_recovery": "reference protocol"}
@@ -68,7 +68,14 @@ class StudyReport:
         self.paired = {(a, b): paired_deltas(self.rows[a], self.rows[b], self.resamples, self.seed) for a, b in self.plan.comparisons}
         self.benchmarks = list(self.arms["base"]["summary"])
         self.types = sorted(set(self.prepared["heldout_question_types"].values()))
+        self.control_benchmark = IN_DISTRIBUTION if IN_DISTRIBUTION in self.benchmarks else HELDOUT
+        """Where the positive control and the label-precision curve are read: the in-distribution set when the study
+        has one (training can show there), else raredis_heldout."""
         self.signals = {run: signal_of(done) for run, done in self.training.items()}
+        self.seen = study.finished("seen")
+        probe = study.root / "probe" / "probe.md"
+        self.probe = probe.read_text(encoding="utf-8") if probe.is_file() else ""
+        """The premise probe's table when it was run into the study folder (``medssr probe --out-dir STUDY/probe``)."""
         self.flags = {arm: self.flag(arm) for arm in self.plan.arms}
         self.letters = {arm: self.letter_shares(arm) for arm, spec in self.plan.arms.items() if spec.model is not None and not self.flags[arm]}
 
@@ -113,7 +120,7 @@ class StudyReport:
         return out
 
     def precision_curve(self) -> list[dict]:
-        """Stage-1 label precision against each arm's gain over rl-real on raredis_heldout (reference protocol):
+        """Stage-1 label precision against each arm's gain over rl-real on the control benchmark (reference protocol):
         the planted arms at their planted precision, the oracle at 1, medssr at its pseudo-labels' measured one."""
         found = []
         for precision, done in self.planted.items():
@@ -121,9 +128,20 @@ class StudyReport:
         found.append({"arm": "oracle", "precision": 1.0, "kind": "planted"})
         found.append({"arm": "medssr", "precision": self.labels["audit"]["precision_kept"]["precision"], "kind": "pseudo-labels"})
         for point in found:
-            point["delta"] = paired_deltas(self.rows[point["arm"]], self.rows["rl-real"], self.resamples, self.seed)[HELDOUT][HEADLINE_METRIC]
+            point["delta"] = self.paired_with(point["arm"], "rl-real")[self.control_benchmark][HEADLINE_METRIC]
             point["flag"] = self.comparison_flag((point["arm"], "rl-real"))
         return sorted(found, key=lambda p: (p["precision"] is None, p["precision"] or 0.0))
+
+    def paired_with(self, candidate: str, reference: str) -> dict:
+        pair = (candidate, reference)
+        return self.paired[pair] if pair in self.paired else paired_deltas(self.rows[candidate], self.rows[reference], self.resamples, self.seed)
+
+    def positive_controls(self) -> list[tuple[str, int, dict]]:
+        """(arm, its GRPO steps on the key, its paired deltas over base) for the oracle and every oracle-Nsteps arm."""
+        arms = ["oracle", *(oracle_steps_name(n) for n in self.plan.oracle_steps)]
+        steps = {arm: sum(self.training[run]["metrics"].get("global_step") or 0 for run in self.plan.chain(arm)
+                          if self.plan.runs[run].data == "kb_labels") for arm in arms}
+        return [(arm, steps[arm], self.paired_with(arm, "base")) for arm in arms]
 
     def headline_numbers(self) -> dict[str, float]:
         """Flat paired deltas for MLflow: ``<a>_vs_<b>.<benchmark>.<metric>.{delta,ci_low,ci_high,mde}``."""
@@ -221,7 +239,7 @@ def plot_figures(report: StudyReport, by_type: dict, folder: Path) -> dict[str, 
                     xytext=(4, 4), textcoords="offset points")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("stage-1 label precision vs the knowledge-base key (%)")
-    ax.set_ylabel(f"minus rl-real on {HELDOUT}, points")
+    ax.set_ylabel(f"minus rl-real on {report.control_benchmark}, points")
     ax.set_title("Gain as a function of label precision (reference protocol)")
     fig.tight_layout()
     paths["precision"] = str(folder / "precision.png")
@@ -283,19 +301,20 @@ def headline(report: StudyReport) -> list[str]:
     main_pair, chance_pair = ("medssr", "rl-real"), ("medssr", CHANCE)
     main = report.paired[main_pair][HELDOUT][HEADLINE_METRIC]
     over_chance = report.paired[chance_pair][HELDOUT][HEADLINE_METRIC]
-    control = report.paired[POSITIVE_CONTROL][HELDOUT][HEADLINE_METRIC]
+    control_bench = report.control_benchmark
+    control = report.paired[POSITIVE_CONTROL][control_bench][HEADLINE_METRIC]
     if flag := report.comparison_flag(main_pair):
         return [f"The headline comparison (medssr minus rl-real on `{HELDOUT}`) is no result: {flag}."]
     text = (f"On `{HELDOUT}` under the reference protocol, medssr minus rl-real is {signed(main)} points (paired, {main['n']} "
             f"questions; minimal detectable effect {pct(main['mde'])} points at {100 * POWER:.0f}% power), and medssr minus "
             f"chance is {signed(over_chance)}. ")
     if report.comparison_flag(POSITIVE_CONTROL) or control["ci"][0] <= 0:
-        why = report.comparison_flag(POSITIVE_CONTROL) or f"oracle minus base is {signed(control)}, its interval not above 0"
+        why = report.comparison_flag(POSITIVE_CONTROL) or f"oracle minus base on `{control_bench}` is {signed(control)}, its interval not above 0"
         text += (f"The positive control shows no effect ({why}): with perfect labels stage 1 gains nothing measurable here, so "
                  "this study **cannot detect** what pseudo-labels do; its comparisons are not nulls.")
     else:
         goal = main["ci"][0] > 0 and over_chance["ci"][0] > 0
-        text += (f"The positive control holds (oracle minus base {signed(control)}). "
+        text += (f"The positive control holds (oracle minus base on `{control_bench}` {signed(control)}). "
                  + ("Both intervals exclude 0 and lie above it: the goal is met." if goal else "The goal (both intervals above 0) is not met by this run."))
     return [text]
 
@@ -381,11 +400,23 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
             cells = [delta_cell(report, pair, ds[m]) for m in METRICS]
             mde = "" if report.comparison_flag(pair) else pct(ds[HEADLINE_METRIC]["mde"])
             lines.append(f"| {pair[0]} vs {pair[1]} | {bench} | {ds['strict']['n']} | " + " | ".join(cells) + f" | {mde} |")
+    lines += ["", "## Positive control", "",
+              f"Stage 1 rewarded by the knowledge-base key (perfect labels) minus base, reference protocol (points). While its interval "
+              f"on `{report.control_benchmark}` is not above 0, the study cannot detect what labels of any precision do. "
+              + (f"`{IN_DISTRIBUTION}`: {report.seen['items']} new questions about the conditions of stage 1's {report.seen['from_questions']} "
+                 f"knowledge questions ({report.seen['not_built']} wanted ones could not be built)." if report.seen else ""), "",
+              "| arm | steps on the key | benchmark | minus base | MDE |", "|---|---:|---|---|---:|"]
+    for arm, steps, deltas in report.positive_controls():
+        for bench in report.benchmarks:
+            lines.append(f"| {arm} | {steps} | {bench} | {delta_cell(report, (arm, 'base'), deltas[bench][HEADLINE_METRIC])} | "
+                         f"{'' if report.comparison_flag((arm, 'base')) else pct(deltas[bench][HEADLINE_METRIC]['mde'])} |")
+    if report.probe:
+        lines += ["", "## Premise probe", "", *report.probe.split("\n", 2)[2].rstrip().splitlines()]
     curve = report.precision_curve()
     lines += ["", "## Gain by label precision", "",
               f"Each arm with stage 1 on the oracle's {report.labels['kb_labelled']} questions, its labels of the stated precision against the "
               "knowledge-base key (planted: the key corrupted on a seeded share of the questions; medssr: its pseudo-labels as measured), "
-              f"minus rl-real on `{HELDOUT}`, reference protocol (points).", "",
+              f"minus rl-real on `{report.control_benchmark}`, reference protocol (points).", "",
               f"![precision]({rel['precision']})", "",
               "| arm | labels | precision | minus rl-real | MDE |", "|---|---|---:|---|---:|"]
     for point in curve:

@@ -1,6 +1,6 @@
 """``run_study``: every arm of a study, each step once, resumable.
 
-The study folder holds one subfolder per step (prepare, synthesize, label, plant-<precision>, train-<run>,
+The study folder holds one subfolder per step (prepare, synthesize, label, seen, plant-<precision>, train-<run>,
 arm-<arm>; :mod:`medssr.study.plan` says which);
 a step is finished when its ``done.json`` exists, written atomically as the step's last act with its
 result and wall time. A rerun skips finished steps and redoes an unfinished one from the start
@@ -43,8 +43,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     tracking.open()
     for arm in config.selected_arms():
         run = config.plan.arms[arm].model
+        inputs(study, tracking)  # every arm is evaluated on the in-distribution set, which labelling's questions make
         if run is None:
-            inputs(study, tracking)
             study.step(f"arm-{arm}", lambda folder: steps.evaluate_chance(study, folder))
         else:
             model = trained_model(study, run, tracking)
@@ -82,6 +82,8 @@ def inputs(study: Study, tracking) -> dict[str, str]:
     prepared = study.step("prepare", lambda folder: steps.prepare(study, folder))
     synthesized = study.step("synthesize", lambda folder: steps.synthesize(study, prepared, folder))
     labeled = study.step("label", lambda folder: steps.label(study, prepared, synthesized, folder))
+    if study.config.seen_per_item:
+        study.step("seen", lambda folder: steps.seen(study, prepared, labeled, folder))
     tracking.record_finished_steps()
     return {"stage2": prepared["stage2"], "pseudo_labels": labeled["pseudo_labels"], "kb_labels": labeled["kb_labels"]}
 

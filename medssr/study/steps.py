@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
 from medssr.labeling.audit import kb_key
-from medssr.study.config import HELDOUT
+from medssr.study.config import HELDOUT, IN_DISTRIBUTION
 
 
 def prepare(study, folder: Path) -> dict:
@@ -77,6 +77,25 @@ def label(study, prepared: dict, synthesized: dict, folder: Path) -> dict:
     }
 
 
+def seen(study, prepared: dict, labeled: dict, folder: Path) -> dict:
+    """The in-distribution evaluation set: new questions about the conditions of stage 1's knowledge questions
+    (:mod:`medssr.synthesis.seen`), as a benchmark file in its own folder."""
+    from medssr.data import write_reference_benchmark
+    from medssr.evaluation.registry import BENCHMARKS
+    from medssr.stages import synthesis_config
+    from medssr.study.chance import question_type
+    from medssr.synthesis.seen import build_seen_items
+
+    trained = read_jsonl(labeled["kb_labels"], LabeledItem).records
+    synthesis = synthesis_config(study.config.settings["synthesis"], prepared["stage2"], prepared["eval_dir"])
+    items, missing = build_seen_items(trained, study.config.seen_per_item, synthesis, study.config.stage("evaluation").seed)
+    benchmarks = folder / "benchmarks"
+    benchmarks.mkdir(parents=True, exist_ok=True)
+    write_reference_benchmark(benchmarks / BENCHMARKS[IN_DISTRIBUTION].filename, items)
+    return {"benchmarks_dir": str(benchmarks), "items": len(items), "not_built": missing, "from_questions": len(trained),
+            "question_types": {item.id: question_type(item, IN_DISTRIBUTION) for item in items}}
+
+
 def plant(study, precision: str, kb_labels: str, folder: Path) -> dict:
     """The oracle's stage-1 questions, their keys corrupted to ``precision`` (seeded by planted_seed)."""
     from medssr.study.planted import planted_labels, precision_of
@@ -123,14 +142,17 @@ def evaluation_sets(study) -> list[tuple[str, dict]]:
     """(folder, what it changes in the evaluation section): the section's benchmarks as set, then the extra ones
     at extra_limit."""
     sets = [("eval", {})]
+    seen = study.finished("seen") if study.config.seen_per_item else None
+    if seen and seen["items"]:
+        sets.append(("eval-seen", {"benchmarks": [IN_DISTRIBUTION], "benchmarks_dir": seen["benchmarks_dir"], "limit": None}))
     if study.config.extra_benchmarks:
         sets.append(("eval-extra", {"benchmarks": list(study.config.extra_benchmarks), "limit": study.config.extra_limit}))
     return sets
 
 
 def evaluation_config(study, arm: str, model: str, out: Path, changes: dict):
-    return study.config.stage("evaluation", models=[model], model_names=[arm], benchmarks_dir=study.finished("prepare")["eval_dir"],
-                              out_dir=str(out), cache_dir=cache_dir(study, "evaluation"), **changes)
+    wired = {"benchmarks_dir": study.finished("prepare")["eval_dir"], **changes}
+    return study.config.stage("evaluation", models=[model], model_names=[arm], out_dir=str(out), cache_dir=cache_dir(study, "evaluation"), **wired)
 
 
 def evaluate_arm(study, arm: str, model: str, folder: Path) -> dict:
