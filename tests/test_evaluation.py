@@ -25,11 +25,12 @@ FIXTURES = Path(__file__).parent / "data" / "eval_benchmarks"
 def test_registry_holds_the_papers_ten_benchmarks_and_ours():
     assert set(BENCHMARKS) == {
         "medqa", "medmcqa", "pubmedqa", "mmlu", "bioasq", "lancet", "medbullets", "nejm", "medxpertqa",
-        "raredis_sub", "raredis_heldout",
+        "raredis_sub", "raredis_heldout", "raredis_seen",
     }
     assert BENCHMARKS["raredis_sub"].hub.dataset == "tdlhl/RareDis-Sub"
-    assert {name for name, spec in BENCHMARKS.items() if spec.rare} == {"raredis_sub", "raredis_heldout"}
-    assert resolve_names(["all"]) == list(BENCHMARKS)
+    assert {name for name, spec in BENCHMARKS.items() if spec.rare} == {"raredis_sub", "raredis_heldout", "raredis_seen"}
+    assert resolve_names(["all"]) == [name for name in BENCHMARKS if name != "raredis_seen"], "a study's own set is evaluated when named"
+    assert resolve_names(["raredis_seen"]) == ["raredis_seen"]
     assert resolve_names(["pubmedqa", "medqa"]) == ["medqa", "pubmedqa"]
     with pytest.raises(ValueError, match="unknown nope"):
         resolve_names(["nope"])

@@ -54,6 +54,8 @@ class BenchmarkSpec:
     builder: str | None = None
     """``module:function(n, seed) -> list[MCQItem]`` for benchmarks built by code (the held-out set)."""
     notes: str = ""
+    in_all: bool = True
+    """False for a set only a study writes (raredis_seen): evaluated when named, not under ``all``."""
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -102,6 +104,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec(
             "raredis_seen", "In-distribution rare diseases (ours)", "test_short_raredis_seen.json", rare=True,
             notes="new questions about the conditions a study's stage 1 trained on; `medssr study` writes the file",
+            in_all=False,
         ),
     )
 }
@@ -110,7 +113,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 def resolve_names(requested: list[str] | tuple[str, ...]) -> list[str]:
     """Benchmark names in registry order; ``all`` (or nothing) means every registered benchmark."""
     if not requested or "all" in requested:
-        return list(BENCHMARKS)
+        return [name for name, spec in BENCHMARKS.items() if spec.in_all]
     unknown = [name for name in requested if name not in BENCHMARKS]
     if unknown:
         raise ValueError(f"benchmarks: unknown {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
