@@ -116,7 +116,7 @@ def test_settings_are_checked_and_the_identity_leaves_out_what_a_part_chooses(tm
     assert StudyConfig(planted_precisions=["0.3"]).identity_hash() != StudyConfig().identity_hash()
     # the same settings by another route are the same study
     preset = tmp_path / "mine.yaml"
-    preset.write_text(Path(preset_file("study")).read_text().replace("max_steps: 32", "max_steps: 3"))
+    preset.write_text(Path(preset_file("study")).read_text().replace("max_steps: 8", "max_steps: 3"))
     assert StudyConfig(preset=str(preset)).identity_hash() == StudyConfig(params=["train_self.max_steps=3", "train_supervised.max_steps=3"]).identity_hash()
 
 
@@ -131,8 +131,8 @@ def test_the_study_builds_each_stage_as_the_pipeline_step_does():
     for stage in ("split", "synthesis", "labeling", "train_self", "train_supervised", "evaluation"):
         assert config.settings[stage] == {**STAGES[stage].defaults(), **preset.get(stage, {})}, stage
     labeling = config.stage("labeling", data="i.jsonl", out="o.jsonl", model="m")
-    assert (labeling.n_samples, labeling.sampling.max_tokens, labeling.max_agreement) == (4, 96, 1.0)
-    assert config.stage("train_self", stage="self").max_steps == 32
+    assert (labeling.n_samples, labeling.sampling.max_tokens, labeling.max_agreement) == (4, 64, 1.0)
+    assert config.stage("train_self", stage="self").max_steps == 8
 
 
 def test_the_cli_has_an_option_per_setting():

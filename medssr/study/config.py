@@ -61,7 +61,7 @@ class StudyConfig:
     seen_per_item: int = field(default=2, metadata={"help": (
         "In-distribution questions (raredis_seen) per stage-1 knowledge question: new questions of its type and difficulty "
         "about its condition, evaluated beside raredis_heldout; the positive control is read on them. 0: none.")})
-    oracle_steps: list[int] = field(default_factory=list, metadata={"help": (
+    oracle_steps: list[int] = field(default_factory=lambda: [32], metadata={"help": (
         "Longer positive controls: for each N an arm oracle-Nsteps, stage 1 only, rewarded by the knowledge-base key for "
         "N steps, compared with base (how long the oracle must train before it shows).")})
     tracking_uri: str = field(default="", metadata={"help": "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else sqlite under ./.medssr."})
