@@ -252,7 +252,7 @@ def _train(stage: str) -> Callable[[dict, StageContext], StageRecord]:
 def cluster_defaults(path: str = ""):
     """ClusterDefaults from ``path`` (a YAML file with ConfigMap medssr-config among its documents, or the
     ConfigMap's data mapping), else from the environment when it carries them (a step's envFrom), else None."""
-    from medssr.cluster import ClusterDefaults
+    from medssr.cluster import ClusterDefaults, ClusterSettings
 
     if path:
         import yaml
@@ -261,15 +261,16 @@ def cluster_defaults(path: str = ""):
 
         with user_input():
             documents = [doc for doc in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if doc]
+        name = ClusterSettings.config_map
         config_maps = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == "ConfigMap"
-                       and doc.get("metadata", {}).get("name") == "medssr-config"]
+                       and doc.get("metadata", {}).get("name") == name]
         data = config_maps[0].get("data") if config_maps else documents[0] if len(documents) == 1 else None
         if not isinstance(data, dict):
-            raise UserError(f"{path}: no ConfigMap medssr-config and not a single mapping of its settings")
+            raise UserError(f"{path}: no ConfigMap {name} and not a single mapping of its settings")
         return ClusterDefaults.from_mapping(data, source=path)
     if os.environ.get("MEDSSR_TRAIN_GPUS") is None:
         return None
-    return ClusterDefaults.from_mapping(os.environ, source="environment (medssr-config)")
+    return ClusterDefaults.from_mapping(os.environ, source=f"environment ({ClusterSettings.config_map})")
 
 
 def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, folder: Path, workspace: str = ""):
@@ -277,7 +278,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     resources and placement the job leaves unset from the cluster settings; in a step (settings from its
     environment) also the workspace PVC mounted where the step sees ``workspace``, the S3 keys from their
     Secret and the step's S3 endpoint and hub settings."""
-    from medssr.cluster import NAMESPACE, gpu_image
+    from medssr.cluster import NAMESPACE, ClusterSettings, gpu_image
     from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, launcher_config_from_dict
 
     defaults = cluster_defaults(job.cluster_config) if job.launcher != "local" else None
@@ -291,6 +292,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     fields = {"run_id": run_id, "stage": stage, "training": configs.plain(dataclasses.asdict(training)), **resources}
     if job.launcher == "local":
         return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(**fields)
+    settings = ClusterSettings()
     launcher = launcher_config_from_dict({
         "backend": job.launcher,
         "namespace": job.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", NAMESPACE)),
@@ -307,7 +309,7 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     for index, (claim, mount_path) in enumerate(job.claims()):
         volumes.append(VolumeMount(name=f"pvc-{index}", claim_name=claim, mount_path=mount_path))
     if defaults and defaults.s3_secret:
-        secret_env = [SecretEnvVar(k, defaults.s3_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        secret_env = [SecretEnvVar(k, defaults.s3_secret, k) for k in settings.s3_secret_keys]
     if in_step:  # a laptop's endpoints mean nothing in a pod; a step's are the cluster's
         passthrough = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
         env = {k: os.environ[k] for k in passthrough if k in os.environ}

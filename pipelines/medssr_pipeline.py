@@ -5,13 +5,14 @@ The same definition runs on a KFP cluster (compiled YAML, ``medssr pipeline subm
 (``medssr pipeline run --local``, kfp.local subprocesses). Its parameters are the run's context and one
 mapping per stage of ``medssr.stages`` (``synthesis``, ``labeling``, ...), whose defaults are the stage
 config's own; cluster wiring (Secrets, ConfigMap keys, workspace PVC, GPUs and placement) comes from
-``ClusterSettings``. No step is cached: each one records an MLflow run under this run's parent, trains,
-or changes the registry.
+``medssr.cluster.ClusterSettings``. No step is cached: each one records an MLflow run under this run's parent,
+trains, or changes the registry.
 """
 
 
 from kfp import dsl, kubernetes
 
+from medssr.cluster import ClusterSettings
 from medssr.components.deploy import deploy
 from medssr.components.evaluate import evaluate
 from medssr.components.finish import finish
@@ -21,14 +22,33 @@ from medssr.components.pseudo_label import pseudo_label
 from medssr.components.register import register
 from medssr.components.synthesize import synthesize
 from medssr.components.train import train
-from medssr.pipelines.settings import COMMON_CONFIG_KEYS, TRAIN_CONFIG_KEYS, ClusterSettings
 from medssr.stages import STAGES
 
 PIPELINE_NAME = "medssr"
 GPU_STEPS = ("pseudo-label", "evaluate")
+# ConfigMap keys every step reads (MLflow, S3 endpoint, namespace).
+COMMON_CONFIG_KEYS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MEDSSR_NAMESPACE",
+)
+# Extra keys of the train and deploy steps: the training jobs' and predictor's placement (medssr.cluster.ClusterDefaults).
+TRAIN_CONFIG_KEYS = (
+    "MEDSSR_ARTIFACT_ROOT",
+    "MEDSSR_S3_SECRET",
+    "MEDSSR_WORKSPACE_PVC",
+    "MEDSSR_PREDICTOR_SERVICE_ACCOUNT",
+    "MEDSSR_DEVICE",
+    "MEDSSR_GENERATION_BACKEND",
+    "MEDSSR_TRAIN_WORKERS",
+    *(f"MEDSSR_{kind}_{key}" for kind in ("TRAIN", "PREDICTOR") for key in ("GPUS", "CPU", "MEMORY", "NODE_SELECTOR", "TOLERATIONS")),
+)
 
 
-def apply_cluster_settings(task: dsl.PipelineTask, settings: "ClusterSettings", *, gpu: bool = False, train_keys: bool = False):
+def apply_cluster_settings(task: dsl.PipelineTask, settings: ClusterSettings, *, gpu: bool = False, train_keys: bool = False):
     """Env from the ConfigMap and Secrets (names only), the workspace PVC, labels, and GPU placement."""
     keys = COMMON_CONFIG_KEYS + (TRAIN_CONFIG_KEYS if train_keys else ())
     kubernetes.use_config_map_as_env(task, settings.config_map, {k: k for k in keys}, optional=True)
@@ -47,7 +67,7 @@ def apply_cluster_settings(task: dsl.PipelineTask, settings: "ClusterSettings", 
     return task
 
 
-def build_pipeline(settings: "ClusterSettings | None" = None):
+def build_pipeline(settings: ClusterSettings | None = None):
     """The pipeline function, wired to ``settings`` (compile-time cluster settings)."""
     settings = settings or ClusterSettings()
     # KFP parameter values cannot be null: a setting whose default is None is left out, and so takes that default.

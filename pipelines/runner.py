@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medssr.cluster import PIPELINE_SERVICE_ACCOUNT
+from medssr.cluster import PIPELINE_SERVICE_ACCOUNT, ClusterSettings
 from medssr.components.steps import STEP_TIMINGS_ENV
-from medssr.pipelines.settings import ClusterSettings
 
 COMPILED = Path(__file__).resolve().parent / "compiled" / "medssr.yaml"
 LAST_RUN_FILE = "last-run"  # under the local pipeline root: the run id `--resume` continues

@@ -632,17 +632,25 @@ def test_readme_cluster_commands(tmp_path):
             "delete pytorchjobs,trainjobs,inferenceservices", "delete -k"} <= set(seen)
 
 
-def test_the_install_names_are_the_ones_medssr_cluster_declares():
-    """medssr.cluster's namespace and service accounts (the defaults of train --launcher, submit and deploy) are
-    what manifests/base installs."""
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_install_names_are_the_ones_medssr_cluster_declares(rendered, overlay):
+    """medssr.cluster's namespace, service accounts and ClusterSettings (the defaults of train --launcher, the
+    pipeline's wiring, submit and deploy) are what manifests/ installs: the ConfigMap, the S3 Secret and its keys,
+    the workspace PVC, the labels, and on the gpu overlay the GPU placement."""
     from medssr import cluster
 
-    base = ROOT / "manifests" / "base"
-    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
-    accounts = {doc["metadata"]["name"] for doc in yaml.safe_load_all((base / "serviceaccounts.yaml").read_text())
-                if doc and doc["kind"] == "ServiceAccount"}
-    assert kustomization["namespace"] == cluster.NAMESPACE
-    assert {cluster.PIPELINE_SERVICE_ACCOUNT, cluster.PREDICTOR_SERVICE_ACCOUNT} <= accounts
-    settings = dict(item.split("=", 1) for generator in kustomization["configMapGenerator"] for item in generator.get("literals", []))
-    assert settings["MEDSSR_NAMESPACE"] == cluster.NAMESPACE
-    assert settings["MEDSSR_PREDICTOR_SERVICE_ACCOUNT"] == cluster.PREDICTOR_SERVICE_ACCOUNT
+    docs, settings = rendered[overlay], cluster.ClusterSettings()
+    data = _by_kind(docs, "ConfigMap", settings.config_map)["data"]
+    defaults = ClusterDefaults.from_mapping(data)
+    assert (defaults.namespace, defaults.predictor_service_account) == (cluster.NAMESPACE, cluster.PREDICTOR_SERVICE_ACCOUNT)
+    assert (defaults.s3_secret, defaults.workspace_pvc) == (settings.s3_secret, settings.workspace_pvc)
+    assert sorted(_by_kind(docs, "Secret", settings.s3_secret)["data"]) == sorted(settings.s3_secret_keys)
+    _by_kind(docs, "PersistentVolumeClaim", settings.workspace_pvc)
+    _by_kind(docs, "ServiceAccount", cluster.PIPELINE_SERVICE_ACCOUNT)
+    assert _by_kind(docs, "ServiceAccount", cluster.PREDICTOR_SERVICE_ACCOUNT)["secrets"] == [{"name": settings.s3_secret}]
+    assert {doc["metadata"]["namespace"] for doc in docs if doc["kind"] != "Namespace"} == {cluster.NAMESPACE}
+    for doc in docs:
+        assert settings.pod_labels.items() <= doc["metadata"]["labels"].items(), doc["metadata"]["name"]
+    if overlay == "gpu":
+        for workload in (defaults.train, defaults.predictor):
+            assert (workload.node_selector, workload.tolerations) == settings.gpu_placement(workload.gpus)

@@ -6,12 +6,11 @@ import json
 import re
 from pathlib import Path
 
-from medssr.cluster import PIPELINE_SERVICE_ACCOUNT
+from medssr.cluster import PIPELINE_SERVICE_ACCOUNT, ClusterSettings
 
 
 def _settings(path: str | None):
     from medssr.errors import user_input
-    from medssr.pipelines.settings import ClusterSettings
 
     with user_input():  # the user's settings file
         return ClusterSettings.from_yaml(path) if path else ClusterSettings()

@@ -10,6 +10,7 @@ from medssr.errors import UserError
 RUN_ID_LABEL = "medssr.io/run-id"
 STAGE_LABEL = "medssr.io/stage"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
 APP_NAME = "medssr"
 
 # A label value: at most 63 characters, alphanumerics at both ends, '-', '_', '.' inside (or empty).
@@ -37,7 +38,7 @@ def standard_labels(run_id: str, stage: str, component: str) -> dict[str, str]:
         STAGE_LABEL: validate_label_value(stage, "stage"),
         "app.kubernetes.io/name": APP_NAME,
         COMPONENT_LABEL: validate_label_value(component, "component"),
-        "app.kubernetes.io/part-of": APP_NAME,
+        PART_OF_LABEL: APP_NAME,
         "app.kubernetes.io/managed-by": APP_NAME,
     }
 

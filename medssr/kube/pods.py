@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from medssr.cluster import ClusterSettings
 from medssr.kube.conditions import ObjectState, status_of
 
-GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME_NAME = "dshm"
 # NCCL (and PyTorch's data-loader workers) exchange tensors through /dev/shm; a container's default is 64 MiB.
 SHM_PATH = "/dev/shm"
@@ -27,7 +27,8 @@ def resources(cpu: str | None = None, memory: str | None = None, gpus: int = 0, 
     if memory:
         requests["memory"] = limits["memory"] = str(memory)
     if gpus:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpus)
+        gpu = ClusterSettings.gpu_accelerator  # its default: training jobs and predictors have no settings file
+        requests[gpu] = limits[gpu] = str(gpus)
     return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
 
 
