@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from medssr.cluster import NAMESPACE, PREDICTOR_SERVICE_ACCOUNT
+from medssr.cluster import NAMESPACE, PREDICTOR_SERVICE_ACCOUNT, ClusterSettings
 from medssr.errors import UserError
 from medssr.kube import client as kube_client
 from medssr.kube import inferenceservice
@@ -57,7 +57,7 @@ class DeployConfig:
     backend: str = field(
         default="", metadata={"help": "Hugging Face runtime backend: vllm (GPU) or huggingface; empty: vllm with GPUs."}
     )
-    gpus: int = field(default=1, metadata={"help": "nvidia.com/gpu per replica."})
+    gpus: int = field(default=1, metadata={"help": "GPUs per replica."})
     cpu: str = field(default="4", metadata={"help": "CPU request and limit."})
     memory: str = field(default="32Gi", metadata={"help": "Memory request and limit."})
     max_model_len: int = field(default=4096, metadata={"help": "vLLM context length (prompt + completion)."})
@@ -65,8 +65,12 @@ class DeployConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "Share of GPU memory vLLM may use."})
     min_replicas: int = field(default=1, metadata={"help": "Fewest replicas (0 allows scale to zero)."})
     max_replicas: int = field(default=1, metadata={"help": "Most replicas."})
-    node_selector: dict[str, str] = field(default_factory=dict, metadata={"help": "Predictor pod nodeSelector."})
-    tolerations: list[dict[str, Any]] = field(default_factory=list, metadata={"help": "Predictor pod tolerations."})
+    node_selector: dict[str, str] | None = field(
+        default=None, metadata={"help": "Predictor pod nodeSelector; unset: the GPU nodes' (ClusterSettings) when gpus > 0, else none."}
+    )
+    tolerations: list[dict[str, Any]] | None = field(
+        default=None, metadata={"help": "Predictor pod tolerations; unset: the GPU nodes' (ClusterSettings) when gpus > 0, else none."}
+    )
     deployment_mode: str = field(
         default="", metadata={"help": "serving.kserve.io/deploymentMode (RawDeployment, Serverless); empty: cluster default."}
     )
@@ -80,6 +84,9 @@ class DeployConfig:
         self.reference  # a model that names no registered version is refused here
         self.engine = self.engine or ("vllm" if self.gpus else "transformers")
         self.backend = self.backend or ("vllm" if self.gpus else "huggingface")
+        node_selector, tolerations = ClusterSettings().gpu_placement(self.gpus)
+        self.node_selector = node_selector if self.node_selector is None else self.node_selector
+        self.tolerations = tolerations if self.tolerations is None else self.tolerations
         if self.engine not in ("vllm", "transformers"):
             raise UserError(f"engine must be vllm or transformers, not {self.engine!r}")
         if self.backend not in ("vllm", "huggingface"):

@@ -277,7 +277,8 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     """(launcher config, JobSpec) of one GRPO stage, for the pipeline's train steps and ``medssr train``:
     resources and placement the job leaves unset from the cluster settings; in a step (settings from its
     environment) also the workspace PVC mounted where the step sees ``workspace``, the S3 keys from their
-    Secret and the step's S3 endpoint and hub settings."""
+    Secret and the step's S3 endpoint and hub settings. Without cluster settings a GPU job goes where
+    ``ClusterSettings`` puts GPU pods."""
     from medssr.cluster import NAMESPACE, ClusterSettings, gpu_image
     from medssr.launch import JobSpec, SecretEnvVar, VolumeMount, launcher_config_from_dict
 
@@ -293,14 +294,15 @@ def training_job(job: TrainingJobConfig, training, run_id: str, stage: str, fold
     if job.launcher == "local":
         return launcher_config_from_dict({"backend": "local", "work_dir": str(folder / "launch")}), JobSpec(**fields)
     settings = ClusterSettings()
+    node_selector, tolerations = (train.node_selector, train.tolerations) if train else settings.gpu_placement(gpus)
     launcher = launcher_config_from_dict({
         "backend": job.launcher,
         "namespace": job.namespace or (defaults.namespace if defaults else os.environ.get("MEDSSR_NAMESPACE", NAMESPACE)),
         "kubeconfig": job.kubeconfig or None,
         "context": job.context or None,
         "service_account_name": job.service_account or None,
-        "node_selector": dict(train.node_selector) if train else {},
-        "tolerations": list(train.tolerations) if train else [],
+        "node_selector": dict(node_selector),
+        "tolerations": list(tolerations),
     })
     volumes, secret_env, env = [], [], {}
     in_step = defaults is not None and not job.cluster_config

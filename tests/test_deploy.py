@@ -60,6 +60,19 @@ def test_deploy_config_refuses_what_kserve_cannot_load():
     assert "--backend=huggingface" in args and "--model_name=m" in args
 
 
+def test_deploy_config_puts_gpu_replicas_where_the_cluster_settings_put_gpu_pods():
+    from medssr.cluster import ClusterSettings
+
+    settings = ClusterSettings()
+    predictor = inferenceservice.build(DeployConfig(model="m", storage_uri=S3_MODEL), S3_MODEL)["spec"]["predictor"]
+    assert (predictor["nodeSelector"], predictor["tolerations"]) == settings.gpu_placement(1)
+    assert predictor["model"]["resources"]["limits"][settings.gpu_accelerator] == "1"
+    cpu = inferenceservice.build(DeployConfig(model="m", storage_uri=S3_MODEL, gpus=0), S3_MODEL)["spec"]["predictor"]
+    assert "nodeSelector" not in cpu and "tolerations" not in cpu
+    told = DeployConfig(model="m", node_selector={"pool": "serving"}, tolerations=[])
+    assert (told.node_selector, told.tolerations) == ({"pool": "serving"}, [])
+
+
 def test_state_names_the_failing_condition():
     assert (state({}).phase, state({}).detail) == ("Pending", "no status conditions yet (is the KServe controller running?)")
     failing = {"status": {"conditions": [

@@ -718,8 +718,9 @@ def test_train_dry_run_submits_nothing_and_applies_as_printed(launcher, kube_clu
 
 
 def test_train_dry_run_needs_a_launcher_and_takes_the_clusters_defaults(capsys, monkeypatch):
-    """Without --image or --namespace the job runs the pipeline's GPU image in the install's namespace: the
-    defaults medssr.cluster declares for the pipeline and deploy too."""
+    """Without --image or --namespace the job runs the pipeline's GPU image in the install's namespace, and a GPU
+    job goes where the cluster settings put GPU pods: the defaults medssr.cluster declares for the pipeline and
+    deploy too."""
     from medssr import cluster
     from medssr.cli import main
 
@@ -735,6 +736,12 @@ def test_train_dry_run_needs_a_launcher_and_takes_the_clusters_defaults(capsys, 
         job = yaml.safe_load(capsys.readouterr().out)
         assert job["metadata"]["namespace"] == cluster.NAMESPACE
         assert f"image: {cluster.DEFAULT_GPU_IMAGE}" in yaml.safe_dump(job)
+        assert "nodeSelector" not in yaml.safe_dump(job) and "tolerations" not in yaml.safe_dump(job)  # no GPUs
+    settings = cluster.ClusterSettings()
+    assert main(["train", *training, "--launcher", "pytorchjob", "--dry-run", "--run-id", "r1", "--gpus-per-node", "2"]) == 0
+    pod = yaml.safe_load(capsys.readouterr().out)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert (pod["nodeSelector"], pod["tolerations"]) == settings.gpu_placement(2)
+    assert pod["containers"][0]["resources"]["limits"][settings.gpu_accelerator] == "2"
 
 
 @pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
