@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from medssr.answers import shown_options
 from medssr.data import MCQItem
 from medssr.generation.base import ChatMessage
 
@@ -30,3 +33,10 @@ def build_prompt_text(item: MCQItem, system_prompt: str = SYSTEM_PROMPT) -> str:
 def build_prompt(item: MCQItem, style: str):
     """``style`` "chat": messages (instruction-tuned models); anything else: plain text (base models)."""
     return build_messages(item) if style == "chat" else build_prompt_text(item)
+
+
+def shown_item(item: MCQItem, order: Sequence[str]) -> MCQItem:
+    """The question as a sample with option ``order`` (:func:`medssr.answers.option_orders`) is asked it: the same
+    letters, each with the text of the original option the order puts there, and no key (it names an original
+    letter). Labelling and serving render it with the functions above."""
+    return item.model_copy(update={"options": shown_options(item.options, order), "answer": None})

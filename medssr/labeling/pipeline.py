@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from medssr.answers import Mode, majority_vote, option_orders, original_letter, shown_options
+from medssr.answers import Mode, majority_vote, option_orders, original_letter
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
 from medssr.evaluation.cache import CompletionCache, default_cache_root, model_identity, prompt_key, run_key
 from medssr.evaluation.filters import PIPELINES
@@ -29,7 +29,7 @@ from medssr.generation.base import Generator, GeneratorConfig, SamplingParams
 from medssr.labeling.audit import DEFAULT_BUCKET_EDGES, Outcome, audit, kb_key, write_audit
 from medssr.labeling.selection import DROP_REASONS, SelectionRule
 from medssr.prompt_limit import PromptLimit
-from medssr.prompts import build_prompt
+from medssr.prompts import build_prompt, shown_item
 
 # Labelling samples like GRPO rollouts do (TRL's defaults: temperature 1, no top-p/top-k cut): the
 # agreement then estimates how often the policy's own rollouts hit the label, which is what decides
@@ -219,8 +219,8 @@ def sample_votes(config: LabelingConfig, items: list[MCQItem], permute: bool, ge
     where there is none), in the question's own letters. With ``permute`` each sample is asked with its own option
     order (:func:`medssr.answers.option_orders`) and its letters are mapped back to the question's."""
     orders = [option_orders(item.letters, config.n_samples, config.permutation_seed, item.id) if permute else [None] for item in items]
-    asked = [[(item if order is None else item.model_copy(update={"options": shown_options(item.options, order), "answer": None}), order)
-              for order in item_orders] for item, item_orders in zip(items, orders)]
+    asked = [[(item if order is None else shown_item(item, order), order) for order in item_orders]
+             for item, item_orders in zip(items, orders)]
     # Samples per distinct prompt: all n_samples of an unpermuted question; one per order permuted (more where an
     # order repeats, with fewer orders than samples). Each count is sampled (and cached) as a run of its own.
     prompts, shown_of, samples_of = {}, {}, Counter()
