@@ -37,6 +37,7 @@ from medssr.serving.protocol import (  # noqa: E402
     completion_jobs,
     instance_job,
     parameters_request,
+    permuted_jobs,
     require_unicode_text,
     settings_from_request,
 )
@@ -151,21 +152,24 @@ class MedssrPredictor(Model, OpenAIGenerativeModel):
             )
 
     async def submit(self, jobs: list[PromptJob], settings: GenerationSettings, param: str = "prompt") -> RequestRun:
-        """Queue every job of one request for the running batch; RequestError on any client error (429 when
-        the queue is full)."""
-        if len(jobs) > self.config.max_queue:
-            raise RequestError(400, f"{len(jobs)} prompts in one request; this server takes at most "
-                                    f"{self.config.max_queue}", param=param, code="limit_exceeded")
+        """Queue every job of one request for the running batch (under ``permute_options``, each choice's own
+        prompt); RequestError on any client error (429 when the queue is full)."""
         require_unicode_text(jobs, param)
+        jobs = permuted_jobs(jobs, settings, param)
+        prompts = [(job, choice, prompt) for job in jobs for choice, prompt in enumerate(job.engine_prompts())]
+        if len(prompts) > self.config.max_queue:
+            raise RequestError(400, f"{len(prompts)} prompts in one request; this server takes at most "
+                                    f"{self.config.max_queue}", param=param, code="limit_exceeded")
         self._check_token_ids(list(settings.job.logit_bias), "logit_bias")
         # A prompt near the body limit takes a while to tokenize: never on the event loop, which must keep
         # answering health probes and other requests meanwhile.
-        encoded = await asyncio.to_thread(lambda: [self.encode_prompt(job.prompt) for job in jobs])
-        for job, ids in zip(jobs, encoded):
+        encoded = await asyncio.to_thread(lambda: [self.encode_prompt(prompt) for _, _, prompt in prompts])
+        for (job, _, _), ids in zip(prompts, encoded):
             if job.is_tokens:
                 self._check_token_ids(ids, param)
             self._check_length(len(ids), settings, param)
-        decode_jobs = [replace(settings.job, key=self.scheduler.new_key(), prompt_ids=ids) for ids in encoded]
+        decode_jobs = [replace(settings.sample_job(choice, job.orders), key=self.scheduler.new_key(), prompt_ids=ids)
+                       for (job, choice, _), ids in zip(prompts, encoded)]
         events: asyncio.Queue = asyncio.Queue()
         try:
             tickets = self.scheduler.submit(decode_jobs, events)

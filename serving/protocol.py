@@ -12,21 +12,23 @@ model unchecked or surface as a 500.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medssr.answers import option_orders
 from medssr.data import LETTERS, MCQItem, options_in_text, parse_question_text
 from medssr.generation.base import Prompt, SamplingParams
 from medssr.generation.step_decoder import DecodeJob
-from medssr.prompts import build_messages
+from medssr.prompts import build_messages, shown_item
 from medssr.serving.config import ServeConfig
 from medssr.serving.metrics import REJECTED
 
 EXTENSION = "medssr"  # the request and reply field of what OpenAI's schema has no place for
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs and vLLM's default max_logprobs
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+MAX_SEED = 2**63  # sampling seeds stay below it (vLLM's bound), a permuted sample's too
 UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list"}  # how pydantic names a union's members in an error's loc
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 # The request fields both engines honour (the rest of vLLM's schema, sent with a value other than its default,
@@ -81,35 +83,67 @@ class RequestError(Exception):
 @dataclass(frozen=True)
 class GenerationSettings:
     """How every prompt of one request is sampled (``job``: the engine's job, its key and prompt left to fill
-    in), how many choices it answers, and the agreement below which its vote abstains."""
+    in), how many choices it answers, the agreement below which its vote abstains, and whether each choice
+    sees the options in its own order (``permutation_seed`` is None when not)."""
 
     n: int
     job: DecodeJob
     abstain_below: float | None = None
     echo: bool = False
     echo_only: bool = False  # echo with max_tokens 0: the prompt alone
+    permutation_seed: int | None = None
+
+    def sample_job(self, choice: int, orders: tuple) -> DecodeJob:
+        """The engine's job for choice ``choice`` of a prompt with option ``orders`` (one per choice; none: one job
+        gives every choice). A permuted choice is a prompt of its own, sampled once; a seeded request's choices
+        draw from seed + choice, as an unpermuted prompt's samples draw apart."""
+        if not orders:
+            return self.job
+        sampling = self.job.sampling
+        if sampling.seed is not None:
+            sampling = replace(sampling, seed=(sampling.seed + choice) % MAX_SEED)
+        return replace(self.job, samples=1, sampling=sampling)
 
 
 @dataclass
 class PromptJob:
     """One prompt to complete (text, chat messages or token ids), and the answer letters of its question
-    when it is multiple-choice."""
+    when it is multiple-choice. ``question`` is that question as the server reads it (stem and options:
+    what it can re-order), and ``orders`` the option order each choice sees under ``permute_options``."""
 
     prompt: Prompt | list[int]
     options: dict[str, str] = field(default_factory=dict)
+    question: MCQItem | None = None
+    orders: tuple[tuple[str, ...], ...] = ()
 
     @property
     def is_tokens(self) -> bool:
         return isinstance(self.prompt, list) and bool(self.prompt) and isinstance(self.prompt[0], int)
 
+    def engine_prompts(self) -> list[Prompt | list[int]]:
+        """What the engine decodes: the prompt, or one per choice with the question's options in its order
+        (:func:`medssr.prompts.shown_item` rendered as labelling renders it, in place of the question)."""
+        if not self.orders:
+            return [self.prompt]
+        shown = [shown_item(self.question, order).render() for order in self.orders]
+        if isinstance(self.prompt, str):
+            return shown
+        last = max(index for index, message in enumerate(self.prompt) if message["role"] == "user")
+        return [[*self.prompt[:last], {**self.prompt[last], "content": text}, *self.prompt[last + 1:]] for text in shown]
+
 
 class VoteExtension(BaseModel):
-    """The ``medssr`` request extension: ``n`` samples to vote over (as top-level ``n``), and the agreement
-    below which the reply abstains."""
+    """The ``medssr`` request extension: ``n`` samples to vote over (as top-level ``n``), the agreement
+    below which the reply abstains, and whether each sample sees the options in its own order."""
 
     model_config = ConfigDict(extra="forbid")
     n: int | None = Field(None, ge=1)
     abstain_below: float | None = Field(None, ge=0.0, le=1.0)
+    permute_options: bool = Field(False, description=(
+        "Each sample is asked the question with its options in its own order (medssr.answers.option_orders: every "
+        "option at every position as evenly as n allows) and its letter is mapped back to the question's before "
+        "the vote, as labelling's permute_options does."))
+    permutation_seed: int = Field(0, ge=0, lt=MAX_SEED, description="Seed of the option orders (with the question's text).")
 
 
 class BodyLimitMiddleware:
@@ -214,8 +248,12 @@ def settings_from_request(request, config: ServeConfig) -> GenerationSettings:
                     logit_bias={int(token): float(bias) for token, bias in (params.logit_bias or {}).items()},
                     presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
                     logprobs=params.logprobs, prompt_logprobs=params.prompt_logprobs)
-    return GenerationSettings(n=n, job=job, abstain_below=vote.abstain_below, echo=bool(not chat and request.echo),
-                              echo_only=bool(echo_only))
+    echo = bool(not chat and request.echo)
+    if vote.permute_options and echo:
+        raise RequestError(400, f"'echo' cannot be combined with '{EXTENSION}.permute_options': each sample reads its own "
+                                "prompt", param="echo", code="invalid_value")
+    return GenerationSettings(n=n, job=job, abstain_below=vote.abstain_below, echo=echo, echo_only=bool(echo_only),
+                              permutation_seed=vote.permutation_seed if vote.permute_options else None)
 
 
 def parameters_request(parameters: dict[str, Any]):
@@ -243,7 +281,41 @@ def _vote_extension(request) -> VoteExtension:
     if vote.n is not None and "n" in request.model_fields_set and request.n != vote.n:
         raise RequestError(400, f"'n' ({request.n}) and '{EXTENSION}.n' ({vote.n}) disagree; send one of them",
                            param=f"{EXTENSION}.n", code="invalid_value")
+    if "permutation_seed" in vote.model_fields_set and not vote.permute_options:
+        raise RequestError(400, f"'{EXTENSION}.permutation_seed' needs '{EXTENSION}.permute_options': true",
+                           param=f"{EXTENSION}.permutation_seed", code="invalid_value")
     return vote
+
+
+def permuted_jobs(jobs: list[PromptJob], settings: GenerationSettings, param: str) -> list[PromptJob]:
+    """The jobs with each choice's option order (:func:`medssr.answers.option_orders`, seeded by the request's
+    ``permutation_seed`` and the question's text) when the request asks ``permute_options``; a 400 naming the
+    field when a prompt holds no question the server can re-order."""
+    if settings.permutation_seed is None:
+        return jobs
+    permuted = []
+    for index, job in enumerate(jobs):
+        if job.question is None:
+            where = param if len(jobs) == 1 else f"{param}[{index}]"
+            raise RequestError(
+                400, f"'{EXTENSION}.permute_options' needs a multiple-choice question to re-order, and '{where}' holds "
+                     f"none: send the question's text followed by one 'A. ...' line per option (in chat, as the last user "
+                     f"message), or a KServe v1 instance with 'question' and 'options'",
+                param=f"{EXTENSION}.permute_options", code="invalid_value")
+        question = job.question
+        orders = option_orders(question.letters, settings.n, settings.permutation_seed, question.render())
+        permuted.append(replace(job, options=dict(question.options), orders=tuple(orders)))
+    return permuted
+
+
+def question_in_text(text: str) -> MCQItem | None:
+    """The multiple-choice question a prompt's text holds (the text, then the ``A. ...`` option lines that end
+    it), or None."""
+    try:
+        stem, options = parse_question_text(text)
+        return MCQItem(id="request", stem=stem, options=options)
+    except ValueError:  # (pydantic's ValidationError is one)
+        return None
 
 
 def require_unicode_text(jobs: list[PromptJob], param: str) -> None:
@@ -279,7 +351,7 @@ def chat_job(messages: list) -> PromptJob:
     if not parsed:
         raise RequestError(400, "'messages' must not be empty", param="messages", code="invalid_value")
     last_user = next((m["content"] for m in reversed(parsed) if m["role"] == "user"), "")
-    return PromptJob(prompt=parsed, options=options_in_text(last_user))
+    return PromptJob(prompt=parsed, options=options_in_text(last_user), question=question_in_text(last_user))
 
 
 def _message_text(content: Any, where: str) -> str:
@@ -305,7 +377,7 @@ def completion_jobs(prompt: Any) -> list[PromptJob]:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or not all(p.strip() for p in prompts):
         raise RequestError(400, "'prompt' must be non-empty text", param="prompt", code="invalid_value")
-    return [PromptJob(prompt=text, options=options_in_text(text)) for text in prompts]
+    return [PromptJob(prompt=text, options=options_in_text(text), question=question_in_text(text)) for text in prompts]
 
 
 def instance_job(instance: Any, index: int) -> PromptJob:
@@ -355,4 +427,4 @@ def _question_job(instance: dict, where: str) -> PromptJob:
         message = error["msg"].removeprefix("Value error, ")
         raise RequestError(400, f"'{where}.options' is invalid: {message}", param=f"{where}.options",
                            code="invalid_value") from None
-    return PromptJob(prompt=build_messages(item), options=dict(item.options))
+    return PromptJob(prompt=build_messages(item), options=dict(item.options), question=item)
