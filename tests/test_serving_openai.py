@@ -1,7 +1,8 @@
 """The OpenAI contract of the running model server, through the official ``openai`` client: token-id
 prompts, log-probabilities (echo with the prompt's own: what a loglikelihood evaluation reads), logit
-bias, presence and frequency penalties, ``models.retrieve``, the ``developer`` role, and a 400 naming the
-field for what the server cannot honour. Values are checked against the model's own forward pass."""
+bias, presence and frequency penalties, ``models.retrieve``, the ``developer`` role, the vote's
+``permute_options``, and a 400 naming the field for what the server cannot honour. Values are checked against
+the model's own forward pass."""
 
 from __future__ import annotations
 
@@ -166,3 +167,68 @@ def test_v2_metadata_lists_the_tensors(kserve_server):
     metadata = httpx.get(f"{kserve_server.url}/v2/models/{SERVED_NAME}", timeout=10).json()
     assert {"name": "text_input", "datatype": "BYTES", "shape": [-1]} in metadata["inputs"]
     assert {o["name"] for o in metadata["outputs"]} == {"text_output", "answer", "completion_tokens"}
+
+
+def test_permute_options_asks_each_sample_its_own_order_and_votes_in_the_question_s_letters(client, kserve_server):
+    """``medssr.permute_options``: each of the n samples reads the question with its options in the order
+    ``option_orders`` gives for the seed, and its letter is mapped back to the question's. The tiny model says C
+    whatever it is asked; in four orders that put each option at C once, its votes spread over all four letters,
+    where the fixed order gives C all four."""
+    import openai
+
+    from medssr.answers import extract_answer, option_orders, original_letter, shown_options
+    from medssr.data import parse_question_text
+
+    stem, options = parse_question_text(QUESTION)
+    question = "\n".join([stem, *(f"{letter}. {text}" for letter, text in options.items())])
+    messages = [{"role": "user", "content": QUESTION}]
+
+    def vote(seed: int):
+        reply = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0, max_tokens=16,
+                                               extra_body={"medssr": {"n": 4, "permute_options": True, "permutation_seed": seed}})
+        return reply, reply.model_extra["medssr"]
+
+    reply, summary = vote(5)
+    orders = option_orders("ABCD", 4, 5, question)
+    assert summary["permutation"]["seed"] == 5 and summary["permutation"]["orders"] == ["".join(o) for o in orders]
+    texts = [choice.message.content for choice in reply.choices]
+    assert texts == [ANSWER_TEXT] * 4
+    shown = [extract_answer(text, "ABCD", "lenient", shown_options(options, order)) for text, order in zip(texts, orders)]
+    assert summary["permutation"]["shown_answers"] == shown == ["C"] * 4
+    assert summary["answers"] == [original_letter("C", "ABCD", order) for order in orders] == [order[2] for order in orders]
+    assert summary["votes"] == {"A": 1, "B": 1, "C": 1, "D": 1} and summary["majority"] is None and summary["agreement"] == 0.25
+    assert vote(5)[1]["permutation"]["orders"] == summary["permutation"]["orders"]
+    assert vote(3)[1]["permutation"]["orders"] != summary["permutation"]["orders"]
+    fixed = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0, max_tokens=16,
+                                           extra_body={"medssr": {"n": 4}}).model_extra["medssr"]
+    assert fixed["votes"] == {"C": 4} and "permutation" not in fixed
+
+    # Completions, streamed: the last chunk carries the vote, read from the text each choice streamed.
+    chunks = list(client.completions.create(model=SERVED_NAME, prompt=QUESTION, max_tokens=8, temperature=1.0, seed=2,
+                                            n=3, stream=True, extra_body={"medssr": {"permute_options": True}}))
+    streamed = [""] * 3
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    summary = chunks[-1].model_extra["medssr"]
+    orders = option_orders("ABCD", 3, 0, question)
+    assert summary["permutation"]["orders"] == ["".join(o) for o in orders] and summary["permutation"]["seed"] == 0
+    assert summary["answers"] == [original_letter(extract_answer(text, "ABCD", "lenient", shown_options(options, order)), "ABCD", order)
+                                  for text, order in zip(streamed, orders)]
+
+    # KServe v1: a question with its options as fields.
+    v1 = httpx.post(f"{kserve_server.url}/v1/models/{SERVED_NAME}:predict", timeout=60, json={
+        "instances": [{"question": stem, "options": list(options.values())}],
+        "parameters": {"temperature": 0, "max_tokens": 16, "medssr": {"n": 4, "permute_options": True}}})
+    (prediction,) = v1.json()["predictions"]
+    assert prediction["permutation"]["orders"] == ["".join(o) for o in option_orders("ABCD", 4, 0, question)]
+    assert prediction["answers"] == [order[2] for order in option_orders("ABCD", 4, 0, question)]
+
+    # Nothing to re-order: a 400 naming the field, on both routes.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=SERVED_NAME, messages=[{"role": "user", "content": "hello"}], max_tokens=2,
+                                       extra_body={"medssr": {"permute_options": True}})
+    assert refused.value.body["param"] == "medssr.permute_options" and "'messages'" in refused.value.body["message"]
+    refused = httpx.post(f"{kserve_server.url}/v1/models/{SERVED_NAME}:predict", timeout=60,
+                         json={"instances": ["hello"], "parameters": {"medssr": {"permute_options": True}}})
+    assert refused.status_code == 400 and "medssr.permute_options" in refused.json()["error"]

@@ -28,6 +28,7 @@ from tests.test_serving_openai import (  # noqa: F401
     test_logit_bias_forces_and_bans_tokens,
     test_models_retrieve_and_the_developer_role,
     test_penalties_change_greedy_decoding_exactly_as_defined,
+    test_permute_options_asks_each_sample_its_own_order_and_votes_in_the_question_s_letters,
     test_token_prompt_with_echo_scores_every_prompt_token_as_the_forward_pass_does,
     test_v2_metadata_lists_the_tensors,
     test_what_the_server_cannot_honour_is_refused_naming_the_field,
