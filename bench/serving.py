@@ -147,7 +147,8 @@ def reply_lengths(model: Path, questions: list[list[dict]], max_length: int, dty
     from medssr.generation.base import GeneratorConfig, SamplingParams
     from medssr.generation.transformers_backend import TransformersGenerator
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     generator = TransformersGenerator(GeneratorConfig(model=str(model), dtype=dtype, batch_size=16, progress=False))
     prompts = [generator._encode(chat) for chat in questions]  # the generator's own chat-template encoding
     replies = generator.sample_ids(prompts, [1] * len(prompts), SamplingParams(temperature=0, max_tokens=max_length))
@@ -310,9 +311,10 @@ def main() -> int:
     parser.add_argument("--max-queue", type=int, default=32, help="Waiting prompts before 429.")
     parser.add_argument("--prompt-tokens", type=int, default=256, help="Longest question prompt used (tokens).")
     parser.add_argument(
-        "--torch-threads", type=int, default=1,
-        help="torch threads in the server. 1 by default: on a shared, oversubscribed CPU torch's spinning "
-             "OpenMP threads slow a small model down many times over.",
+        "--torch-threads", type=int, default=0,
+        help="torch threads in our server; 0 (the default, as `medssr serve` has it): torch's own, one per core, as "
+             "vLLM's CPU engine uses every core. 1 suits a shared, oversubscribed CPU, where spinning OpenMP threads "
+             "slow a small model down many times over.",
     )
     parser.add_argument("--dtype", default="auto", help="Weights' dtype in both servers (auto = float32 on CPU).")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
