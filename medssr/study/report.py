@@ -403,8 +403,8 @@ def markdown(report: StudyReport, by_type: dict, figures: dict[str, str], report
     lines += ["", "## Positive control", "",
               f"Stage 1 rewarded by the knowledge-base key (perfect labels) minus base, reference protocol (points). While its interval "
               f"on `{report.control_benchmark}` is not above 0, the study cannot detect what labels of any precision do. "
-              + (f"`{IN_DISTRIBUTION}`: {report.seen['items']} new questions about the conditions of stage 1's {report.seen['from_questions']} "
-                 f"knowledge questions ({report.seen['not_built']} wanted ones could not be built)." if report.seen else ""), "",
+              + (f"`{IN_DISTRIBUTION}`: {report.seen['items']} new questions about the conditions of stage 1's knowledge-base questions "
+                 f"({report.seen['not_built']} wanted ones could not be built)." if report.seen else ""), "",
               "| arm | steps on the key | benchmark | minus base | MDE |", "|---|---:|---|---|---:|"]
     for arm, steps, deltas in report.positive_controls():
         for bench in report.benchmarks:

@@ -92,7 +92,8 @@ def seen(study, prepared: dict, labeled: dict, folder: Path) -> dict:
     benchmarks = folder / "benchmarks"
     benchmarks.mkdir(parents=True, exist_ok=True)
     write_reference_benchmark(benchmarks / BENCHMARKS[IN_DISTRIBUTION].filename, items)
-    return {"benchmarks_dir": str(benchmarks), "items": len(items), "not_built": missing, "from_questions": len(trained),
+    knowledge = sum(1 for item in trained if item.metadata.get("origin") == "knowledge")
+    return {"benchmarks_dir": str(benchmarks), "items": len(items), "not_built": missing, "from_questions": knowledge,
             "question_types": {item.id: question_type(item, IN_DISTRIBUTION) for item in items}}
 
 
