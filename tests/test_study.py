@@ -196,6 +196,7 @@ def test_a_killed_study_resumes_without_redoing_finished_arms_and_writes_the_rep
     assert {"base", "chance", "rl-real"} <= finished_before and finished_before != set(arms)
     markers_before = {arm: (out_dir / f"arm-{arm}" / "done.json").read_text() for arm in finished_before}
     rl_real_model = (out_dir / "train-rl-real" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert not (out_dir / "train-rl-real" / "model" / "checkpoints").exists(), "a finished run keeps no checkpoints"
     # rl-real trains as many steps as medssr's two stages together
     assert json.loads((out_dir / "train-rl-real" / "done.json").read_text())["metrics"]["global_step"] == 4
     # the rest runs in a moved folder, as on another machine with the folder copied over

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 from medssr.data import LabeledItem, MCQItem, read_jsonl, write_jsonl
@@ -126,6 +127,9 @@ def train(study, run: str, planned, start_model: str, data: str, folder: Path) -
     else:
         run_training_job(launcher, spec, timeout=job.timeout_s or None)
         metrics = json.loads((folder / "model" / "metrics.json").read_text(encoding="utf-8"))
+    # A finished run's checkpoints only served its resumption (each holds optimizer state: 3.6 GB a run for
+    # SmolLM2-135M at save_steps 4), so they go once its model is written, before the marker.
+    shutil.rmtree(folder / "model" / "checkpoints", ignore_errors=True)
     return {
         "run": run,
         "stage": stage,
