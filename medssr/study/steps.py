@@ -84,7 +84,6 @@ def seen(study, prepared: dict, labeled: dict, folder: Path) -> dict:
     from medssr.data import write_reference_benchmark
     from medssr.evaluation.registry import BENCHMARKS
     from medssr.stages import synthesis_config
-    from medssr.study.chance import question_type
     from medssr.synthesis.seen import build_seen_items
 
     trained = read_jsonl(labeled["kb_labels"], LabeledItem).records
@@ -94,8 +93,7 @@ def seen(study, prepared: dict, labeled: dict, folder: Path) -> dict:
     benchmarks.mkdir(parents=True, exist_ok=True)
     write_reference_benchmark(benchmarks / BENCHMARKS[IN_DISTRIBUTION].filename, items)
     knowledge = sum(1 for item in trained if item.metadata.get("origin") == "knowledge")
-    return {"benchmarks_dir": str(benchmarks), "items": len(items), "not_built": missing, "from_questions": knowledge,
-            "question_types": {item.id: question_type(item, IN_DISTRIBUTION) for item in items}}
+    return {"benchmarks_dir": str(benchmarks), "items": len(items), "not_built": missing, "from_questions": knowledge}
 
 
 def plant(study, precision: str, kb_labels: str, folder: Path) -> dict:

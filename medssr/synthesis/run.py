@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medssr.data import MCQItem, write_jsonl
 from medssr.generation.base import Generator
-from medssr.knowledge.base import default_knowledge_base, load_knowledge_base
+from medssr.knowledge.base import KnowledgeBase, default_knowledge_base, load_knowledge_base
 from medssr.storage import atomic_writer
 from medssr.synthesis.config import SynthesisConfig
 from medssr.synthesis.dedup import Decontaminator, Deduplicator, rejection_reason
@@ -155,15 +155,21 @@ def _apply_rewrites(config, generator, knowledge, seeds, decontaminator, counter
     return knowledge, seeds
 
 
+def training_builder(config: SynthesisConfig) -> tuple[KnowledgeBase, list[str], list[str], VignetteBuilder]:
+    """The knowledge base, its training and held-out conditions, and the vignette builder over the training ones
+    that synthesis (and the in-distribution set, :mod:`medssr.synthesis.seen`) builds questions with."""
+    kb = load_knowledge_base(config.cache_dir) if config.cache_dir else default_knowledge_base()
+    training, heldout = split_pool(kb, config.min_phenotypes, config.heldout_fraction)
+    return kb, training, heldout, VignetteBuilder(kb, training, config.findings_shown, config.options_per_item, config.similarity_with_ancestors)
+
+
 def run_synthesis(config: SynthesisConfig, out: str | Path, generator: Generator | None = None) -> SynthesisResult:
     """Synthesize ``config.n`` items into ``out`` (JSONL of MCQItem), with ``out.stats.json`` and
     ``out.stats.png`` beside it. Same config and seed give byte-identical JSONL (given the same
     generator output when rewriting)."""
     started = time.perf_counter()
     out = Path(out)
-    kb = load_knowledge_base(config.cache_dir) if config.cache_dir else default_knowledge_base()
-    training, heldout = split_pool(kb, config.min_phenotypes, config.heldout_fraction)
-    builder = VignetteBuilder(kb, training, config.findings_shown, config.options_per_item, config.similarity_with_ancestors)
+    kb, training, heldout, builder = training_builder(config)
     candidates = diseases_by_cell(builder, training)
 
     n_rare = largest_remainder(config.n, {"rare": config.rare_ratio, "seed": 1.0 - config.rare_ratio}).get("rare", 0)

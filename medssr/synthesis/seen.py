@@ -13,11 +13,10 @@ from __future__ import annotations
 import random
 
 from medssr.data import LETTERS, MCQItem
-from medssr.knowledge.base import default_knowledge_base, load_knowledge_base
 from medssr.synthesis.config import SynthesisConfig
-from medssr.synthesis.heldout import split_pool
 from medssr.synthesis.quota import derive_seed
-from medssr.synthesis.vignettes import Unbuildable, VignetteBuilder, check_draft
+from medssr.synthesis.run import training_builder
+from medssr.synthesis.vignettes import Unbuildable, check_draft
 
 SOURCE = "raredis_seen"
 ATTEMPTS = 20
@@ -32,9 +31,7 @@ def build_seen_items(trained: list[MCQItem], per_item: int, config: SynthesisCon
     """``per_item`` new questions for each knowledge question in ``trained`` (others, such as seed-based ones,
     are skipped), built as synthesis builds them under ``config``. Returns the questions and how many wanted
     ones could not be built."""
-    kb = load_knowledge_base(config.cache_dir) if config.cache_dir else default_knowledge_base()
-    training, _ = split_pool(kb, config.min_phenotypes, config.heldout_fraction)
-    builder = VignetteBuilder(kb, training, config.findings_shown, config.options_per_item, config.similarity_with_ancestors)
+    _, _, _, builder = training_builder(config)
     taken = {_key(item.stem, item.options.values()) for item in trained}
     made: list[MCQItem] = []
     missing = 0
